@@ -1,0 +1,1 @@
+//! The per-controller HA state machine (DESIGN §2.1-2.2).

@@ -1,0 +1,1 @@
+//! iSCSI (RFC 7143): PDU codec, login and text negotiation, session state.

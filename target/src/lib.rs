@@ -1,0 +1,1 @@
+//! duet-target: the runtime around duet-core.

@@ -1,0 +1,1 @@
+//! duet-verification: model checking front end and cross-crate tests.
