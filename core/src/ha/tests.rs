@@ -1,0 +1,519 @@
+//! Basic flows of the HA state machine, driven by a small deterministic harness: two nodes, a
+//! quorum area that answers at once (or fails), an in-order link, and a fencing agent that kills.
+
+use super::*;
+use crate::alua::{AluaState, HaMode};
+use std::collections::VecDeque;
+
+const LUN: Lun = 7;
+
+fn timing() -> Timing {
+    Timing {
+        lease_ms: 400,
+        renew_ms: 100,
+        drift_ms: 50,
+        margin_ms: 100,
+    }
+}
+
+struct Pair {
+    cfg: [Config; 2],
+    nodes: [Option<Node>; 2],
+    now: Time,
+    slots: [Option<QuorumRecord>; 2],
+    quorum: [Option<QuorumOp>; 2],
+    quorum_ok: [bool; 2],
+    link: bool,
+    net: VecDeque<(usize, HaMsg)>,
+    fence: [bool; 2],
+    /// Everything each node emitted, with the time.
+    out: Vec<(usize, Time, Output)>,
+}
+
+impl Pair {
+    fn new(mode: HaMode, policy: Policy, fencing: Fencing) -> Pair {
+        let cfg = |id| {
+            let mut c = Config::pair(id, mode, &[LUN]);
+            c.policy = policy;
+            c.fencing = fencing;
+            c.timing = timing();
+            c
+        };
+        let cfg = [cfg(1), cfg(2)];
+        let mut p = Pair {
+            nodes: [
+                Some(Node::new(cfg[0].clone(), 0)),
+                Some(Node::new(cfg[1].clone(), 0)),
+            ],
+            cfg,
+            now: 0,
+            slots: [None, None],
+            quorum: [None, None],
+            quorum_ok: [true, true],
+            link: true,
+            net: VecDeque::new(),
+            fence: [false, false],
+            out: Vec::new(),
+        };
+        p.link_up();
+        p.pump();
+        p
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is up")
+    }
+
+    fn feed(&mut self, i: usize, input: Input) {
+        if let Some(n) = self.nodes[i].as_mut() {
+            n.handle(self.now, input);
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.link && self.nodes.iter().all(|n| n.is_some())
+    }
+
+    fn link_up(&mut self) {
+        if self.connected() {
+            self.feed(0, Input::PeerLinkUp);
+            self.feed(1, Input::PeerLinkUp);
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        let was = self.connected();
+        self.nodes[i] = None;
+        self.quorum[i] = None;
+        self.fence[i] = false;
+        if was {
+            self.net.clear();
+            self.feed(1 - i, Input::PeerLinkDown);
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.nodes[i] = Some(Node::new(self.cfg[i].clone(), self.now));
+        self.link_up();
+        self.pump();
+    }
+
+    fn cut(&mut self) {
+        let was = self.connected();
+        self.link = false;
+        self.net.clear();
+        if was {
+            self.feed(0, Input::PeerLinkDown);
+            self.feed(1, Input::PeerLinkDown);
+        }
+        self.pump();
+    }
+
+    /// Runs until nothing more happens at the current time.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut busy = false;
+            for i in 0..2 {
+                while let Some(o) = self.nodes[i].as_mut().and_then(|n| n.poll_output()) {
+                    busy = true;
+                    match &o {
+                        Output::SendPeer(m) if self.connected() => {
+                            self.net.push_back((1 - i, m.clone()))
+                        }
+                        Output::Quorum(op) => self.quorum[i] = Some(op.clone()),
+                        Output::FencePeer => self.fence[i] = true,
+                        _ => {}
+                    }
+                    self.out.push((i, self.now, o));
+                }
+            }
+            for i in 0..2 {
+                if let Some(op) = self.quorum[i].take() {
+                    busy = true;
+                    let r = if !self.quorum_ok[i] {
+                        QuorumResult::Failed {
+                            slot: i as u8 + 1,
+                            reason: "I/O error".into(),
+                        }
+                    } else {
+                        match op {
+                            QuorumOp::Read { slot } => QuorumResult::ReadOk {
+                                slot,
+                                record: self.slots[slot as usize - 1].clone(),
+                            },
+                            QuorumOp::Write { slot, record } => {
+                                self.slots[slot as usize - 1] = Some(record);
+                                QuorumResult::WriteOk { slot }
+                            }
+                        }
+                    };
+                    self.feed(i, Input::Quorum(r));
+                }
+                if self.fence[i] {
+                    busy = true;
+                    self.fence[i] = false;
+                    if self.nodes[1 - i].is_some() {
+                        self.kill(1 - i);
+                    }
+                    self.feed(i, Input::FenceResult { ok: true });
+                }
+            }
+            if let Some((to, m)) = self.net.pop_front() {
+                busy = true;
+                self.feed(to, Input::PeerMsg(m));
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("the pair does not settle");
+    }
+
+    /// Advances time by `ms`, firing timers when due.
+    fn advance(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 10;
+            for i in 0..2 {
+                let due: Vec<TimerKind> = match &self.nodes[i] {
+                    Some(n) => n.due_timers(self.now).collect(),
+                    None => continue,
+                };
+                for k in due {
+                    self.feed(i, Input::Timer(k));
+                }
+            }
+            self.pump();
+        }
+    }
+
+    /// The first time node `i` emitted an output matching `f`, at or after `since`.
+    fn first(&self, i: usize, since: Time, f: impl Fn(&Output) -> bool) -> Option<Time> {
+        self.out
+            .iter()
+            .find(|(n, t, o)| *n == i && *t >= since && f(o))
+            .map(|(_, t, _)| *t)
+    }
+}
+
+#[test]
+fn a_standalone_controller_is_primary_and_active_optimized() {
+    let mut n = Node::new(Config::standalone(&[0, 1]), 0);
+    for lun in [0, 1] {
+        assert!(n.is_primary(lun));
+        assert!(n.serving(lun));
+        assert_eq!(n.alua(lun).local, AluaState::ActiveOptimized);
+    }
+    assert_eq!(n.link_state(), 0);
+    n.handle(5, Input::PeerLinkDown);
+    assert!(n.serving(0));
+    assert_eq!(n.next_timeout(), None);
+}
+
+#[test]
+fn the_preferred_node_becomes_primary_and_the_secondary_is_non_optimized() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    assert_eq!(p.node(0).link_state(), 2);
+    assert!(p.node(0).is_primary(LUN) && p.node(0).serving(LUN));
+    assert!(!p.node(1).is_primary(LUN));
+    assert_eq!(p.node(0).alua(LUN).local, AluaState::ActiveOptimized);
+    assert_eq!(p.node(0).alua(LUN).peer, AluaState::ActiveNonOptimized);
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::ActiveNonOptimized);
+    assert_eq!(p.node(1).alua(LUN).peer, AluaState::ActiveOptimized);
+    // Mode 1: the secondary executes I/O itself, cleared by the primary.
+    assert!(p.node(1).serving(LUN));
+    assert_eq!(p.node(0).epoch(LUN), 1);
+    // No fencing on a fresh pair.
+    assert!(p.first(0, 0, |o| *o == Output::FencePeer).is_none());
+    // The ALUA change was announced with a unit attention.
+    assert!(p
+        .first(0, 0, |o| matches!(o, Output::RaiseUa { lun, sense }
+            if *lun == LUN && *sense == crate::sense::SenseCode::UA_ALUA_STATE_CHANGED))
+        .is_some());
+    assert!(p
+        .first(0, 0, |o| matches!(
+            o,
+            Output::Log(Event::LinkChanged { from: 1, to: 2 })
+        ))
+        .is_some());
+}
+
+#[test]
+fn mode_0_secondary_is_standby() {
+    let mut p = Pair::new(HaMode::ActiveStandby, Policy::Automatic, Fencing::Agent);
+    p.advance(300);
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::Standby);
+    assert!(!p.node(1).serving(LUN));
+}
+
+#[test]
+fn the_survivor_takes_over_only_after_the_lease_and_after_fencing() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    // The primary's last renewal before the crash was issued at or before the crash.
+    let crash = p.now;
+    p.kill(0);
+    p.pump();
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::Transitioning);
+    p.advance(2000);
+    let n2 = p.node(1);
+    assert!(n2.is_primary(LUN) && n2.serving(LUN));
+    assert_eq!(n2.alua(LUN).local, AluaState::ActiveOptimized);
+    assert!(n2.epoch(LUN) >= 2);
+    let t = timing();
+    let fenced = p
+        .first(1, crash, |o| *o == Output::FencePeer)
+        .expect("fenced");
+    let primary = p
+        .first(1, crash, |o| {
+            matches!(o, Output::Log(Event::BecamePrimary { .. }))
+        })
+        .expect("became primary");
+    assert!(fenced >= crash + t.lease_ms + t.margin_ms - t.renew_ms);
+    assert!(primary >= fenced);
+}
+
+#[test]
+fn a_cut_link_with_a_live_primary_changes_no_roles() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    p.cut();
+    p.advance(3000);
+    assert!(p.node(0).is_primary(LUN) && p.node(0).serving(LUN));
+    assert!(!p.node(1).is_primary(LUN));
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::Transitioning);
+    assert_eq!(p.node(0).alua(LUN).peer, AluaState::Transitioning);
+    // Mode 1: the primary fences the secondary, which may hold grants, before serving on.
+    let mut p = Pair::new(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    p.cut();
+    p.advance(3000);
+    assert!(p.nodes[1].is_none());
+    assert!(p.node(0).serving(LUN));
+    assert_eq!(p.node(0).alua(LUN).peer, AluaState::Unavailable);
+}
+
+#[test]
+fn a_primary_that_cannot_renew_stops_serving_before_its_lease_ends() {
+    let mut p = Pair::new(HaMode::ActiveStandby, Policy::Automatic, Fencing::Agent);
+    p.advance(300);
+    // The last successful write was issued no later than now.
+    let last = p.now;
+    p.quorum_ok[0] = false;
+    p.advance(1000);
+    assert!(p.node(1).is_primary(LUN));
+    let stopped = p
+        .first(0, last, |o| matches!(o, Output::FenceIo { .. }))
+        .expect("stopped serving");
+    assert!(stopped <= last + timing().lease_ms);
+    // Node 2 took over and fenced node 1; either way node 1 serves no more.
+    assert!(p.nodes[0].as_ref().is_none_or(|n| !n.serving(LUN)));
+    assert!(p
+        .first(0, last, |o| matches!(o, Output::Log(Event::LeaseExpired)))
+        .is_some());
+}
+
+#[test]
+fn manual_policy_leaves_the_survivor_transitioning_until_the_admin_acts() {
+    let mut p = Pair::new(HaMode::ActiveActiveShared, Policy::Manual, Fencing::Agent);
+    p.advance(100);
+    assert!(p.node(0).is_primary(LUN));
+    p.kill(0);
+    p.advance(10_000);
+    assert!(!p.node(1).is_primary(LUN));
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::Transitioning);
+    p.feed(1, Input::Admin(AdminCmd::SetPrimary { lun: None }));
+    assert!(p.node(1).is_primary(LUN));
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::ActiveOptimized);
+}
+
+#[test]
+fn naive_policy_splits_the_brain_on_a_link_cut() {
+    let mut p = Pair::new(HaMode::ActiveActiveShared, Policy::Naive, Fencing::None);
+    p.advance(100);
+    p.cut();
+    assert!(p.node(0).serving(LUN) && p.node(0).is_primary(LUN));
+    assert!(p.node(1).serving(LUN) && p.node(1).is_primary(LUN));
+}
+
+#[test]
+fn link_login_refuses_equal_ids_and_other_modes() {
+    for (id, mode) in [(1, HaMode::ActiveStandby), (2, HaMode::ActiveActiveForward)] {
+        let mut n = Node::new(Config::pair(1, HaMode::ActiveStandby, &[LUN]), 0);
+        n.handle(0, Input::PeerLinkUp);
+        n.handle(
+            0,
+            Input::PeerMsg(HaMsg::Hello {
+                version: PROTOCOL_VERSION,
+                ha_id: id,
+                mode,
+            }),
+        );
+        assert_eq!(n.link_state(), 1);
+        let mut refused = false;
+        while let Some(o) = n.poll_output() {
+            if let Output::Log(e @ Event::LinkRefused { .. }) = o {
+                refused = true;
+                assert!(e.to_string().starts_with("HA link login refused"));
+            }
+        }
+        assert!(refused);
+    }
+    let mut n = Node::new(Config::pair(1, HaMode::ActiveStandby, &[LUN]), 0);
+    n.handle(
+        0,
+        Input::PeerMsg(HaMsg::Hello {
+            version: PROTOCOL_VERSION + 1,
+            ha_id: 2,
+            mode: HaMode::ActiveStandby,
+        }),
+    );
+    assert_eq!(n.link_state(), 1);
+}
+
+#[test]
+fn a_restarted_node_rejoins_as_secondary_with_the_current_epoch() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    let crash = p.now;
+    p.kill(0);
+    p.advance(2000);
+    assert!(p.node(1).is_primary(LUN));
+    let epoch = p.node(1).epoch(LUN);
+    p.restart(0);
+    assert!(!p.node(0).is_primary(LUN));
+    assert!(!p.node(0).serving(LUN));
+    p.advance(2000);
+    assert!(!p.node(0).is_primary(LUN));
+    assert!(p.node(1).is_primary(LUN));
+    assert_eq!(p.node(0).epoch(LUN), epoch);
+    assert_eq!(p.node(0).alua(LUN).local, AluaState::ActiveNonOptimized);
+    assert!(crash < p.now);
+}
+
+#[test]
+fn a_switchover_hands_over_without_waiting_or_fencing() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    let before = p.node(0).epoch(LUN);
+    let t0 = p.now;
+    p.feed(0, Input::Admin(AdminCmd::Switchover { lun: LUN }));
+    p.pump();
+    assert!(p.node(1).is_primary(LUN));
+    assert!(!p.node(0).is_primary(LUN));
+    assert!(p.node(1).epoch(LUN) > before);
+    assert_eq!(p.now, t0);
+    assert!(p.first(1, t0, |o| *o == Output::FencePeer).is_none());
+    p.advance(1000);
+    // The old primary's preference now says secondary: it stays so.
+    assert!(p.node(1).is_primary(LUN));
+    assert_eq!(p.node(0).alua(LUN).local, AluaState::ActiveNonOptimized);
+}
+
+#[test]
+fn messages_of_an_older_epoch_are_ignored() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    p.kill(0);
+    p.advance(2000);
+    let e = p.node(1).epoch(LUN);
+    p.feed(
+        1,
+        Input::PeerMsg(HaMsg::State {
+            at: None,
+            valid_for: 0,
+            luns: vec![LunStatus {
+                lun: LUN,
+                epoch: e - 1,
+                primary: true,
+            }],
+        }),
+    );
+    assert!(p.node(1).is_primary(LUN));
+}
+
+#[test]
+fn garbage_inputs_do_not_panic() {
+    let mut n = Node::new(Config::pair(2, HaMode::ActiveActiveShared, &[LUN]), 0);
+    n.handle(1, Input::Quorum(QuorumResult::WriteOk { slot: 9 }));
+    n.handle(
+        1,
+        Input::Quorum(QuorumResult::ReadOk {
+            slot: 0,
+            record: None,
+        }),
+    );
+    n.handle(1, Input::FenceResult { ok: true });
+    n.handle(1, Input::Timer(TimerKind::Lease));
+    n.handle(1, Input::Admin(AdminCmd::Switchover { lun: 99 }));
+    n.handle(1, Input::PeerMsg(HaMsg::Handover { lun: 99, epoch: 3 }));
+    n.handle(u64::MAX, Input::PeerMsg(HaMsg::Probe { at: u64::MAX }));
+    while n.poll_output().is_some() {}
+    assert!(!n.serving(LUN));
+}
+
+#[test]
+fn config_validation_refuses_unsafe_settings() {
+    let mut c = Config::pair(1, HaMode::ActiveStandby, &[1]);
+    assert_eq!(c.validate(), Ok(()));
+    c.policy = Policy::Naive;
+    assert_eq!(c.validate(), Err(ConfigError::NaivePolicy));
+    c.policy = Policy::Automatic;
+    c.timing.margin_ms = c.timing.drift_ms;
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::MarginNotAboveDrift { .. })
+    ));
+    c.timing = Timing::default();
+    c.luns.push(LunConfig { lun: 1, role: None });
+    assert_eq!(c.validate(), Err(ConfigError::DuplicateLun(1)));
+    let mut c = Config::pair(3, HaMode::ActiveStandby, &[1]);
+    assert_eq!(c.validate(), Err(ConfigError::BadHaId(3)));
+    c.ha_id = 2;
+    c.timing.renew_ms = c.timing.lease_ms;
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::RenewNotBelowLease { .. })
+    ));
+}
+
+#[test]
+fn events_read_like_ctl() {
+    assert_eq!(
+        Event::LinkChanged { from: 1, to: 2 }.to_string(),
+        "HA link status changed from 1 to 2"
+    );
+    assert_eq!(
+        Event::BecamePrimary { lun: 3, epoch: 4 }.to_string(),
+        "LUN 3: became primary (epoch 4)"
+    );
+}

@@ -1,0 +1,530 @@
+//! The values that go in and out of [`super::Node`]: configuration, inputs, outputs, peer messages,
+//! quorum records and log events.
+
+use crate::alua::{AluaState, HaMode};
+use crate::sense::SenseCode;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A time on one controller's own monotonic clock, in milliseconds. The two controllers' clocks are
+/// not comparable with each other; only durations measured on one clock mean anything.
+pub type Time = u64;
+
+/// A logical unit number.
+pub type Lun = u32;
+
+/// Version of the HA link protocol, checked at link login.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// How a controller pair chooses a new primary after a failure.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Policy {
+    /// CTL's behaviour: the preferred node becomes primary when the pair forms; after a failure the
+    /// survivor stays Transitioning until an administrator names a primary (`AdminCmd::SetPrimary`).
+    Manual,
+    /// Election through the arbiter with leases and fencing (the default).
+    #[default]
+    Automatic,
+    /// The survivor promotes itself as soon as the HA link drops, with no arbiter and no fencing.
+    /// This is unsafe (a cut link gives two primaries) and exists only as the model checker's
+    /// negative control: [`Config::validate`] refuses it, so the daemon never runs it.
+    Naive,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Manual => "manual",
+            Policy::Automatic => "automatic",
+            Policy::Naive => "naive",
+        }
+    }
+}
+
+/// How a controller stops its peer before taking over work the peer might still be doing.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Fencing {
+    /// A fencing agent (process kill, power-off command, SCSI reservation preemption) that the
+    /// runtime runs on [`Output::FencePeer`] and reports with [`Input::FenceResult`].
+    #[default]
+    Agent,
+    /// No fencing, configured explicitly. Automatic failover then rests on lease timing alone,
+    /// which cannot stop writes a paused controller has already issued.
+    None,
+}
+
+impl Fencing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fencing::Agent => "agent",
+            Fencing::None => "none",
+        }
+    }
+}
+
+/// CTL's `ha_role`: which role a node prefers for a LUN.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Role {
+    /// `ha_role=0`: this node prefers to be primary.
+    #[default]
+    Primary,
+    /// `ha_role=1`: this node prefers to be secondary.
+    Secondary,
+}
+
+/// Lease timing (milliseconds on each node's own clock). See the module documentation for the
+/// safety argument; in short: a lease lasts `lease_ms` from the moment its renewal was *issued*, a
+/// claimant waits `lease_ms + margin_ms` of unchanged heartbeat, and this is safe as long as the
+/// two clocks' measurements of one interval differ by less than `margin_ms` (`drift_ms` is the
+/// stated bound, and `margin_ms` must exceed it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Timing {
+    /// How long a successful heartbeat write keeps the writer's lease, from the write's issue.
+    pub lease_ms: u64,
+    /// How often a lease holder (or claimant) writes its heartbeat; also the probe interval.
+    pub renew_ms: u64,
+    /// The stated clock-drift bound: the most by which the two controllers' clocks may disagree
+    /// when they measure the same interval (of up to `lease_ms + margin_ms`).
+    pub drift_ms: u64,
+    /// Safety margin added to every wait that must outlast the peer's lease; must exceed
+    /// `drift_ms`.
+    pub margin_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            lease_ms: 4000,
+            renew_ms: 1000,
+            drift_ms: 200,
+            margin_ms: 1000,
+        }
+    }
+}
+
+impl Timing {
+    /// How long a claimant must see the holder's heartbeat unchanged before the holder's lease
+    /// has certainly expired.
+    pub fn claim_wait(&self) -> u64 {
+        self.lease_ms.saturating_add(self.margin_ms)
+    }
+}
+
+/// Per-LUN configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LunConfig {
+    pub lun: Lun,
+    /// Per-LUN override of the node's `ha_role`.
+    pub role: Option<Role>,
+}
+
+/// A controller's HA configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Config {
+    /// 1 or 2; 0 = HA off (stand-alone).
+    pub ha_id: u8,
+    pub mode: HaMode,
+    pub policy: Policy,
+    pub fencing: Fencing,
+    /// `ha_role`: the role this node prefers for LUNs without an override.
+    pub role: Role,
+    pub luns: Vec<LunConfig>,
+    pub timing: Timing,
+}
+
+impl Config {
+    /// A stand-alone controller (HA off) serving `luns`.
+    pub fn standalone(luns: &[Lun]) -> Config {
+        Config {
+            ha_id: 0,
+            mode: HaMode::ActiveStandby,
+            policy: Policy::Automatic,
+            fencing: Fencing::Agent,
+            role: Role::Primary,
+            luns: luns
+                .iter()
+                .map(|&lun| LunConfig { lun, role: None })
+                .collect(),
+            timing: Timing::default(),
+        }
+    }
+
+    /// A node of an HA pair with default timing, automatic failover and agent fencing. Node 1
+    /// prefers to be primary, node 2 secondary.
+    pub fn pair(ha_id: u8, mode: HaMode, luns: &[Lun]) -> Config {
+        Config {
+            ha_id,
+            mode,
+            policy: Policy::Automatic,
+            fencing: Fencing::Agent,
+            role: if ha_id == 2 {
+                Role::Secondary
+            } else {
+                Role::Primary
+            },
+            luns: luns
+                .iter()
+                .map(|&lun| LunConfig { lun, role: None })
+                .collect(),
+            timing: Timing::default(),
+        }
+    }
+
+    /// Whether HA is on (a peer is configured).
+    pub fn ha_enabled(&self) -> bool {
+        self.ha_id != 0
+    }
+
+    /// The role this node prefers for `lun`.
+    pub fn role_for(&self, lun: Lun) -> Role {
+        self.luns
+            .iter()
+            .find(|l| l.lun == lun)
+            .and_then(|l| l.role)
+            .unwrap_or(self.role)
+    }
+
+    /// Checks the configuration as the daemon must: refuses the naive policy, bad ids, duplicate
+    /// LUNs and lease timing that the safety argument does not cover.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ha_id > 2 {
+            return Err(ConfigError::BadHaId(self.ha_id));
+        }
+        if self.policy == Policy::Naive {
+            return Err(ConfigError::NaivePolicy);
+        }
+        let mut seen: Vec<Lun> = self.luns.iter().map(|l| l.lun).collect();
+        seen.sort_unstable();
+        if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateLun(w[0]));
+        }
+        let t = &self.timing;
+        if t.renew_ms == 0 || t.renew_ms >= t.lease_ms {
+            return Err(ConfigError::RenewNotBelowLease {
+                renew_ms: t.renew_ms,
+                lease_ms: t.lease_ms,
+            });
+        }
+        if t.margin_ms <= t.drift_ms {
+            return Err(ConfigError::MarginNotAboveDrift {
+                margin_ms: t.margin_ms,
+                drift_ms: t.drift_ms,
+            });
+        }
+        if t.lease_ms <= t.margin_ms {
+            return Err(ConfigError::LeaseNotAboveMargin {
+                lease_ms: t.lease_ms,
+                margin_ms: t.margin_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("ha_id must be 0 (HA off), 1 or 2, not {0}")]
+    BadHaId(u8),
+    #[error("failover policy \"naive\" is unsafe (split brain on a cut link) and exists only for the model checker")]
+    NaivePolicy,
+    #[error("LUN {0} is configured twice")]
+    DuplicateLun(Lun),
+    #[error("renew interval ({renew_ms} ms) must be above 0 and below the lease ({lease_ms} ms)")]
+    RenewNotBelowLease { renew_ms: u64, lease_ms: u64 },
+    #[error("safety margin ({margin_ms} ms) must exceed the clock-drift bound ({drift_ms} ms)")]
+    MarginNotAboveDrift { margin_ms: u64, drift_ms: u64 },
+    #[error("lease ({lease_ms} ms) must exceed the safety margin ({margin_ms} ms)")]
+    LeaseNotAboveMargin { lease_ms: u64, margin_ms: u64 },
+}
+
+/// The node's timers. At most one of each kind is set at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TimerKind {
+    /// Time for the next heartbeat write (lease renewal).
+    Renew,
+    /// The node's own lease ends: stop serving.
+    Lease,
+    /// A claim's wait for the holder's lease to expire, or the next claim attempt.
+    Claim,
+    /// Time to probe the peer again over the link.
+    Probe,
+    /// The read lease on the peer's primacy ends: stop reporting the peer as a live primary.
+    PeerLease,
+}
+
+impl TimerKind {
+    pub const ALL: [TimerKind; 5] = [
+        TimerKind::Renew,
+        TimerKind::Lease,
+        TimerKind::Claim,
+        TimerKind::Probe,
+        TimerKind::PeerLease,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            TimerKind::Renew => 0,
+            TimerKind::Lease => 1,
+            TimerKind::Claim => 2,
+            TimerKind::Probe => 3,
+            TimerKind::PeerLease => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TimerKind::Renew => "renew",
+            TimerKind::Lease => "lease",
+            TimerKind::Claim => "claim",
+            TimerKind::Probe => "probe",
+            TimerKind::PeerLease => "peer-lease",
+        }
+    }
+}
+
+/// One LUN's entry in a quorum slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SlotLun {
+    pub lun: Lun,
+    /// The newest epoch the writer knows for the LUN (its claim's epoch while it claims).
+    pub epoch: u64,
+    /// The writer claims or holds the LUN.
+    pub own: bool,
+}
+
+/// The content of one node's slot in the quorum area (one sector, written atomically).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QuorumRecord {
+    /// Heartbeat counter: every write of the slot carries a larger value.
+    pub seq: u64,
+    pub luns: Vec<SlotLun>,
+}
+
+impl QuorumRecord {
+    pub fn lun(&self, lun: Lun) -> Option<SlotLun> {
+        self.luns.iter().copied().find(|l| l.lun == lun)
+    }
+
+    /// Whether the record claims or holds `lun`.
+    pub fn owns(&self, lun: Lun) -> bool {
+        self.lun(lun).is_some_and(|l| l.own)
+    }
+}
+
+/// An operation on the arbiter. Slots are numbered by `ha_id` (1 and 2); each node writes only its
+/// own slot and reads both. Reads and writes of one slot are atomic.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum QuorumOp {
+    Read { slot: u8 },
+    Write { slot: u8, record: QuorumRecord },
+}
+
+/// The result of a [`QuorumOp`]. A node has at most one operation outstanding.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum QuorumResult {
+    /// `record` is `None` for a slot that was never written.
+    ReadOk {
+        slot: u8,
+        record: Option<QuorumRecord>,
+    },
+    WriteOk {
+        slot: u8,
+    },
+    Failed {
+        slot: u8,
+        reason: String,
+    },
+}
+
+/// One LUN in a [`HaMsg::State`] message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LunStatus {
+    pub lun: Lun,
+    pub epoch: u64,
+    pub primary: bool,
+}
+
+/// A message over the HA link.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum HaMsg {
+    /// Link login, sent by both ends when the connection comes up.
+    Hello {
+        version: u16,
+        ha_id: u8,
+        mode: HaMode,
+    },
+    /// "Tell me your roles and how long your lease surely lasts"; `at` is the sender's clock.
+    Probe { at: Time },
+    /// The sender's roles. As the answer to a probe, `at` echoes the probe's time and
+    /// `valid_for` is how long the sender's lease surely lasts from the moment of the answer (on
+    /// the sender's clock; `u64::MAX` when roles do not rest on a lease). Sent unasked with
+    /// `at: None` whenever the sender's roles change.
+    State {
+        at: Option<Time>,
+        valid_for: u64,
+        luns: Vec<LunStatus>,
+    },
+    /// Planned switchover: the sender stopped serving `lun` and recorded that in the quorum area;
+    /// the receiver may take the LUN at `epoch` without waiting for a lease to expire.
+    Handover { lun: Lun, epoch: u64 },
+}
+
+/// Health of the backing store, reported by the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackendHealth {
+    Ok,
+    Failed,
+}
+
+/// Administrative commands (`duetctl role`, `duetctl switchover`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AdminCmd {
+    /// Manual policy: make this node primary for `lun` (all LUNs if `None`) now, as CTL's
+    /// `ha_role=0` does. The administrator vouches that the peer is not serving.
+    SetPrimary { lun: Option<Lun> },
+    /// Change the preferred role (for one LUN, or the node default).
+    SetRole { lun: Option<Lun>, role: Role },
+    /// Planned switchover: hand `lun` over to the peer over the link, with no lease wait.
+    Switchover { lun: Lun },
+}
+
+/// An input to [`super::Node::handle`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Input {
+    PeerLinkUp,
+    PeerLinkDown,
+    PeerMsg(HaMsg),
+    Timer(TimerKind),
+    Quorum(QuorumResult),
+    Admin(AdminCmd),
+    Backend(BackendHealth),
+    FenceResult { ok: bool },
+}
+
+/// An output of the node, taken with [`super::Node::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Output {
+    SendPeer(HaMsg),
+    Quorum(QuorumOp),
+    SetTimer {
+        kind: TimerKind,
+        at: Time,
+    },
+    AluaChanged {
+        lun: Lun,
+        local: AluaState,
+        peer: AluaState,
+    },
+    RaiseUa {
+        lun: Lun,
+        sense: SenseCode,
+    },
+    /// Stop the peer controller for good (kill, power off, preempt its reservation), then report
+    /// with [`Input::FenceResult`].
+    FencePeer,
+    /// Stop executing I/O for `lun` (drain what is in flight).
+    FenceIo {
+        lun: Lun,
+    },
+    /// I/O for `lun` may run here again.
+    ResumeIo {
+        lun: Lun,
+    },
+    Log(Event),
+}
+
+/// Something worth a log line, with CTL's wording where CTL has one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Event {
+    LinkChanged {
+        from: u8,
+        to: u8,
+    },
+    LinkRefused {
+        reason: String,
+    },
+    BecamePrimary {
+        lun: Lun,
+        epoch: u64,
+    },
+    LostPrimary {
+        lun: Lun,
+        epoch: u64,
+        reason: String,
+    },
+    ClaimStarted {
+        lun: Lun,
+    },
+    ClaimAborted {
+        lun: Lun,
+        reason: String,
+    },
+    LeaseExpired,
+    QuorumFailed {
+        reason: String,
+    },
+    FencingPeer,
+    PeerFenced,
+    FenceFailed,
+    StaleMessage {
+        epoch: u64,
+        ours: u64,
+    },
+    Joined {
+        seq: u64,
+    },
+    HandoverSent {
+        lun: Lun,
+        epoch: u64,
+    },
+    Refused {
+        what: String,
+    },
+    Backend {
+        ok: bool,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::LinkChanged { from, to } => {
+                write!(f, "HA link status changed from {from} to {to}")
+            }
+            Event::LinkRefused { reason } => write!(f, "HA link login refused: {reason}"),
+            Event::BecamePrimary { lun, epoch } => {
+                write!(f, "LUN {lun}: became primary (epoch {epoch})")
+            }
+            Event::LostPrimary { lun, epoch, reason } => {
+                write!(f, "LUN {lun}: no longer primary (epoch {epoch}): {reason}")
+            }
+            Event::ClaimStarted { lun } => write!(f, "LUN {lun}: claiming the primary role"),
+            Event::ClaimAborted { lun, reason } => {
+                write!(f, "LUN {lun}: claim abandoned: {reason}")
+            }
+            Event::LeaseExpired => write!(f, "lease expired before it could be renewed"),
+            Event::QuorumFailed { reason } => write!(f, "quorum I/O failed: {reason}"),
+            Event::FencingPeer => write!(f, "fencing the peer controller"),
+            Event::PeerFenced => write!(f, "peer controller fenced"),
+            Event::FenceFailed => write!(f, "fencing the peer controller failed"),
+            Event::StaleMessage { epoch, ours } => {
+                write!(f, "ignored a message of epoch {epoch} (ours is {ours})")
+            }
+            Event::Joined { seq } => write!(f, "joined the quorum area (heartbeat {seq})"),
+            Event::HandoverSent { lun, epoch } => {
+                write!(f, "LUN {lun}: handed over to the peer (epoch {epoch})")
+            }
+            Event::Refused { what } => write!(f, "refused: {what}"),
+            Event::Backend { ok } => {
+                write!(f, "backend {}", if *ok { "healthy" } else { "failed" })
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! One iSCSI connection from accept to close: the login phase, then the full-feature session
+//! (one connection per session: MaxConnections is always 1).
+//!
+//! Driven like quinn-proto: feed decoded PDUs with [`Connection::handle_pdu`], command results
+//! with [`Connection::complete_command`], timer expiries with [`Connection::handle_timeout`];
+//! after each call drain [`Connection::poll_action`] and perform the actions **in order**.
+
+use super::codec::PduError;
+use super::config::{IscsiConfig, LoginEntropy, PortalInfo, SessionIdentity};
+use super::login::Login;
+use super::params::SessionParams;
+use super::pdu::{Lun, Pdu, TaskAttr};
+use super::session::Session;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Milliseconds on the runtime's monotonic clock.
+pub type Millis = u64;
+
+/// A SCSI command ready to run: all of its write data has arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiCommand {
+    pub itt: u32,
+    pub lun: Lun,
+    /// The whole CDB (16 bytes from the BHS plus any Extended CDB AHS).
+    pub cdb: Bytes,
+    pub attr: TaskAttr,
+    pub cmd_sn: u32,
+    /// Expected Data Transfer Length from the initiator.
+    pub edtl: u32,
+    /// R bit: the initiator expects data in.
+    pub read: bool,
+    /// W bit: the initiator sent data out.
+    pub write: bool,
+    /// All write data (immediate + unsolicited + solicited), `edtl` bytes long for a write.
+    pub data_out: Bytes,
+    /// The command was sent for immediate delivery.
+    pub immediate: bool,
+}
+
+/// The executor's result for one [`ScsiCommand`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// SCSI status (see [`crate::sense::status`]).
+    pub status: u8,
+    /// Full sense data bytes (fixed or descriptor format) for CHECK CONDITION.
+    pub sense: Option<Bytes>,
+    /// Data to return; the session sends at most EDTL bytes of it.
+    pub data_in: Bytes,
+    /// How many bytes the CDB asked to transfer (allocation length or blocks × block size), used
+    /// for the residual over/underflow against EDTL.
+    pub wanted_len: u32,
+}
+
+/// Task management functions (RFC 7143 §11.5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TmfFunction {
+    AbortTask,
+    AbortTaskSet,
+    ClearAca,
+    ClearTaskSet,
+    LunReset,
+    TargetWarmReset,
+    TargetColdReset,
+    TaskReassign,
+    Unknown(u8),
+}
+
+impl TmfFunction {
+    pub fn from_code(c: u8) -> TmfFunction {
+        match c {
+            1 => TmfFunction::AbortTask,
+            2 => TmfFunction::AbortTaskSet,
+            3 => TmfFunction::ClearAca,
+            4 => TmfFunction::ClearTaskSet,
+            5 => TmfFunction::LunReset,
+            6 => TmfFunction::TargetWarmReset,
+            7 => TmfFunction::TargetColdReset,
+            8 => TmfFunction::TaskReassign,
+            n => TmfFunction::Unknown(n),
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
+            TmfFunction::AbortTask => 1,
+            TmfFunction::AbortTaskSet => 2,
+            TmfFunction::ClearAca => 3,
+            TmfFunction::ClearTaskSet => 4,
+            TmfFunction::LunReset => 5,
+            TmfFunction::TargetWarmReset => 6,
+            TmfFunction::TargetColdReset => 7,
+            TmfFunction::TaskReassign => 8,
+            TmfFunction::Unknown(n) => n,
+        }
+    }
+}
+
+/// Task management responses (RFC 7143 §11.6.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TmfResponse {
+    Complete,
+    TaskNotFound,
+    LunNotFound,
+    TaskStillAllegiant,
+    ReassignmentUnsupported,
+    NotSupported,
+    AuthorizationFailed,
+    Rejected,
+}
+
+impl TmfResponse {
+    pub fn code(self) -> u8 {
+        match self {
+            TmfResponse::Complete => 0,
+            TmfResponse::TaskNotFound => 1,
+            TmfResponse::LunNotFound => 2,
+            TmfResponse::TaskStillAllegiant => 3,
+            TmfResponse::ReassignmentUnsupported => 4,
+            TmfResponse::NotSupported => 5,
+            TmfResponse::AuthorizationFailed => 6,
+            TmfResponse::Rejected => 255,
+        }
+    }
+}
+
+/// A task management request the runtime must carry out at the logical-unit / target level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TmfRequest {
+    /// ITT of the TMF request: pass it back to [`Connection::complete_task_management`].
+    pub itt: u32,
+    /// AbortTaskSet, ClearTaskSet, LunReset, TargetWarmReset or TargetColdReset.
+    pub function: TmfFunction,
+    pub lun: Lun,
+    /// This session's tasks already aborted for it (no response will be sent for them).
+    pub aborted: Vec<u32>,
+}
+
+/// Why the connection is to be closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The initiator logged out (after the Logout Response went out).
+    LoggedOut,
+    /// The login failed (after the failing Login Response went out).
+    LoginFailed,
+    /// A fatal protocol error (header digest, framing, PDU not allowed).
+    ProtocolError(String),
+    /// The initiator did not answer a NOP-In ping in time.
+    PingTimeout,
+    /// TARGET COLD RESET was carried out.
+    ColdReset,
+}
+
+/// Result of a successful login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginOutcome {
+    pub identity: SessionIdentity,
+    pub params: SessionParams,
+}
+
+/// What the runtime must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Encode and send this PDU.
+    Send(Pdu),
+    /// The login finished: switch the codec to `params` (digests, MaxRecvDataSegmentLength)
+    /// before decoding the next PDU; register the session (close any older session with the
+    /// same [`SessionIdentity::same_nexus`]).
+    LoginComplete(LoginOutcome),
+    /// Run this SCSI command and call [`Connection::complete_command`] with its result.
+    Execute(ScsiCommand),
+    /// These tasks were aborted (ABORT TASK, logout, close): drop their completions if any are
+    /// still to come (the session ignores them anyway).
+    Abort { itts: Vec<u32> },
+    /// Carry out this task management function and call
+    /// [`Connection::complete_task_management`].
+    TaskManagement(TmfRequest),
+    /// Flush what was sent, then close the TCP connection. No further actions follow.
+    Close(CloseReason),
+}
+
+enum Phase {
+    Login(Box<Login>),
+    FullFeature(Box<Session>),
+    Closed,
+}
+
+/// One connection: login, then the full-feature session.
+pub struct Connection {
+    phase: Phase,
+    actions: VecDeque<Action>,
+}
+
+impl Connection {
+    /// A freshly accepted connection on `portal`, expecting a Login request.
+    pub fn new(config: Arc<IscsiConfig>, portal: PortalInfo, entropy: LoginEntropy) -> Connection {
+        Connection {
+            phase: Phase::Login(Box::new(Login::new(config, portal, entropy))),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Handles one decoded PDU at time `now`.
+    pub fn handle_pdu(&mut self, pdu: Pdu, now: Millis) {
+        match &mut self.phase {
+            Phase::Login(login) => {
+                login.handle_pdu(&pdu, &mut self.actions);
+                if let Some(done) = login.take_finished() {
+                    let session = Session::new(done, login.config(), login.portal(), now);
+                    self.phase = Phase::FullFeature(Box::new(session));
+                } else if login.failed() {
+                    self.phase = Phase::Closed;
+                }
+            }
+            Phase::FullFeature(s) => {
+                s.handle_pdu(pdu, now, &mut self.actions);
+                if s.is_closed() {
+                    self.phase = Phase::Closed;
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// Handles a decoder error: fatal ones close the connection, the others Reject the PDU.
+    pub fn handle_decode_error(&mut self, err: PduError, now: Millis) {
+        if err.is_fatal() {
+            self.close(CloseReason::ProtocolError(err.to_string()));
+            return;
+        }
+        match &mut self.phase {
+            Phase::Login(_) => self.close(CloseReason::ProtocolError(err.to_string())),
+            Phase::FullFeature(s) => {
+                s.handle_decode_error(err, now, &mut self.actions);
+                if s.is_closed() {
+                    self.phase = Phase::Closed;
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// The executor finished the command with this ITT.
+    pub fn complete_command(&mut self, itt: u32, completion: Completion, now: Millis) {
+        if let Phase::FullFeature(s) = &mut self.phase {
+            s.complete_command(itt, completion, now, &mut self.actions);
+            if s.is_closed() {
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
+    /// The runtime finished the task management request with this ITT.
+    pub fn complete_task_management(&mut self, itt: u32, response: TmfResponse, now: Millis) {
+        if let Phase::FullFeature(s) = &mut self.phase {
+            s.complete_task_management(itt, response, now, &mut self.actions);
+            if s.is_closed() {
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
+    /// Aborts this session's tasks on `lun` (all LUNs when `None`) without responses, as a LU or
+    /// target reset from another nexus does. Returns the aborted ITTs.
+    pub fn abort_tasks(&mut self, lun: Option<Lun>, now: Millis) -> Vec<u32> {
+        match &mut self.phase {
+            Phase::FullFeature(s) => s.abort_tasks(lun, now, &mut self.actions),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends an Async Message asking the initiator to log out within `time2wait` seconds
+    /// (AsyncEvent 1). Ignored before full feature phase.
+    pub fn request_logout(&mut self, time2wait: u16, now: Millis) {
+        if let Phase::FullFeature(s) = &mut self.phase {
+            s.request_logout(time2wait, now, &mut self.actions);
+        }
+    }
+
+    /// Sends an Async Message with AsyncEvent 0 (SCSI asynchronous event) carrying `sense`.
+    pub fn send_scsi_event(&mut self, lun: Lun, sense: &[u8], now: Millis) {
+        if let Phase::FullFeature(s) = &mut self.phase {
+            s.send_scsi_event(lun, sense, now, &mut self.actions);
+        }
+    }
+
+    /// Time has reached `now`: fire NOP-In pings and ping timeouts.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if let Phase::FullFeature(s) = &mut self.phase {
+            s.handle_timeout(now, &mut self.actions);
+            if s.is_closed() {
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
+    /// When [`Connection::handle_timeout`] should next be called, if ever.
+    pub fn next_timeout(&self) -> Option<Millis> {
+        match &self.phase {
+            Phase::FullFeature(s) => s.next_timeout(),
+            _ => None,
+        }
+    }
+
+    /// The runtime is closing the connection (socket error, shutdown, session reinstated):
+    /// aborts all tasks. Emits `Abort` for outstanding tasks but no `Close`.
+    pub fn shutdown(&mut self, now: Millis) {
+        if let Phase::FullFeature(s) = &mut self.phase {
+            s.abort_tasks(None, now, &mut self.actions);
+        }
+        self.phase = Phase::Closed;
+    }
+
+    /// The next action to perform, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Whether the login finished and the session is in full feature phase.
+    pub fn is_full_feature(&self) -> bool {
+        matches!(self.phase, Phase::FullFeature(_))
+    }
+
+    /// Whether the connection is closed (a `Close` action was emitted or `shutdown` called).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// The session's identity once logged in.
+    pub fn identity(&self) -> Option<&SessionIdentity> {
+        match &self.phase {
+            Phase::FullFeature(s) => Some(s.identity()),
+            _ => None,
+        }
+    }
+
+    /// The negotiated parameters once logged in.
+    pub fn params(&self) -> Option<&SessionParams> {
+        match &self.phase {
+            Phase::FullFeature(s) => Some(s.params()),
+            _ => None,
+        }
+    }
+
+    /// Direct access to the full-feature session (tests, statistics).
+    pub fn session(&self) -> Option<&Session> {
+        match &self.phase {
+            Phase::FullFeature(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if !matches!(self.phase, Phase::Closed) {
+            if let Phase::FullFeature(s) = &mut self.phase {
+                s.abort_tasks(None, 0, &mut self.actions);
+            }
+            self.actions.push_back(Action::Close(reason));
+            self.phase = Phase::Closed;
+        }
+    }
+}

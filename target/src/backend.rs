@@ -1,0 +1,465 @@
+//! The file backend: a regular file or a block device behind a logical unit.
+//!
+//! Reads and writes are positional (`pread`/`pwrite` through [`FileExt`]), so one open file serves
+//! every command at once; the daemon calls these methods from blocking worker threads, never from
+//! the async workers. UNMAP punches holes (`fallocate(PUNCH_HOLE | KEEP_SIZE)`), SYNCHRONIZE CACHE
+//! and FUA become `fdatasync`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use duet_core::scsi::{BlockStore, StoreError};
+
+/// Why a backend could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl BackendError {
+    fn io(path: &Path, what: &'static str, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    }
+}
+
+/// How to open a backend.
+#[derive(Clone, Debug)]
+pub struct OpenSpec<'a> {
+    pub path: &'a Path,
+    /// The LUN size in bytes; `None` = the size of the file or device.
+    pub size: Option<u64>,
+    pub block_size: u32,
+    pub read_only: bool,
+    /// Create the file (and its directory) if missing, and extend it to `size` if shorter.
+    pub create: bool,
+}
+
+/// A LUN's backing file or block device.
+#[derive(Debug)]
+pub struct FileStore {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    read_only: bool,
+    block_device: bool,
+    /// Cleared once the file system said it cannot punch holes; writes of zeros then stand in.
+    can_punch: AtomicBool,
+}
+
+impl FileStore {
+    /// Opens (and, if asked, creates or extends) the backing file or device.
+    pub fn open(spec: &OpenSpec<'_>) -> Result<FileStore, BackendError> {
+        let path = spec.path;
+        let exists = path.exists();
+        if !exists && !spec.create {
+            return Err(BackendError::Invalid {
+                path: path.to_path_buf(),
+                message: "does not exist (set `create = true` to create it)".into(),
+            });
+        }
+        if !exists {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| BackendError::io(path, "cannot create its directory", e))?;
+            }
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        if !spec.read_only {
+            opts.write(true);
+            if spec.create {
+                opts.create(true);
+            }
+        } else if !exists {
+            // A read-only LUN that is to be created: create it writable, then reopen.
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| BackendError::io(path, "cannot create", e))?;
+        }
+        let mut file = opts
+            .open(path)
+            .map_err(|e| BackendError::io(path, "cannot open", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| BackendError::io(path, "cannot stat", e))?;
+        let block_device = meta.file_type().is_block_device();
+        if !block_device && !meta.file_type().is_file() {
+            return Err(BackendError::Invalid {
+                path: path.to_path_buf(),
+                message: "is neither a regular file nor a block device".into(),
+            });
+        }
+        let mut actual = if block_device {
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| BackendError::io(path, "cannot find the device size", e))?
+        } else {
+            meta.len()
+        };
+        let len = match spec.size {
+            None => actual,
+            Some(want) => {
+                if want > actual {
+                    if block_device {
+                        return Err(BackendError::Invalid {
+                            path: path.to_path_buf(),
+                            message: format!(
+                                "the device has {actual} bytes, less than the configured size {want}"
+                            ),
+                        });
+                    }
+                    if !spec.create || spec.read_only && exists {
+                        return Err(BackendError::Invalid {
+                            path: path.to_path_buf(),
+                            message: format!(
+                                "the file has {actual} bytes, less than the configured size {want} (set `create = true` to extend it)"
+                            ),
+                        });
+                    }
+                    let f = if spec.read_only {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(|e| BackendError::io(path, "cannot open to extend", e))?
+                    } else {
+                        file.try_clone()
+                            .map_err(|e| BackendError::io(path, "cannot open to extend", e))?
+                    };
+                    f.set_len(want)
+                        .map_err(|e| BackendError::io(path, "cannot extend", e))?;
+                    actual = want;
+                }
+                want.min(actual)
+            }
+        };
+        let bs = u64::from(spec.block_size.max(1));
+        let len = len - len % bs;
+        if len == 0 {
+            return Err(BackendError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("is smaller than one block ({bs} bytes)"),
+            });
+        }
+        Ok(FileStore {
+            file,
+            path: path.to_path_buf(),
+            len,
+            read_only: spec.read_only,
+            block_device,
+            can_punch: AtomicBool::new(true),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(StoreError::OutOfRange),
+        }
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            Err(StoreError::Io("the LUN is read-only".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl BlockStore for FileStore {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.check(offset, buf.len() as u64)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                // A file shorter than the LUN (it shrank under us) reads as zeros past its end.
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.writable()?;
+        self.check(offset, data.len() as u64)?;
+        self.file.write_all_at(data, offset).map_err(io_err)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(io_err)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.writable()?;
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.can_punch.load(Ordering::Relaxed) {
+            let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+            else {
+                return Err(StoreError::OutOfRange);
+            };
+            // SAFETY: fallocate on a file descriptor we own, with plain integer arguments.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    l,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::ENODEV) => {
+                    self.can_punch.store(false, Ordering::Relaxed);
+                }
+                _ => return Err(io_err(e)),
+            }
+        }
+        self.write_zeroes(offset, len)
+    }
+
+    fn allocation(&self, offset: u64, len: u64) -> Result<(u64, bool), StoreError> {
+        self.check(offset, len)?;
+        if len == 0 || self.block_device {
+            return Ok((len, true));
+        }
+        let fd = self.file.as_raw_fd();
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Err(StoreError::OutOfRange);
+        };
+        let end = offset + len;
+        // SAFETY: lseek on a file descriptor we own; positional reads and writes ignore the offset.
+        let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // No data from here to the end of the file: a hole.
+                Some(libc::ENXIO) => Ok((len, false)),
+                _ => Ok((len, true)),
+            };
+        }
+        let data = data as u64;
+        if data > offset {
+            return Ok(((data.min(end)) - offset, false));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Ok((len, true));
+        }
+        let hole = (hole as u64).max(offset + 1);
+        Ok((hole.min(end) - offset, true))
+    }
+}
+
+/// Where the persistent-reservation state of a LUN is kept when APTPL is set: next to the image.
+pub fn pr_state_path(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".pr");
+    PathBuf::from(name)
+}
+
+/// Writes `data` to `path` atomically (temporary file, fsync, rename).
+pub fn write_file_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let f = File::create(&tmp)?;
+        f.write_all_at(data, 0)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("duet-backend-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn spec(path: &Path, size: Option<u64>, create: bool, ro: bool) -> OpenSpec<'_> {
+        OpenSpec {
+            path,
+            size,
+            block_size: 512,
+            read_only: ro,
+            create,
+        }
+    }
+
+    #[test]
+    fn creates_a_missing_file_of_the_configured_size_and_reads_back_writes() {
+        let d = tmpdir("create");
+        let p = d.join("sub/lun.img");
+        let s = FileStore::open(&spec(&p, Some(1 << 20), true, false)).unwrap();
+        assert_eq!(s.len(), 1 << 20);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+        s.write_at(4096, b"duet").unwrap();
+        s.flush().unwrap();
+        let mut b = [0u8; 4];
+        s.read_at(4096, &mut b).unwrap();
+        assert_eq!(&b, b"duet");
+        assert_eq!(
+            s.read_at((1 << 20) - 2, &mut b),
+            Err(StoreError::OutOfRange)
+        );
+        assert_eq!(s.write_at(u64::MAX - 1, &b), Err(StoreError::OutOfRange));
+        // Reopening keeps the data; without a size the file's own size counts.
+        drop(s);
+        let s = FileStore::open(&spec(&p, None, false, false)).unwrap();
+        assert_eq!(s.len(), 1 << 20);
+        s.read_at(4096, &mut b).unwrap();
+        assert_eq!(&b, b"duet");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn missing_or_short_files_are_refused_unless_creation_is_asked() {
+        let d = tmpdir("refuse");
+        let p = d.join("lun.img");
+        let e = FileStore::open(&spec(&p, Some(1 << 20), false, false)).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        let e = FileStore::open(&spec(&p, Some(1 << 20), false, false)).unwrap_err();
+        assert!(
+            e.to_string().contains("less than the configured size"),
+            "{e}"
+        );
+        let s = FileStore::open(&spec(&p, Some(1 << 20), true, false)).unwrap();
+        assert_eq!(s.len(), 1 << 20);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn read_only_luns_refuse_writes() {
+        let d = tmpdir("ro");
+        let p = d.join("lun.img");
+        std::fs::write(&p, vec![7u8; 8192]).unwrap();
+        let s = FileStore::open(&spec(&p, None, false, true)).unwrap();
+        assert!(s.is_read_only());
+        assert!(matches!(s.write_at(0, b"x"), Err(StoreError::Io(_))));
+        let mut b = [0u8; 2];
+        s.read_at(0, &mut b).unwrap();
+        assert_eq!(b, [7, 7]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn punched_holes_read_back_as_zeros_and_show_as_unmapped() {
+        let d = tmpdir("punch");
+        let p = d.join("lun.img");
+        let s = FileStore::open(&spec(&p, Some(1 << 20), true, false)).unwrap();
+        s.write_at(0, &vec![0xAB; 1 << 20]).unwrap();
+        s.punch_hole(64 << 10, 128 << 10).unwrap();
+        let mut b = vec![0u8; 4096];
+        s.read_at(64 << 10, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        s.read_at(0, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0xAB));
+        let (run, mapped) = s.allocation(0, 1 << 20).unwrap();
+        assert!(mapped && (4096..=64 << 10).contains(&run), "{run}");
+        if s.can_punch.load(Ordering::Relaxed) {
+            let (run, mapped) = s.allocation(64 << 10, (1 << 20) - (64 << 10)).unwrap();
+            assert!(!mapped, "hole expected");
+            assert_eq!(run, 128 << 10);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn compare_and_write_writes_only_on_match() {
+        let d = tmpdir("caw");
+        let p = d.join("lun.img");
+        let s = FileStore::open(&spec(&p, Some(8192), true, false)).unwrap();
+        s.write_at(0, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(
+            s.compare_and_write(0, &[1, 2, 0, 4], &[9; 4]).unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            s.compare_and_write(0, &[1, 2, 3, 4], &[9; 4]).unwrap(),
+            None
+        );
+        let mut b = [0u8; 4];
+        s.read_at(0, &mut b).unwrap();
+        assert_eq!(b, [9; 4]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let d = tmpdir("atomic");
+        let p = d.join("x.pr");
+        write_file_atomically(&p, b"one").unwrap();
+        write_file_atomically(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            pr_state_path(Path::new("/a/b.img")),
+            PathBuf::from("/a/b.img.pr")
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,1197 @@
+//! The daemon: listeners, one task per connection, logical units shared by all sessions.
+//!
+//! Everything the protocol decides comes from `duet_core`: a connection task feeds received PDUs,
+//! command completions and timer expiries into [`duet_core::iscsi::Connection`] and performs the
+//! actions it returns, in order. SCSI commands are prepared by [`LogicalUnit::prepare`] under the
+//! LU's mutex (fast, no I/O) and their medium phase ([`run_io`]) runs on tokio's blocking pool
+//! with no LU lock held. COMPARE AND WRITE takes the LU's I/O lock exclusively, every other
+//! medium operation shares it, so C&W is atomic against concurrent writes.
+//!
+//! The ALUA picture comes from `duet_core::alua::group_states` with the facts a stand-alone
+//! controller knows (primary here, HA off); an HA runtime only changes those inputs
+//! ([`Target::set_alua`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use duet_core::alua::{self, AluaState, GroupStates, HaMode, LunView, PeerReach, PrimaryView};
+use duet_core::iscsi::{
+    Action, ChapConfig, ChapCredentials, CloseReason, Codec, Completion, Connection, IscsiConfig,
+    LoginEntropy, Lun as WireLun, Millis, Opcode, PortalInfo, ScsiCommand, SessionIdentity,
+    SessionType, TargetConfig, TargetLimits, TmfFunction, TmfRequest, TmfResponse, TsihAllocator,
+};
+use duet_core::scsi::{
+    run_io, AluaPicture, BlockStore, CommandContext, Effect, LogicalUnit, LuConfig, Nexus, Outcome,
+    PortGroup, PrState, Prepared, ResetKind, Sense,
+};
+use duet_core::sense::{status, SenseCode};
+
+use crate::backend::{pr_state_path, write_file_atomically, FileStore, OpenSpec};
+use crate::config::{AuthGroup, AuthType, Config};
+
+/// This controller's HA id while HA is off (DESIGN §2.3: a stand-alone controller is node 1).
+pub const STANDALONE_HA_ID: u8 = 1;
+
+/// Vendor identification reported in INQUIRY.
+pub const VENDOR: &str = "DUET";
+/// Product identification reported in INQUIRY.
+pub const PRODUCT: &str = "duet";
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("lun {lun} of {target}: {message}")]
+    Lun {
+        target: String,
+        lun: u16,
+        message: String,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// One logical unit: the SCSI state (shared by every session) and its backing store.
+pub struct Lu {
+    pub number: u16,
+    /// The command-set state; locked only for `prepare` and bookkeeping, never across I/O.
+    pub state: Mutex<LogicalUnit>,
+    /// Shared by medium operations, taken exclusively by COMPARE AND WRITE.
+    io_lock: Arc<RwLock<()>>,
+    pub store: Arc<FileStore>,
+    pr_path: PathBuf,
+}
+
+impl Lu {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogicalUnit> {
+        // A panic while holding the lock leaves the state as the last command left it; serving on
+        // is better than refusing every later command.
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Writes (or removes) the persisted reservation state after a PR OUT.
+    fn persist_pr(&self, aptpl: bool) {
+        let result = if aptpl {
+            let json = serde_json::to_vec_pretty(self.lock().pr_state());
+            match json {
+                Ok(data) => write_file_atomically(&self.pr_path, &data),
+                Err(e) => Err(std::io::Error::other(e)),
+            }
+        } else {
+            match std::fs::remove_file(&self.pr_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(lun = self.number, path = %self.pr_path.display(),
+                "cannot persist the persistent reservation state: {e}");
+        }
+    }
+}
+
+/// A target with its LUNs and ALUA picture.
+pub struct Target {
+    pub name: String,
+    pub tpgt: u16,
+    /// The relative target port id of this target's port (target name + portal group tag).
+    pub rtpi: u16,
+    pub luns: BTreeMap<u16, Arc<Lu>>,
+    lun_list: Vec<u64>,
+    alua: RwLock<AluaPicture>,
+}
+
+impl Target {
+    /// The current ALUA picture (the same from every port).
+    pub fn alua(&self) -> AluaPicture {
+        match self.alua.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the ALUA picture from the facts the HA layer knows, raising 2A/06 on every nexus
+    /// of every LU when a state changes.
+    pub fn set_alua(&self, view: LunView, peer_ports: &[u16]) {
+        let new = alua_picture(view, &[self.rtpi], peer_ports);
+        let changed = {
+            let mut g = match self.alua.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let changed = *g != new;
+            *g = new;
+            changed
+        };
+        if changed {
+            for lu in self.luns.values() {
+                lu.lock()
+                    .raise_ua_all(SenseCode::UA_ALUA_STATE_CHANGED, None);
+            }
+        }
+    }
+}
+
+/// The ALUA picture from the facts one node knows: its own group holds `local_ports`, the peer's
+/// group (reported only when the peer has ports, i.e. HA is configured) holds `peer_ports`.
+pub fn alua_picture(view: LunView, local_ports: &[u16], peer_ports: &[u16]) -> AluaPicture {
+    let GroupStates { local, peer } = alua::group_states(view);
+    let mut groups = vec![PortGroup {
+        id: alua::port_group_id(STANDALONE_HA_ID),
+        state: local,
+        preferred: false,
+        ports: local_ports.to_vec(),
+        status: 0,
+    }];
+    if !peer_ports.is_empty() {
+        groups.push(PortGroup {
+            id: alua::port_group_id(2),
+            state: peer,
+            preferred: false,
+            ports: peer_ports.to_vec(),
+            status: 0,
+        });
+    }
+    AluaPicture {
+        groups,
+        explicit: false,
+        transition_time: 0,
+    }
+}
+
+/// The facts of a controller running alone: primary here, no peer.
+pub fn standalone_view() -> LunView {
+    LunView {
+        mode: HaMode::ActiveStandby,
+        primary: PrimaryView::Local,
+        peer: PeerReach::Down,
+    }
+}
+
+/// What other connections may be told to do.
+#[derive(Debug, Clone)]
+enum ConnMsg {
+    /// Abort this session's tasks on the LUN (all when `None`): a reset from another nexus.
+    AbortTasks(Option<u16>),
+    /// Close the connection now (session reinstated, cold reset).
+    Close,
+}
+
+struct SessionEntry {
+    identity: SessionIdentity,
+    tx: mpsc::UnboundedSender<ConnMsg>,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub config: Config,
+    pub targets: HashMap<String, Arc<Target>>,
+    /// iSCSI configuration per portal group name.
+    iscsi: HashMap<String, Arc<IscsiConfig>>,
+    tsih: Mutex<TsihAllocator>,
+    sessions: Mutex<HashMap<u64, SessionEntry>>,
+    next_conn: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now(&self) -> Millis {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn target_by_name(&self, name: &str) -> Option<&Arc<Target>> {
+        self.targets.get(&name.to_ascii_lowercase())
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionEntry>> {
+        match self.sessions.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Tells every other session on `target` to do `msg`.
+    fn broadcast(&self, except: u64, target: &str, msg: ConnMsg) {
+        for (id, s) in self.sessions().iter() {
+            if *id != except
+                && s.identity
+                    .target_name
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(target))
+            {
+                let _ = s.tx.send(msg.clone());
+            }
+        }
+    }
+
+    /// Flushes every backend (shutdown).
+    pub fn flush_all(&self) {
+        for t in self.targets.values() {
+            for lu in t.luns.values() {
+                if let Err(e) = lu.store.flush() {
+                    tracing::error!(target = %t.name, lun = lu.number, "flush failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn chap_configs(ag: &AuthGroup) -> Vec<ChapConfig> {
+    ag.chap
+        .iter()
+        .map(|c| ChapConfig {
+            initiator: ChapCredentials {
+                user: c.user.clone(),
+                secret: c.secret.as_bytes().to_vec(),
+            },
+            target: match (&c.mutual_user, &c.mutual_secret) {
+                (Some(u), Some(s)) => Some(ChapCredentials {
+                    user: u.clone(),
+                    secret: s.as_bytes().to_vec(),
+                }),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+fn allowed_initiators(ag: &AuthGroup) -> Vec<String> {
+    ag.initiator_names
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect()
+}
+
+/// The CHAP credentials an auth group accepts (any of them may log in); none = no CHAP.
+fn chap_for(ag: &AuthGroup) -> Vec<ChapConfig> {
+    match ag.auth_type {
+        AuthType::None | AuthType::Deny => Vec::new(),
+        AuthType::Chap | AuthType::ChapMutual => chap_configs(ag),
+    }
+}
+
+fn portal_address(addr: &SocketAddr, tpgt: u16) -> String {
+    format!("{addr},{tpgt}")
+}
+
+/// Builds every target, opens every backend and restores persisted reservations.
+pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError> {
+    let mut targets = HashMap::new();
+    for t in &config.targets {
+        let pg = config
+            .portal_group(&t.portal_group)
+            .cloned()
+            .ok_or_else(|| StartError::Lun {
+                target: t.name.clone(),
+                lun: 0,
+                message: format!("no portal group `{}`", t.portal_group),
+            })?;
+        let rtpi = alua::relative_port_id(STANDALONE_HA_ID, pg.tag.saturating_sub(1));
+        let mut luns = BTreeMap::new();
+        for l in &t.luns {
+            let store = FileStore::open(&OpenSpec {
+                path: &l.path,
+                size: l.size,
+                block_size: l.block_size,
+                read_only: l.read_only,
+                create: l.create,
+            })?;
+            let mut cfg = LuConfig::new(
+                u64::from(l.number),
+                l.block_size,
+                store.len() / u64::from(l.block_size),
+                &l.serial,
+            );
+            cfg.naa = Some(l.naa);
+            cfg.read_only = l.read_only;
+            cfg.vendor = VENDOR.to_string();
+            cfg.product = PRODUCT.to_string();
+            cfg.revision = env!("CARGO_PKG_VERSION")
+                .chars()
+                .filter(|c| *c != '.')
+                .take(4)
+                .collect();
+            cfg.thin = !store.is_block_device();
+            // One WRITE SAME may cover no more than one WRITE: initiators size their requests
+            // (and libiscsi its tests) by either limit.
+            cfg.max_write_same_blocks = cfg
+                .max_write_same_blocks
+                .min(u64::from(cfg.max_transfer_blocks));
+            let mut lu = LogicalUnit::new(cfg).map_err(|e| StartError::Lun {
+                target: t.name.clone(),
+                lun: l.number,
+                message: e.to_string(),
+            })?;
+            let pr_path = pr_state_path(&l.path);
+            if let Ok(data) = std::fs::read(&pr_path) {
+                match serde_json::from_slice::<PrState>(&data) {
+                    Ok(st) => {
+                        tracing::info!(target = %t.name, lun = l.number, path = %pr_path.display(),
+                            "restored persistent reservations (APTPL)");
+                        lu.restore_pr(st);
+                    }
+                    Err(e) => {
+                        return Err(StartError::Lun {
+                            target: t.name.clone(),
+                            lun: l.number,
+                            message: format!(
+                                "{}: unreadable reservation state: {e}",
+                                pr_path.display()
+                            ),
+                        })
+                    }
+                }
+            }
+            tracing::info!(target = %t.name, lun = l.number, path = %l.path.display(),
+                bytes = store.len(), block_size = l.block_size, read_only = l.read_only, "LUN ready");
+            luns.insert(
+                l.number,
+                Arc::new(Lu {
+                    number: l.number,
+                    state: Mutex::new(lu),
+                    io_lock: Arc::new(RwLock::new(())),
+                    store: Arc::new(store),
+                    pr_path,
+                }),
+            );
+        }
+        let lun_list = luns.keys().map(|n| u64::from(*n)).collect();
+        targets.insert(
+            t.name.to_ascii_lowercase(),
+            Arc::new(Target {
+                name: t.name.clone(),
+                tpgt: pg.tag,
+                rtpi,
+                luns,
+                lun_list,
+                alua: RwLock::new(alua_picture(standalone_view(), &[rtpi], &[])),
+            }),
+        );
+    }
+    let mut iscsi = HashMap::new();
+    for pg in &config.portal_groups {
+        let mut tcs = Vec::new();
+        for t in config.targets_in(&pg.name) {
+            let ag = config.auth_group(&t.auth_group);
+            tcs.push(TargetConfig {
+                name: t.name.clone(),
+                alias: t.alias.clone(),
+                allowed_initiators: ag.map(allowed_initiators).unwrap_or_default(),
+                chap: ag.map(chap_for).unwrap_or_default(),
+                deny_all: ag.is_none_or(|a| a.auth_type == AuthType::Deny),
+                addresses: pg
+                    .listen
+                    .iter()
+                    .filter(|a| !a.ip().is_unspecified())
+                    .map(|a| portal_address(a, pg.tag))
+                    .collect(),
+            });
+        }
+        let dag = config.auth_group(&pg.discovery_auth_group);
+        iscsi.insert(
+            pg.name.clone(),
+            Arc::new(IscsiConfig {
+                targets: tcs,
+                discovery_chap: dag.map(chap_for).unwrap_or_default(),
+                discovery_deny: dag.is_none_or(|a| a.auth_type == AuthType::Deny),
+                limits: limits.clone(),
+            }),
+        );
+    }
+    Ok(Shared {
+        config,
+        targets,
+        iscsi,
+        tsih: Mutex::new(TsihAllocator::new()),
+        sessions: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(1),
+        epoch: Instant::now(),
+    })
+}
+
+/// The iSCSI limits for a configuration (ping interval and timeout from `ping_timeout`).
+pub fn limits_for(config: &Config) -> TargetLimits {
+    let ms = config.ping_timeout.saturating_mul(1000);
+    TargetLimits {
+        nop_in_interval_ms: ms,
+        nop_in_timeout_ms: ms,
+        ..TargetLimits::default()
+    }
+}
+
+/// Random values for one login, from the operating system.
+fn login_entropy(tsih: u16) -> LoginEntropy {
+    let mut buf = [0u8; 33];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !ok {
+        // /dev/urandom is always present on Linux; if it is not, fall back to the hasher's
+        // per-process random keys rather than a fixed challenge.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in buf.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(tsih as u64);
+            let v = h.finish().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    let mut chap_challenge = [0u8; 32];
+    chap_challenge.copy_from_slice(&buf[1..33]);
+    LoginEntropy {
+        chap_id: buf[0],
+        chap_challenge,
+        tsih,
+    }
+}
+
+/// Runs the daemon until `shutdown` turns true: binds every portal, serves, then drains.
+pub async fn serve(
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let mut listeners = Vec::new();
+    for pg in &shared.config.portal_groups {
+        if !shared
+            .config
+            .targets
+            .iter()
+            .any(|t| t.portal_group == pg.name)
+        {
+            tracing::info!(portal_group = %pg.name, "no target uses this portal group; not listening");
+            continue;
+        }
+        for addr in &pg.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            tracing::info!(portal_group = %pg.name, tag = pg.tag, %addr, "listening");
+            listeners.push((l, pg.name.clone(), pg.tag));
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, pg, tag) in listeners {
+        let shared = shared.clone();
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    r = listener.accept() => match r {
+                        Ok((sock, peer)) => {
+                            let shared = shared.clone();
+                            let pg = pg.clone();
+                            let stop = stop.clone();
+                            conns.spawn(async move {
+                                run_connection(shared, sock, peer, pg, tag, stop).await;
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+            drop(listener);
+            while conns.join_next().await.is_some() {}
+        });
+    }
+    // Wait for the shutdown request, then for every listener task to finish its connections.
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing sessions");
+    while tasks.join_next().await.is_some() {}
+    shared.flush_all();
+    tracing::info!("backends flushed; exiting");
+    Ok(())
+}
+
+/// The writer half of a connection: sends encoded PDUs in order, then closes.
+enum Outgoing {
+    Pdu([Bytes; 3]),
+    Close,
+}
+
+async fn writer_task(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    while let Some(m) = rx.recv().await {
+        match m {
+            Outgoing::Pdu(parts) => {
+                for p in parts.iter().filter(|p| !p.is_empty()) {
+                    if w.write_all(p).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Outgoing::Close => break,
+        }
+    }
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}
+
+/// A command's result on its way back to the connection task.
+struct Done {
+    itt: u32,
+    completion: Completion,
+}
+
+struct ConnCtx {
+    shared: Arc<Shared>,
+    id: u64,
+    codec: Codec,
+    out: mpsc::UnboundedSender<Outgoing>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    msg_tx: mpsc::UnboundedSender<ConnMsg>,
+    identity: Option<SessionIdentity>,
+    target: Option<Arc<Target>>,
+    nexus: Option<Nexus>,
+    in_flight: usize,
+    closing: bool,
+    peer: SocketAddr,
+    /// The status of a failing Login Response, for the log.
+    login_status: Option<(u8, u8)>,
+}
+
+async fn run_connection(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    pg: String,
+    tag: u16,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = sock.set_nodelay(true);
+    let local = match sock.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let Some(iscsi) = shared.iscsi.get(&pg).cloned() else {
+        return;
+    };
+    let tsih = {
+        let mut a = match shared.tsih.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        a.allocate()
+    };
+    let Some(tsih) = tsih else {
+        tracing::warn!(%peer, "no free TSIH; refusing the connection");
+        return;
+    };
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, %local, conn = id, "connection accepted");
+    let mut conn = Connection::new(
+        iscsi,
+        PortalInfo {
+            address: portal_address(&local, tag),
+            portal_group_tag: tag,
+        },
+        login_entropy(tsih),
+    );
+    let (r, w) = sock.into_split();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer_task(w, out_rx));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<ConnMsg>();
+    let mut cx = ConnCtx {
+        shared: shared.clone(),
+        id,
+        codec: Codec::new(),
+        out: out_tx,
+        done_tx,
+        msg_tx,
+        identity: None,
+        target: None,
+        nexus: None,
+        in_flight: 0,
+        closing: false,
+        peer,
+        login_status: None,
+    };
+    let mut reader = r;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut shutting_down = *stop.borrow();
+    let mut read_open = true;
+    'main: loop {
+        if cx.closing {
+            break;
+        }
+        if shutting_down && cx.in_flight == 0 {
+            break;
+        }
+        let timeout = conn.next_timeout();
+        let sleep_for = timeout.map(|t| Duration::from_millis(t.saturating_sub(shared.now())));
+        tokio::select! {
+            biased;
+            Some(d) = done_rx.recv() => {
+                cx.in_flight = cx.in_flight.saturating_sub(1);
+                conn.complete_command(d.itt, d.completion, shared.now());
+            }
+            Some(m) = msg_rx.recv() => match m {
+                ConnMsg::AbortTasks(lun) => {
+                    let _ = conn.abort_tasks(lun.map(WireLun::from_number), shared.now());
+                }
+                ConnMsg::Close => {
+                    conn.shutdown(shared.now());
+                    cx.closing = true;
+                }
+            },
+            _ = stop.changed(), if !shutting_down => {
+                shutting_down = true;
+                // Ask the initiator to log out; in-flight commands finish before we close.
+                conn.request_logout(0, shared.now());
+            }
+            r = reader.read_buf(&mut buf), if read_open && !shutting_down => {
+                match r {
+                    Ok(0) | Err(_) => {
+                        read_open = false;
+                        conn.shutdown(shared.now());
+                        cx.closing = true;
+                    }
+                    Ok(_) => {
+                        loop {
+                            match cx.codec.decode(&mut buf) {
+                                Ok(Some(pdu)) => {
+                                    conn.handle_pdu(pdu, shared.now());
+                                    drain(&mut conn, &mut cx);
+                                    if cx.closing { continue 'main; }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    let fatal = e.is_fatal();
+                                    tracing::debug!(conn = id, "bad PDU: {e}");
+                                    conn.handle_decode_error(e, shared.now());
+                                    drain(&mut conn, &mut cx);
+                                    if fatal || cx.closing { continue 'main; }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ = async {
+                match sleep_for {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                conn.handle_timeout(shared.now());
+            }
+        }
+        drain(&mut conn, &mut cx);
+    }
+    // Tear down: abort what is left, tell the LUs the nexus is gone, release the TSIH.
+    conn.shutdown(shared.now());
+    drain(&mut conn, &mut cx);
+    let _ = cx.out.send(Outgoing::Close);
+    drop(cx.out);
+    let _ = writer.await;
+    if let (Some(t), Some(n)) = (&cx.target, &cx.nexus) {
+        for lu in t.luns.values() {
+            lu.lock().nexus_lost(n);
+        }
+    }
+    shared.sessions().remove(&id);
+    if let Ok(mut a) = shared.tsih.lock() {
+        a.release(tsih);
+    }
+    if let Some(idn) = &cx.identity {
+        tracing::info!(conn = id, initiator = %idn.initiator_name, peer = %cx.peer, "session ended");
+    }
+}
+
+/// Words for a Login Response status (RFC 7143 §11.13.5).
+fn login_status_text(class: u8, detail: u8) -> &'static str {
+    match (class, detail) {
+        (1, _) => "redirection",
+        (2, 0) => "initiator error",
+        (2, 1) => "authentication failed",
+        (2, 2) => "initiator not allowed",
+        (2, 3) => "target not found",
+        (2, 4) => "target removed",
+        (2, 5) => "unsupported version",
+        (2, 6) => "too many connections",
+        (2, 7) => "missing parameter",
+        (2, 8) => "cannot include in session",
+        (2, 9) => "session type not supported",
+        (2, 10) => "session does not exist",
+        (2, 11) => "invalid request during login",
+        (3, 0) => "target error",
+        (3, 1) => "service unavailable",
+        (3, 2) => "out of resources",
+        _ => "login failed",
+    }
+}
+
+/// Performs every pending action of the connection, in order.
+fn drain(conn: &mut Connection, cx: &mut ConnCtx) {
+    while let Some(a) = conn.poll_action() {
+        match a {
+            Action::Send(pdu) => {
+                if pdu.opcode() == Some(Opcode::LoginResponse) && pdu.status_class() != 0 {
+                    cx.login_status = Some((pdu.status_class(), pdu.status_detail()));
+                }
+                let _ = cx.out.send(Outgoing::Pdu(cx.codec.encode_vectored(&pdu)));
+            }
+            Action::LoginComplete(done) => {
+                cx.codec.configure(&done.params);
+                let idn = done.identity;
+                tracing::info!(conn = cx.id, initiator = %idn.initiator_name,
+                    target = idn.target_name.as_deref().unwrap_or("(discovery)"),
+                    peer = %cx.peer, "login");
+                if idn.session_type == SessionType::Normal {
+                    if let Some(t) = idn
+                        .target_name
+                        .as_deref()
+                        .and_then(|n| cx.shared.target_by_name(n))
+                    {
+                        cx.target = Some(t.clone());
+                        cx.nexus = Some(Nexus::new(&idn.initiator_name, idn.isid, t.rtpi));
+                    }
+                }
+                // Session reinstatement: an older session of the same nexus is closed.
+                let tx = cx.msg_tx.clone();
+                {
+                    let mut sessions = cx.shared.sessions();
+                    for s in sessions.values() {
+                        if s.identity.same_nexus(&idn) {
+                            let _ = s.tx.send(ConnMsg::Close);
+                        }
+                    }
+                    sessions.insert(
+                        cx.id,
+                        SessionEntry {
+                            identity: idn.clone(),
+                            tx,
+                        },
+                    );
+                }
+                cx.identity = Some(idn);
+            }
+            Action::Execute(cmd) => execute(cx, cmd),
+            Action::Abort { itts } => {
+                tracing::debug!(conn = cx.id, ?itts, "tasks aborted");
+            }
+            Action::TaskManagement(req) => {
+                let resp = task_management(cx, &req);
+                conn.complete_task_management(req.itt, resp, cx.shared.now());
+            }
+            Action::Close(reason) => {
+                match &reason {
+                    CloseReason::LoggedOut => tracing::debug!(conn = cx.id, "logged out"),
+                    CloseReason::LoginFailed => {
+                        let (class, detail) = cx.login_status.unwrap_or((0, 0));
+                        tracing::info!(
+                            conn = cx.id,
+                            peer = %cx.peer,
+                            "login refused: status {class}/{detail} ({})",
+                            login_status_text(class, detail)
+                        )
+                    }
+                    other => tracing::warn!(conn = cx.id, peer = %cx.peer, "closing: {other:?}"),
+                }
+                cx.closing = true;
+            }
+        }
+    }
+}
+
+fn completion_of(o: Outcome) -> Completion {
+    Completion {
+        status: o.status,
+        sense: o.sense.map(Bytes::from),
+        data_in: Bytes::from(o.data_in),
+        wanted_len: o.wanted_len,
+    }
+}
+
+fn check(code: SenseCode) -> Completion {
+    Completion {
+        status: status::CHECK_CONDITION,
+        sense: Some(Bytes::from(Sense::new(code).to_bytes(false))),
+        data_in: Bytes::new(),
+        wanted_len: 0,
+    }
+}
+
+/// Answers a command for a LUN the target does not have (SPC-4 §4.6.4): INQUIRY reports
+/// "no logical unit" (peripheral qualifier 3), REPORT LUNS lists the real ones, REQUEST SENSE
+/// reports LOGICAL UNIT NOT SUPPORTED, everything else fails with it.
+fn no_such_lun(target: &Target, cmd: &ScsiCommand, ctx: &CommandContext<'_>) -> Completion {
+    let op = cmd.cdb.first().copied().unwrap_or(0xFF);
+    match op {
+        0xA0 => {
+            if let Some(lu) = target.luns.values().next() {
+                let out = lu.lock().prepare(ctx, &cmd.cdb, &cmd.data_out);
+                if let Prepared::Done(o) = out {
+                    return completion_of(o);
+                }
+            }
+            check(SenseCode::LUN_NOT_SUPPORTED)
+        }
+        0x12 => {
+            let alloc = cmd
+                .cdb
+                .get(3..5)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                .unwrap_or(0);
+            let mut data = vec![0u8; 36];
+            data[0] = 0x7F; // qualifier 011b, type 1Fh
+            data[2] = 0x06;
+            data[3] = 0x02;
+            data[4] = 31;
+            data[8..12].copy_from_slice(b"DUET");
+            data[16..20].copy_from_slice(b"duet");
+            data[12..16].copy_from_slice(b"    ");
+            for b in &mut data[20..36] {
+                *b = b' ';
+            }
+            let wanted = alloc as u32;
+            data.truncate(alloc);
+            Completion {
+                status: status::GOOD,
+                sense: None,
+                data_in: Bytes::from(data),
+                wanted_len: wanted,
+            }
+        }
+        0x03 => {
+            let alloc = cmd.cdb.get(4).copied().unwrap_or(0) as usize;
+            let mut data = Sense::new(SenseCode::LUN_NOT_SUPPORTED).to_bytes(false);
+            data.truncate(alloc);
+            Completion {
+                status: status::GOOD,
+                sense: None,
+                wanted_len: alloc as u32,
+                data_in: Bytes::from(data),
+            }
+        }
+        _ => check(SenseCode::LUN_NOT_SUPPORTED),
+    }
+}
+
+/// Runs one SCSI command: phase 1 here (under the LU lock), the medium phase on the blocking pool.
+fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) {
+    let itt = cmd.itt;
+    cx.in_flight += 1;
+    let done_tx = cx.done_tx.clone();
+    let reply = move |c: Completion| {
+        let _ = done_tx.send(Done { itt, completion: c });
+    };
+    let (Some(target), Some(nexus)) = (cx.target.clone(), cx.nexus.clone()) else {
+        reply(check(SenseCode::LUN_NOT_SUPPORTED));
+        return;
+    };
+    let alua_pic = target.alua();
+    let ctx = CommandContext {
+        nexus: &nexus,
+        alua: &alua_pic,
+        target_name: &target.name,
+        tpgt: target.tpgt,
+        luns: &target.lun_list,
+    };
+    let lu = cmd.lun.number().and_then(|n| target.luns.get(&n)).cloned();
+    let Some(lu) = lu else {
+        reply(no_such_lun(&target, &cmd, &ctx));
+        return;
+    };
+    let prepared = lu.lock().prepare(&ctx, &cmd.cdb, &cmd.data_out);
+    match prepared {
+        Prepared::Done(o) => {
+            apply_effects(&lu, &o.effects);
+            reply(completion_of(o));
+        }
+        Prepared::Io(plan) => {
+            let data_out = cmd.data_out.clone();
+            tokio::spawn(async move {
+                let lu2 = lu.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let lock = lu2.io_lock.clone();
+                    // (WCE=0 is honoured by the plan itself: the LU sets FUA on every write.)
+                    let outcome = if plan.needs_exclusive() {
+                        let _g = lock.write().unwrap_or_else(|p| p.into_inner());
+                        run_io(&plan, &*lu2.store, &data_out)
+                    } else {
+                        let _g = lock.read().unwrap_or_else(|p| p.into_inner());
+                        run_io(&plan, &*lu2.store, &data_out)
+                    };
+                    outcome
+                })
+                .await;
+                match r {
+                    Ok(o) => {
+                        apply_effects(&lu, &o.effects);
+                        reply(completion_of(o));
+                    }
+                    Err(e) => {
+                        tracing::error!(lun = lu.number, "I/O task failed: {e}");
+                        reply(check(SenseCode::INTERNAL_TARGET_FAILURE));
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn apply_effects(lu: &Lu, effects: &[Effect]) {
+    for e in effects {
+        match e {
+            Effect::PrChanged { aptpl } => lu.persist_pr(*aptpl),
+            Effect::SetTargetPortGroups(changes) => {
+                let desc: Vec<String> = changes
+                    .iter()
+                    .map(|(g, s): &(u16, AluaState)| format!("group {g} -> {}", s.name()))
+                    .collect();
+                tracing::info!(
+                    lun = lu.number,
+                    "SET TARGET PORT GROUPS requested: {}",
+                    desc.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// Carries out a task management function at the LU / target level.
+fn task_management(cx: &ConnCtx, req: &TmfRequest) -> TmfResponse {
+    let Some(target) = cx.target.clone() else {
+        return TmfResponse::Rejected;
+    };
+    let lun = req.lun.number();
+    let lu = lun.and_then(|n| target.luns.get(&n)).cloned();
+    match req.function {
+        TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
+            if lu.is_none() {
+                return TmfResponse::LunNotFound;
+            }
+            if req.function == TmfFunction::ClearTaskSet {
+                cx.shared
+                    .broadcast(cx.id, &target.name, ConnMsg::AbortTasks(lun));
+            }
+            TmfResponse::Complete
+        }
+        TmfFunction::LunReset => {
+            let Some(lu) = lu else {
+                return TmfResponse::LunNotFound;
+            };
+            tracing::info!(target = %target.name, lun = lu.number, "LUN reset");
+            cx.shared
+                .broadcast(cx.id, &target.name, ConnMsg::AbortTasks(lun));
+            lu.lock().reset(ResetKind::LunReset);
+            TmfResponse::Complete
+        }
+        TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+            let cold = req.function == TmfFunction::TargetColdReset;
+            tracing::info!(target = %target.name, cold, "target reset");
+            cx.shared.broadcast(
+                cx.id,
+                &target.name,
+                if cold {
+                    ConnMsg::Close
+                } else {
+                    ConnMsg::AbortTasks(None)
+                },
+            );
+            for lu in target.luns.values() {
+                lu.lock().reset(if cold {
+                    ResetKind::TargetCold
+                } else {
+                    ResetKind::TargetWarm
+                });
+            }
+            TmfResponse::Complete
+        }
+        TmfFunction::ClearAca => TmfResponse::NotSupported,
+        TmfFunction::TaskReassign => TmfResponse::NotSupported,
+        TmfFunction::AbortTask => TmfResponse::Complete,
+        TmfFunction::Unknown(_) => TmfResponse::Rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("duet-server-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn config_in(dir: &std::path::Path) -> Config {
+        let text = format!(
+            "[portal_group.p]\nlisten = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.2026-11.dev.duet:t\"\nauth_group = \"none\"\n[[target.lun]]\nnumber = 3\npath = \"{}\"\nsize = \"1MiB\"\ncreate = true\n",
+            dir.join("lun3.img").display()
+        );
+        Config::parse("test.toml", &text).unwrap()
+    }
+
+    /// PERSISTENT RESERVE OUT, REGISTER (service action 0) of `key`, with APTPL as given.
+    fn register(shared: &Shared, key: u64, aptpl: bool) -> Outcome {
+        let t = shared
+            .target_by_name("iqn.2026-11.dev.duet:t")
+            .unwrap()
+            .clone();
+        let lu = t.luns.get(&3).unwrap().clone();
+        let nexus = Nexus::new("iqn.2026-11.test:init1", [0x80, 0, 0, 0, 0, 1], t.rtpi);
+        let pic = t.alua();
+        let ctx = CommandContext {
+            nexus: &nexus,
+            alua: &pic,
+            target_name: &t.name,
+            tpgt: t.tpgt,
+            luns: &t.lun_list,
+        };
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x5F;
+        cdb[8] = 24;
+        let mut params = [0u8; 24];
+        params[8..16].copy_from_slice(&key.to_be_bytes());
+        if aptpl {
+            params[20] = 0x01;
+        }
+        // The first command of a new nexus reports the power-on unit attention; repeat then.
+        let mut o = lu.lock().execute(&ctx, &cdb, &params, &*lu.store);
+        if o.status == status::CHECK_CONDITION {
+            o = lu.lock().execute(&ctx, &cdb, &params, &*lu.store);
+        }
+        apply_effects(&lu, &o.effects);
+        o
+    }
+
+    #[test]
+    fn aptpl_registrations_survive_a_restart_and_vanish_without_aptpl() {
+        let d = tmpdir("aptpl");
+        let shared = build(config_in(&d), TargetLimits::default()).unwrap();
+        let o = register(&shared, 0xABCD, true);
+        assert_eq!(o.status, status::GOOD, "{o:?}");
+        let pr_file = pr_state_path(&d.join("lun3.img"));
+        assert!(pr_file.exists(), "no reservation file written");
+        drop(shared);
+
+        let shared = build(config_in(&d), TargetLimits::default()).unwrap();
+        let t = shared.target_by_name("iqn.2026-11.dev.duet:t").unwrap();
+        let st = t.luns.get(&3).unwrap().lock().pr_state().clone();
+        assert_eq!(st.registrations.len(), 1);
+        assert_eq!(st.registrations[0].key, 0xABCD);
+        assert!(st.aptpl);
+
+        // Unregister (new key 0) without APTPL: the file goes away.
+        let t2 = t.clone();
+        let lu = t2.luns.get(&3).unwrap().clone();
+        let nexus = Nexus::new("iqn.2026-11.test:init1", [0x80, 0, 0, 0, 0, 1], t2.rtpi);
+        let pic = t2.alua();
+        let ctx = CommandContext {
+            nexus: &nexus,
+            alua: &pic,
+            target_name: &t2.name,
+            tpgt: t2.tpgt,
+            luns: &t2.lun_list,
+        };
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x5F;
+        cdb[8] = 24;
+        let mut params = [0u8; 24];
+        params[0..8].copy_from_slice(&0xABCDu64.to_be_bytes());
+        let mut o = lu.lock().execute(&ctx, &cdb, &params, &*lu.store);
+        if o.status == status::CHECK_CONDITION {
+            o = lu.lock().execute(&ctx, &cdb, &params, &*lu.store);
+        }
+        assert_eq!(o.status, status::GOOD, "{o:?}");
+        apply_effects(&lu, &o.effects);
+        assert!(!pr_file.exists(), "reservation file kept without APTPL");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_corrupt_reservation_file_stops_start_up_with_its_name() {
+        let d = tmpdir("corrupt");
+        std::fs::write(pr_state_path(&d.join("lun3.img")), b"not json").unwrap();
+        let e = build(config_in(&d), TargetLimits::default())
+            .err()
+            .expect("start-up should fail");
+        assert!(e.to_string().contains("lun3.img.pr"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_lone_controller_reports_its_group_active_optimized() {
+        let d = tmpdir("alua");
+        let shared = build(config_in(&d), TargetLimits::default()).unwrap();
+        let t = shared.target_by_name("iqn.2026-11.dev.duet:t").unwrap();
+        let pic = t.alua();
+        assert_eq!(pic.groups.len(), 1);
+        assert_eq!(pic.groups[0].id, 1);
+        assert_eq!(pic.groups[0].state, AluaState::ActiveOptimized);
+        assert_eq!(pic.groups[0].ports, vec![alua::relative_port_id(1, 0)]);
+        // The HA runtime changes only the inputs: a peer that is primary and reachable makes
+        // this group Standby (mode 0) and reports the peer's group Active/Optimized.
+        t.set_alua(
+            LunView {
+                mode: HaMode::ActiveStandby,
+                primary: PrimaryView::Peer,
+                peer: PeerReach::Up,
+            },
+            &[alua::relative_port_id(2, 0)],
+        );
+        let pic = t.alua();
+        assert_eq!(pic.state_of(t.rtpi), AluaState::Standby);
+        assert_eq!(
+            pic.state_of(alua::relative_port_id(2, 0)),
+            AluaState::ActiveOptimized
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn login_entropy_differs_between_logins() {
+        let a = login_entropy(1);
+        let b = login_entropy(2);
+        assert_ne!(a.chap_challenge, b.chap_challenge);
+        assert_eq!(b.tsih, 2);
+    }
+
+    #[test]
+    fn ping_timeout_sets_the_nop_in_timers() {
+        let d = tmpdir("ping");
+        let mut c = config_in(&d);
+        c.ping_timeout = 7;
+        let l = limits_for(&c);
+        assert_eq!((l.nop_in_interval_ms, l.nop_in_timeout_ms), (7000, 7000));
+        c.ping_timeout = 0;
+        let l = limits_for(&c);
+        assert_eq!((l.nop_in_interval_ms, l.nop_in_timeout_ms), (0, 0));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
