@@ -252,6 +252,7 @@ impl Node {
     fn peer_primacy_valid(&self, l: &LunState) -> bool {
         l.peer_primary
             && self.link == 2
+            && !self.peer_down
             && (!self.read_lease_needed() || self.timers[TimerKind::PeerLease.index()].is_some())
     }
 
@@ -673,7 +674,7 @@ impl Node {
             Policy::Naive => {
                 for i in 0..self.luns.len() {
                     if self.luns[i].role != LunRole::Primary {
-                        let e = self.luns[i].epoch + 1;
+                        let e = self.luns[i].epoch.saturating_add(1);
                         self.become_primary(now, i, e);
                     }
                 }
@@ -841,7 +842,7 @@ impl Node {
                     && self.preferred(&l)
                     && luns.iter().any(|s| s.lun == l.lun && !s.primary)
                 {
-                    self.become_primary(now, i, l.epoch + 1);
+                    self.become_primary(now, i, l.epoch.saturating_add(1));
                 }
             }
         } else {
@@ -874,7 +875,7 @@ impl Node {
             });
             self.enter_intent(i);
         } else {
-            self.become_primary(now, i, epoch + 1);
+            self.become_primary(now, i, epoch.saturating_add(1));
         }
     }
 
@@ -931,7 +932,7 @@ impl Node {
             } else {
                 c.phase = ClaimPhase::Intent;
                 c.intent = true;
-                c.epoch = self.luns[i].epoch + 1;
+                c.epoch = self.luns[i].epoch.saturating_add(1);
             }
             self.luns[i].role = LunRole::Claiming(c);
         }
@@ -1212,7 +1213,7 @@ impl Node {
                     if self.automatic() {
                         self.luns[i].role_override = Some(Role::Primary);
                     } else if self.luns[i].role != LunRole::Primary {
-                        let e = self.luns[i].epoch + 1;
+                        let e = self.luns[i].epoch.saturating_add(1);
                         self.become_primary(now, i, e);
                     }
                 }
