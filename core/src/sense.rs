@@ -83,8 +83,7 @@ impl SenseCode {
     pub const UA_RESERVATIONS_PREEMPTED: SenseCode =
         SenseCode::new(key::UNIT_ATTENTION, 0x2A, 0x03);
     /// 06/2A/04 RESERVATIONS RELEASED
-    pub const UA_RESERVATIONS_RELEASED: SenseCode =
-        SenseCode::new(key::UNIT_ATTENTION, 0x2A, 0x04);
+    pub const UA_RESERVATIONS_RELEASED: SenseCode = SenseCode::new(key::UNIT_ATTENTION, 0x2A, 0x04);
     /// 06/2A/05 REGISTRATIONS PREEMPTED
     pub const UA_REGISTRATIONS_PREEMPTED: SenseCode =
         SenseCode::new(key::UNIT_ATTENTION, 0x2A, 0x05);
@@ -98,8 +97,7 @@ impl SenseCode {
     /// 06/3F/03 INQUIRY DATA HAS CHANGED
     pub const UA_INQUIRY_DATA_CHANGED: SenseCode = SenseCode::new(key::UNIT_ATTENTION, 0x3F, 0x03);
     /// 06/3F/0E REPORTED LUNS DATA HAS CHANGED
-    pub const UA_REPORTED_LUNS_CHANGED: SenseCode =
-        SenseCode::new(key::UNIT_ATTENTION, 0x3F, 0x0E);
+    pub const UA_REPORTED_LUNS_CHANGED: SenseCode = SenseCode::new(key::UNIT_ATTENTION, 0x3F, 0x0E);
 
     // Others
     /// 07/27/00 WRITE PROTECTED
@@ -111,8 +109,7 @@ impl SenseCode {
     /// 03/0C/00 WRITE ERROR
     pub const WRITE_ERROR: SenseCode = SenseCode::new(key::MEDIUM_ERROR, 0x0C, 0x00);
     /// 04/44/00 INTERNAL TARGET FAILURE
-    pub const INTERNAL_TARGET_FAILURE: SenseCode =
-        SenseCode::new(key::HARDWARE_ERROR, 0x44, 0x00);
+    pub const INTERNAL_TARGET_FAILURE: SenseCode = SenseCode::new(key::HARDWARE_ERROR, 0x44, 0x00);
     /// 0B/47/03 INFORMATION UNIT iuCRC ERROR DETECTED (data digest error)
     pub const DATA_DIGEST_ERROR: SenseCode = SenseCode::new(key::ABORTED_COMMAND, 0x47, 0x03);
     /// 0B/4B/00 DATA PHASE ERROR
