@@ -925,15 +925,6 @@ impl Node {
         }
     }
 
-    /// A claim whose intent epoch the peer's slot has reached or passed: take the peer's epoch and
-    /// write a fresh intent above it, so no epoch is ever announced by both nodes.
-    fn restart_intent(&mut self, i: usize, mut c: Claim, peer_epoch: u64) {
-        self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
-        c.intent = false;
-        self.luns[i].role = LunRole::Claiming(c);
-        self.enter_intent(i);
-    }
-
     fn enter_intent(&mut self, i: usize) {
         if let LunRole::Claiming(mut c) = self.luns[i].role {
             if c.intent {
@@ -1086,9 +1077,7 @@ impl Node {
                         // Unchanged for a full claim wait: the peer's lease has certainly expired.
                         c.stale_seq = Some(seq);
                         self.luns[i].role = LunRole::Claiming(c);
-                        if c.intent && peer_epoch >= c.epoch {
-                            self.restart_intent(i, c, peer_epoch);
-                        } else if c.intent {
+                        if c.intent {
                             self.claim_checked(now, i);
                         } else {
                             self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
@@ -1100,8 +1089,6 @@ impl Node {
                         // link, a peer that proves its primacy ends the claim.)
                         c.phase = self.watch(now, rec.seq);
                         self.luns[i].role = LunRole::Claiming(c);
-                    } else if c.intent && peer_epoch >= c.epoch {
-                        self.restart_intent(i, c, peer_epoch);
                     } else if c.intent {
                         self.claim_checked(now, i);
                     } else {
@@ -1120,10 +1107,6 @@ impl Node {
                             c.phase = self.watch(now, rec.seq);
                             self.luns[i].role = LunRole::Claiming(c);
                         }
-                    } else if peer_epoch >= c.epoch {
-                        // The peer was primary at or beyond our intended epoch while our claim
-                        // stalled: redo the intent above every epoch seen.
-                        self.restart_intent(i, c, peer_epoch);
                     } else {
                         self.claim_checked(now, i);
                     }
