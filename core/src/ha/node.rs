@@ -552,7 +552,13 @@ impl Node {
     fn become_primary(&mut self, now: Time, i: usize, epoch: u64) {
         let l = &mut self.luns[i];
         l.role = LunRole::Primary;
-        l.epoch = l.epoch.max(epoch);
+        // Every change of primary starts an epoch larger than any this node has seen, even when
+        // the epoch chosen at the claim's intent was reached by the peer while the claim stalled.
+        l.epoch = if epoch > l.epoch {
+            epoch
+        } else {
+            l.epoch.saturating_add(1)
+        };
         l.peer_primary = false;
         l.handing_over = false;
         let (lun, epoch) = (l.lun, l.epoch);
@@ -1051,6 +1057,7 @@ impl Node {
             let peer = rec.lun(lun);
             let peer_owns = peer.is_some_and(|p| p.own);
             let peer_epoch = peer.map_or(0, |p| p.epoch);
+            self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
             match c.phase {
                 ClaimPhase::Observe => {
                     self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
