@@ -91,11 +91,14 @@ fn any_record() -> impl Strategy<Value = QuorumRecord> {
     (
         prop_oneof![0u64..8, any::<u64>()],
         vec(
-            (any_lun(), any_epoch(), any::<bool>()).prop_map(|(lun, epoch, own)| SlotLun {
-                lun,
-                epoch,
-                own,
-            }),
+            (any_lun(), any_epoch(), any::<bool>(), any_epoch()).prop_map(
+                |(lun, epoch, own, served)| SlotLun {
+                    lun,
+                    epoch,
+                    own,
+                    served,
+                },
+            ),
             0..3,
         ),
     )

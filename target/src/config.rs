@@ -176,9 +176,23 @@ pub struct Config {
     pub portal_groups: Vec<PortalGroup>,
     pub auth_groups: Vec<AuthGroup>,
     pub targets: Vec<Target>,
+    /// The two-controller settings (`[ha]`), when this controller is one of an HA pair.
+    pub ha: Option<crate::ha::config::HaConfig>,
 }
 
 impl Config {
+    /// This controller's HA id, 0 when HA is off.
+    pub fn ha_id(&self) -> u8 {
+        self.ha.as_ref().map_or(0, |h| h.id)
+    }
+
+    /// The HA mode (Active/Standby when HA is off).
+    pub fn ha_mode(&self) -> duet_core::alua::HaMode {
+        self.ha
+            .as_ref()
+            .map_or(duet_core::alua::HaMode::ActiveStandby, |h| h.mode)
+    }
+
     /// Reads and validates a configuration file, detecting its syntax from the content.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
@@ -561,6 +575,7 @@ impl Builder {
             portal_groups,
             auth_groups,
             targets,
+            ha: None,
         })
     }
 }
@@ -667,6 +682,8 @@ struct RawToml {
     auth_group: BTreeMap<String, Spanned<RawAuthGroup>>,
     #[serde(default)]
     target: Vec<Spanned<RawTarget>>,
+    /// Read by `crate::ha::config::parse_ha`.
+    ha: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -1012,7 +1029,10 @@ fn parse_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
             },
         });
     }
-    b.finish()
+    let _ = &raw.ha;
+    let mut config = b.finish()?;
+    config.ha = crate::ha::config::parse_ha(file, text)?;
+    Ok(config)
 }
 
 fn check_auth_type(ty: AuthType, chap: &[ChapCredential]) -> Result<(), String> {

@@ -10,6 +10,11 @@
 //! - [`server`]: the daemon: listeners, one task per connection, the shared logical units,
 //!   persistent-reservation files, NOP-In timers and graceful shutdown.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod daemon;
+pub mod ha;
+pub mod lab;
 pub mod server;
+pub mod stats;

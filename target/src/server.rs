@@ -31,13 +31,15 @@ use duet_core::iscsi::{
     SessionType, TargetConfig, TargetLimits, TmfFunction, TmfRequest, TmfResponse, TsihAllocator,
 };
 use duet_core::scsi::{
-    run_io, AluaPicture, BlockStore, CommandContext, Effect, LogicalUnit, LuConfig, Nexus, Outcome,
-    PortGroup, PrState, Prepared, ResetKind, Sense,
+    run_io, AluaPicture, BlockStore, CommandContext, Effect, IoPlan, LogicalUnit, LuConfig, Nexus,
+    Outcome, PortGroup, PrState, Prepared, ResetKind, Sense,
 };
 use duet_core::sense::{status, SenseCode};
 
 use crate::backend::{pr_state_path, write_file_atomically, FileStore, OpenSpec};
 use crate::config::{AuthGroup, AuthType, Config};
+use crate::ha::gate::IoGate;
+use crate::stats::{OpKind, Stats};
 
 /// This controller's HA id while HA is off (DESIGN §2.3: a stand-alone controller is node 1).
 pub const STANDALONE_HA_ID: u8 = 1;
@@ -70,14 +72,48 @@ pub struct Lu {
     pub number: u16,
     /// The command-set state; locked only for `prepare` and bookkeeping, never across I/O.
     pub state: Mutex<LogicalUnit>,
-    /// Shared by medium operations, taken exclusively by COMPARE AND WRITE.
-    io_lock: Arc<RwLock<()>>,
+    /// Shared by medium operations, taken exclusively by COMPARE AND WRITE. An async lock: in HA
+    /// mode 1 the primary holds it on behalf of the secondary while the secondary's medium phase
+    /// runs (a grant).
+    pub io_lock: Arc<tokio::sync::RwLock<()>>,
+    /// The fencing gate: closed while this controller must not touch the backend.
+    pub gate: Arc<IoGate>,
+    /// This LUN's ALUA picture (the same from every port of both controllers).
+    alua: RwLock<AluaPicture>,
     pub store: Arc<FileStore>,
     pr_path: PathBuf,
 }
 
 impl Lu {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LogicalUnit> {
+    /// The current ALUA picture of this LUN.
+    pub fn alua(&self) -> AluaPicture {
+        match self.alua.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the ALUA picture, raising 2A/06 on every nexus when it changed. Returns whether
+    /// it changed.
+    pub fn set_alua(&self, new: AluaPicture) -> bool {
+        let changed = {
+            let mut g = match self.alua.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let changed = *g != new;
+            *g = new;
+            changed
+        };
+        if changed {
+            self.lock()
+                .raise_ua_all(SenseCode::UA_ALUA_STATE_CHANGED, None);
+        }
+        changed
+    }
+
+    /// Locks the command-set state.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, LogicalUnit> {
         // A panic while holding the lock leaves the state as the last command left it; serving on
         // is better than refusing every later command.
         match self.state.lock() {
@@ -87,7 +123,7 @@ impl Lu {
     }
 
     /// Writes (or removes) the persisted reservation state after a PR OUT.
-    fn persist_pr(&self, aptpl: bool) {
+    pub fn persist_pr(&self, aptpl: bool) {
         let result = if aptpl {
             let json = serde_json::to_vec_pretty(self.lock().pr_state());
             match json {
@@ -114,47 +150,51 @@ pub struct Target {
     /// The relative target port id of this target's port (target name + portal group tag).
     pub rtpi: u16,
     pub luns: BTreeMap<u16, Arc<Lu>>,
-    lun_list: Vec<u64>,
-    alua: RwLock<AluaPicture>,
+    pub lun_list: Vec<u64>,
+    /// This controller's HA id (1 when HA is off).
+    pub ha_id: u8,
+    /// The relative port id of the peer controller's port for this target (HA only).
+    pub peer_rtpi: Option<u16>,
 }
 
 impl Target {
-    /// The current ALUA picture (the same from every port).
+    /// The ALUA picture of the target's first LUN (a picture for LUNs that do not exist).
     pub fn alua(&self) -> AluaPicture {
-        match self.alua.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
+        match self.luns.values().next() {
+            Some(lu) => lu.alua(),
+            None => alua_picture(standalone_view(), self.ha_id, &[self.rtpi], &[]),
         }
     }
 
-    /// Replaces the ALUA picture from the facts the HA layer knows, raising 2A/06 on every nexus
-    /// of every LU when a state changes.
+    /// The ALUA picture for `view`: this target's port in this controller's group, the peer's
+    /// port in the peer's group.
+    pub fn picture(&self, view: LunView) -> AluaPicture {
+        let peer: Vec<u16> = self.peer_rtpi.into_iter().collect();
+        alua_picture(view, self.ha_id, &[self.rtpi], &peer)
+    }
+
+    /// Replaces the ALUA picture of every LUN from the facts the HA layer knows, raising 2A/06
+    /// on every nexus of every LU whose states change.
     pub fn set_alua(&self, view: LunView, peer_ports: &[u16]) {
-        let new = alua_picture(view, &[self.rtpi], peer_ports);
-        let changed = {
-            let mut g = match self.alua.write() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let changed = *g != new;
-            *g = new;
-            changed
-        };
-        if changed {
-            for lu in self.luns.values() {
-                lu.lock()
-                    .raise_ua_all(SenseCode::UA_ALUA_STATE_CHANGED, None);
-            }
+        let new = alua_picture(view, self.ha_id, &[self.rtpi], peer_ports);
+        for lu in self.luns.values() {
+            lu.set_alua(new.clone());
         }
     }
 }
 
-/// The ALUA picture from the facts one node knows: its own group holds `local_ports`, the peer's
-/// group (reported only when the peer has ports, i.e. HA is configured) holds `peer_ports`.
-pub fn alua_picture(view: LunView, local_ports: &[u16], peer_ports: &[u16]) -> AluaPicture {
+/// The ALUA picture from the facts controller `ha_id` knows: its own group holds `local_ports`,
+/// the peer's group (reported only when the peer has ports, i.e. HA is configured) holds
+/// `peer_ports`. Groups are listed by id, so both controllers report the same picture.
+pub fn alua_picture(
+    view: LunView,
+    ha_id: u8,
+    local_ports: &[u16],
+    peer_ports: &[u16],
+) -> AluaPicture {
     let GroupStates { local, peer } = alua::group_states(view);
     let mut groups = vec![PortGroup {
-        id: alua::port_group_id(STANDALONE_HA_ID),
+        id: alua::port_group_id(ha_id),
         state: local,
         preferred: false,
         ports: local_ports.to_vec(),
@@ -162,13 +202,14 @@ pub fn alua_picture(view: LunView, local_ports: &[u16], peer_ports: &[u16]) -> A
     }];
     if !peer_ports.is_empty() {
         groups.push(PortGroup {
-            id: alua::port_group_id(2),
+            id: alua::port_group_id(3 - ha_id.clamp(1, 2)),
             state: peer,
             preferred: false,
             ports: peer_ports.to_vec(),
             status: 0,
         });
     }
+    groups.sort_by_key(|g| g.id);
     AluaPicture {
         groups,
         explicit: false,
@@ -209,6 +250,10 @@ pub struct Shared {
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     next_conn: AtomicU64,
     epoch: Instant,
+    /// The HA runtime, when the configuration has an `[ha]` section and it has started.
+    pub ha: crate::ha::runtime::HaSlot,
+    /// Per-LUN and per-port I/O statistics (`duetctl stat`).
+    pub stats: Arc<Stats>,
 }
 
 impl Shared {
@@ -294,6 +339,9 @@ fn portal_address(addr: &SocketAddr, tpgt: u16) -> String {
 /// Builds every target, opens every backend and restores persisted reservations.
 pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError> {
     let mut targets = HashMap::new();
+    let ha_id = config.ha_id();
+    let ha = ha_id != 0;
+    let ha_id = if ha { ha_id } else { STANDALONE_HA_ID };
     for t in &config.targets {
         let pg = config
             .portal_group(&t.portal_group)
@@ -303,7 +351,20 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                 lun: 0,
                 message: format!("no portal group `{}`", t.portal_group),
             })?;
-        let rtpi = alua::relative_port_id(STANDALONE_HA_ID, pg.tag.saturating_sub(1));
+        let rtpi = alua::relative_port_id(ha_id, pg.tag.saturating_sub(1));
+        let peer_rtpi = ha.then(|| alua::relative_port_id(3 - ha_id, pg.tag.saturating_sub(1)));
+        let peer_ports: Vec<u16> = peer_rtpi.into_iter().collect();
+        // Until the HA node has spoken, a controller of a pair serves nothing: Transitioning.
+        let first_view = if ha {
+            LunView {
+                mode: config.ha_mode(),
+                primary: PrimaryView::None,
+                peer: PeerReach::Unknown,
+            }
+        } else {
+            standalone_view()
+        };
+        let first_picture = alua_picture(first_view, ha_id, &[rtpi], &peer_ports);
         let mut luns = BTreeMap::new();
         for l in &t.luns {
             let store = FileStore::open(&OpenSpec {
@@ -366,7 +427,9 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                 Arc::new(Lu {
                     number: l.number,
                     state: Mutex::new(lu),
-                    io_lock: Arc::new(RwLock::new(())),
+                    io_lock: Arc::new(tokio::sync::RwLock::new(())),
+                    gate: IoGate::new(!ha),
+                    alua: RwLock::new(first_picture.clone()),
                     store: Arc::new(store),
                     pr_path,
                 }),
@@ -381,7 +444,8 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                 rtpi,
                 luns,
                 lun_list,
-                alua: RwLock::new(alua_picture(standalone_view(), &[rtpi], &[])),
+                ha_id,
+                peer_rtpi,
             }),
         );
     }
@@ -423,6 +487,8 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
         sessions: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(1),
         epoch: Instant::now(),
+        ha: crate::ha::runtime::HaSlot::new(),
+        stats: Arc::new(Stats::new()),
     })
 }
 
@@ -719,6 +785,9 @@ async fn run_connection(
     if let (Some(t), Some(n)) = (&cx.target, &cx.nexus) {
         for lu in t.luns.values() {
             lu.lock().nexus_lost(n);
+            if let Some(ha) = shared.ha.get() {
+                ha.peer_nexus_lost(u32::from(lu.number), n.clone());
+            }
         }
     }
     shared.sessions().remove(&id);
@@ -826,7 +895,8 @@ fn drain(conn: &mut Connection, cx: &mut ConnCtx) {
     }
 }
 
-fn completion_of(o: Outcome) -> Completion {
+/// The iSCSI completion of a SCSI outcome.
+pub fn completion_of(o: Outcome) -> Completion {
     Completion {
         status: o.status,
         sense: o.sense.map(Bytes::from),
@@ -835,7 +905,8 @@ fn completion_of(o: Outcome) -> Completion {
     }
 }
 
-fn check(code: SenseCode) -> Completion {
+/// A CHECK CONDITION completion with fixed-format sense `code`.
+pub fn check(code: SenseCode) -> Completion {
     Completion {
         status: status::CHECK_CONDITION,
         sense: Some(Bytes::from(Sense::new(code).to_bytes(false))),
@@ -901,69 +972,184 @@ fn no_such_lun(target: &Target, cmd: &ScsiCommand, ctx: &CommandContext<'_>) -> 
 }
 
 /// Runs one SCSI command: phase 1 here (under the LU lock), the medium phase on the blocking pool.
+/// On a controller of an HA pair that is not serving the LUN, the command goes to the primary.
 fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) {
     let itt = cmd.itt;
     cx.in_flight += 1;
     let done_tx = cx.done_tx.clone();
-    let reply = move |c: Completion| {
-        let _ = done_tx.send(Done { itt, completion: c });
-    };
     let (Some(target), Some(nexus)) = (cx.target.clone(), cx.nexus.clone()) else {
-        reply(check(SenseCode::LUN_NOT_SUPPORTED));
+        let _ = done_tx.send(Done {
+            itt,
+            completion: check(SenseCode::LUN_NOT_SUPPORTED),
+        });
         return;
-    };
-    let alua_pic = target.alua();
-    let ctx = CommandContext {
-        nexus: &nexus,
-        alua: &alua_pic,
-        target_name: &target.name,
-        tpgt: target.tpgt,
-        luns: &target.lun_list,
     };
     let lu = cmd.lun.number().and_then(|n| target.luns.get(&n)).cloned();
     let Some(lu) = lu else {
-        reply(no_such_lun(&target, &cmd, &ctx));
+        let alua_pic = target.alua();
+        let ctx = CommandContext {
+            nexus: &nexus,
+            alua: &alua_pic,
+            target_name: &target.name,
+            tpgt: target.tpgt,
+            luns: &target.lun_list,
+        };
+        let _ = done_tx.send(Done {
+            itt,
+            completion: no_such_lun(&target, &cmd, &ctx),
+        });
         return;
     };
-    let prepared = lu.lock().prepare(&ctx, &cmd.cdb, &cmd.data_out);
+    let started = Instant::now();
+    let stats = cx.shared.stats.clone();
+    let (lun, port) = (u32::from(lu.number), target.rtpi);
+    let op = cmd.cdb.first().copied().unwrap_or(0xFF);
+    let reply = move |c: Completion| {
+        let bytes = match op_kind(op) {
+            OpKind::Read => c.data_in.len() as u64,
+            OpKind::Write => u64::from(c.wanted_len),
+            OpKind::Other => 0,
+        };
+        stats.record(lun, port, op_kind(op), bytes, started.elapsed());
+        let _ = done_tx.send(Done { itt, completion: c });
+    };
+    if let Some(ha) = cx.shared.ha.get() {
+        if let Some(plan_only) = ha.forward_mode(lun) {
+            let ha = ha.clone();
+            tokio::spawn(async move {
+                let c = ha
+                    .forward(&lu, nexus, cmd.cdb, cmd.data_out, plan_only)
+                    .await;
+                reply(c);
+            });
+            return;
+        }
+    }
+    let prepared = prepare_local(&target, &lu, &nexus, &cmd.cdb, &cmd.data_out);
     match prepared {
         Prepared::Done(o) => {
-            apply_effects(&lu, &o.effects);
+            after_command(&cx.shared, &lu, &cmd.cdb, &o.effects);
             reply(completion_of(o));
         }
         Prepared::Io(plan) => {
             let data_out = cmd.data_out.clone();
             tokio::spawn(async move {
-                let lu2 = lu.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    let lock = lu2.io_lock.clone();
-                    // (WCE=0 is honoured by the plan itself: the LU sets FUA on every write.)
-                    let outcome = if plan.needs_exclusive() {
-                        let _g = lock.write().unwrap_or_else(|p| p.into_inner());
-                        run_io(&plan, &*lu2.store, &data_out)
-                    } else {
-                        let _g = lock.read().unwrap_or_else(|p| p.into_inner());
-                        run_io(&plan, &*lu2.store, &data_out)
-                    };
-                    outcome
-                })
-                .await;
-                match r {
-                    Ok(o) => {
-                        apply_effects(&lu, &o.effects);
-                        reply(completion_of(o));
-                    }
-                    Err(e) => {
-                        tracing::error!(lun = lu.number, "I/O task failed: {e}");
-                        reply(check(SenseCode::INTERNAL_TARGET_FAILURE));
-                    }
-                }
+                let c = run_medium(lu, plan, data_out).await;
+                reply(c);
             });
         }
     }
 }
 
-fn apply_effects(lu: &Lu, effects: &[Effect]) {
+/// How the statistics count an opcode.
+fn op_kind(op: u8) -> OpKind {
+    match op {
+        0x08 | 0x28 | 0xA8 | 0x88 => OpKind::Read,
+        0x0A | 0x2A | 0xAA | 0x8A | 0x2E | 0xAE | 0x8E | 0x89 => OpKind::Write,
+        _ => OpKind::Other,
+    }
+}
+
+/// Phase 1 of a command on this controller's copy of the LU, for `nexus`.
+pub fn prepare_local(
+    target: &Target,
+    lu: &Lu,
+    nexus: &Nexus,
+    cdb: &[u8],
+    data_out: &[u8],
+) -> Prepared {
+    let pic = lu.alua();
+    let ctx = CommandContext {
+        nexus,
+        alua: &pic,
+        target_name: &target.name,
+        tpgt: target.tpgt,
+        luns: &target.lun_list,
+    };
+    lu.lock().prepare(&ctx, cdb, data_out)
+}
+
+/// The I/O lock held for one medium phase.
+pub enum IoGuard {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+/// Takes the LU's I/O lock for `plan`: exclusive for COMPARE AND WRITE and friends.
+pub async fn io_guard(lu: &Lu, plan: &IoPlan) -> IoGuard {
+    if plan.needs_exclusive() {
+        IoGuard::Exclusive(lu.io_lock.clone().write_owned().await)
+    } else {
+        IoGuard::Shared(lu.io_lock.clone().read_owned().await)
+    }
+}
+
+/// The medium phase of a command on this controller's backend, through the fencing gate.
+pub async fn run_medium(lu: Arc<Lu>, plan: IoPlan, data_out: Bytes) -> Completion {
+    let guard = io_guard(&lu, &plan).await;
+    run_medium_locked(lu, plan, data_out, guard).await
+}
+
+/// [`run_medium`] with the I/O lock already held (by this controller or, in mode 1, by the
+/// primary on this controller's behalf).
+pub async fn run_medium_locked(
+    lu: Arc<Lu>,
+    plan: IoPlan,
+    data_out: Bytes,
+    guard: impl Send + 'static,
+) -> Completion {
+    let Some(pass) = lu.gate.enter() else {
+        // Fenced: this controller may not touch the disk now; the initiator retries (on the
+        // other path once the ALUA states say so).
+        return check(SenseCode::ALUA_TRANSITIONING);
+    };
+    run_plan(lu, plan, data_out, (guard, pass)).await
+}
+
+/// Runs `plan` on the blocking pool, keeping `hold` (locks, gate pass) until it returns.
+pub async fn run_plan(
+    lu: Arc<Lu>,
+    plan: IoPlan,
+    data_out: Bytes,
+    hold: impl Send + 'static,
+) -> Completion {
+    let lu2 = lu.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let _hold = hold;
+        // (WCE=0 is honoured by the plan itself: the LU sets FUA on every write.)
+        run_io(&plan, &*lu2.store, &data_out)
+    })
+    .await;
+    match r {
+        Ok(o) => {
+            apply_effects(&lu, &o.effects);
+            completion_of(o)
+        }
+        Err(e) => {
+            tracing::error!(lun = lu.number, "I/O task failed: {e}");
+            check(SenseCode::INTERNAL_TARGET_FAILURE)
+        }
+    }
+}
+
+/// Bookkeeping after a command finished on this controller's LU: persisted reservations, and
+/// in an HA pair the replication of reservations and mode pages to the peer.
+pub fn after_command(shared: &Shared, lu: &Lu, cdb: &[u8], effects: &[Effect]) {
+    apply_effects(lu, effects);
+    if let Some(ha) = shared.ha.get() {
+        if changes_shared_state(cdb.first().copied().unwrap_or(0)) {
+            ha.sync_lu(lu);
+        }
+    }
+}
+
+/// Commands that may change what both controllers keep identical (reservations, mode pages).
+pub fn changes_shared_state(op: u8) -> bool {
+    matches!(op, 0x5F | 0x15 | 0x55 | 0x16 | 0x56 | 0x17 | 0x57)
+}
+
+/// Carries out what a command asked of the runtime.
+pub fn apply_effects(lu: &Lu, effects: &[Effect]) {
     for e in effects {
         match e {
             Effect::PrChanged { aptpl } => lu.persist_pr(*aptpl),
@@ -1008,6 +1194,9 @@ fn task_management(cx: &ConnCtx, req: &TmfRequest) -> TmfResponse {
             cx.shared
                 .broadcast(cx.id, &target.name, ConnMsg::AbortTasks(lun));
             lu.lock().reset(ResetKind::LunReset);
+            if let Some(ha) = cx.shared.ha.get() {
+                ha.peer_reset(u32::from(lu.number), false);
+            }
             TmfResponse::Complete
         }
         TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
@@ -1028,6 +1217,9 @@ fn task_management(cx: &ConnCtx, req: &TmfRequest) -> TmfResponse {
                 } else {
                     ResetKind::TargetWarm
                 });
+                if let Some(ha) = cx.shared.ha.get() {
+                    ha.peer_reset(u32::from(lu.number), cold);
+                }
             }
             TmfResponse::Complete
         }

@@ -72,6 +72,10 @@ struct LunState {
     role_override: Option<Role>,
     /// Stepping down for a planned switchover: send Handover once the slot says so.
     handing_over: bool,
+    /// The newest epoch at which some controller is known to have served as primary (its own
+    /// primacy, the peer's State or Handover, either slot's `served`). A new primary always
+    /// starts above it, even when its claim chose its epoch before the peer served.
+    served: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -169,6 +173,7 @@ impl Node {
                 peer_primary: false,
                 role_override: None,
                 handing_over: false,
+                served: if standalone { 1 } else { 0 },
             })
             .collect();
         let automatic = config.policy == Policy::Automatic;
@@ -491,16 +496,19 @@ impl Node {
                         lun: l.lun,
                         epoch: l.epoch,
                         own: true,
+                        served: l.served,
                     },
                     LunRole::Claiming(c) if c.intent => SlotLun {
                         lun: l.lun,
                         epoch: c.epoch.max(l.epoch),
                         own: true,
+                        served: l.served,
                     },
                     _ => SlotLun {
                         lun: l.lun,
                         epoch: l.epoch,
                         own: false,
+                        served: l.served,
                     },
                 })
                 .collect(),
@@ -552,13 +560,8 @@ impl Node {
     fn become_primary(&mut self, now: Time, i: usize, epoch: u64) {
         let l = &mut self.luns[i];
         l.role = LunRole::Primary;
-        // Every change of primary starts an epoch larger than any this node has seen, even when
-        // the epoch chosen at the claim's intent was reached by the peer while the claim stalled.
-        l.epoch = if epoch > l.epoch {
-            epoch
-        } else {
-            l.epoch.saturating_add(1)
-        };
+        l.epoch = l.epoch.max(epoch);
+        l.served = l.served.max(l.epoch);
         l.peer_primary = false;
         l.handing_over = false;
         let (lun, epoch) = (l.lun, l.epoch);
@@ -811,6 +814,7 @@ impl Node {
                     }
                 }
                 self.luns[i].epoch = s.epoch;
+                self.luns[i].served = self.luns[i].served.max(s.epoch);
                 self.luns[i].peer_primary = true;
                 lease_for_peer = true;
             } else {
@@ -869,6 +873,7 @@ impl Node {
             return;
         }
         self.luns[i].epoch = epoch;
+        self.luns[i].served = self.luns[i].served.max(epoch);
         self.luns[i].peer_primary = false;
         if self.automatic() {
             self.luns[i].role = LunRole::Claiming(Claim {
@@ -957,6 +962,7 @@ impl Node {
                     for l in self.luns.iter_mut() {
                         if let Some(s) = rec.lun(l.lun) {
                             l.epoch = l.epoch.max(s.epoch);
+                            l.served = l.served.max(s.served);
                         }
                     }
                 }
@@ -1022,6 +1028,11 @@ impl Node {
     }
 
     fn on_peer_slot(&mut self, now: Time, issued: Time, rec: &QuorumRecord) {
+        for l in self.luns.iter_mut() {
+            if let Some(s) = rec.lun(l.lun) {
+                l.served = l.served.max(s.served);
+            }
+        }
         if self.join == Join::ReadPeer {
             self.join = Join::Done;
             self.log(Event::Joined { seq: self.seq });
@@ -1057,7 +1068,6 @@ impl Node {
             let peer = rec.lun(lun);
             let peer_owns = peer.is_some_and(|p| p.own);
             let peer_epoch = peer.map_or(0, |p| p.epoch);
-            self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
             match c.phase {
                 ClaimPhase::Observe => {
                     self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
@@ -1085,7 +1095,7 @@ impl Node {
                         c.stale_seq = Some(seq);
                         self.luns[i].role = LunRole::Claiming(c);
                         if c.intent {
-                            self.claim_checked(now, i);
+                            self.claim_ready(now, i, peer);
                         } else {
                             self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
                             self.enter_intent(i);
@@ -1097,7 +1107,7 @@ impl Node {
                         c.phase = self.watch(now, rec.seq);
                         self.luns[i].role = LunRole::Claiming(c);
                     } else if c.intent {
-                        self.claim_checked(now, i);
+                        self.claim_ready(now, i, peer);
                     } else {
                         self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
                         self.enter_intent(i);
@@ -1115,7 +1125,7 @@ impl Node {
                             self.luns[i].role = LunRole::Claiming(c);
                         }
                     } else {
-                        self.claim_checked(now, i);
+                        self.claim_ready(now, i, peer);
                     }
                 }
                 _ => {}
@@ -1131,6 +1141,31 @@ impl Node {
             seq,
             until,
             next: now.saturating_add(self.cfg.timing.renew_ms).min(until),
+        }
+    }
+
+    /// The claim for LUN index `i` has passed its check against the peer's slot `peer`. If some
+    /// controller served at the claim's epoch or later while the claim waited (a claim whose
+    /// intent stalled), or the peer's slot still holds the LUN at such an epoch, the claim
+    /// announces a fresh intent above it first: no epoch ever has two primaries.
+    fn claim_ready(&mut self, now: Time, i: usize, peer: Option<SlotLun>) {
+        let LunRole::Claiming(mut c) = self.luns[i].role else {
+            return;
+        };
+        let mut bar = self.luns[i].served;
+        if let Some(p) = peer {
+            bar = bar.max(p.served);
+            if p.own {
+                bar = bar.max(p.epoch);
+            }
+        }
+        if c.epoch <= bar {
+            self.luns[i].epoch = self.luns[i].epoch.max(bar);
+            c.intent = false;
+            self.luns[i].role = LunRole::Claiming(c);
+            self.enter_intent(i);
+        } else {
+            self.claim_checked(now, i);
         }
     }
 

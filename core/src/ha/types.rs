@@ -297,6 +297,9 @@ pub struct SlotLun {
     pub epoch: u64,
     /// The writer claims or holds the LUN.
     pub own: bool,
+    /// The newest epoch at which the writer knows a primary served.
+    #[serde(default)]
+    pub served: u64,
 }
 
 /// The content of one node's slot in the quorum area (one sector, written atomically).

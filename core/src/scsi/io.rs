@@ -6,9 +6,10 @@ use super::sense_data::Sense;
 use super::store::{first_difference, BlockStore, StoreError};
 use super::Outcome;
 use crate::sense::SenseCode;
+use serde::{Deserialize, Serialize};
 
 /// What a VERIFY compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VerifyMode {
     /// BYTCHK 0: only check that the blocks are readable.
     Medium,
@@ -20,7 +21,7 @@ pub enum VerifyMode {
 
 /// One medium operation. Offsets and lengths are in bytes of the store; `data_at` is an offset
 /// into the command's Data-Out buffer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IoOp {
     /// Read `len` bytes at `offset` into Data-In.
     Read { offset: u64, len: u64 },
@@ -71,7 +72,8 @@ pub enum IoOp {
 }
 
 /// A medium command ready to run: built by [`super::LogicalUnit::prepare`], run by [`run_io`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Plain data: in HA mode 1 the primary prepares a command and the secondary runs the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoPlan {
     pub op: IoOp,
     /// Bytes the CDB asked to transfer, for residuals.

@@ -124,6 +124,14 @@ impl From<SenseCode> for Fail {
 
 type R<T> = Result<T, Fail>;
 
+/// The replicated part of a logical unit's state (see [`LogicalUnit::shared_state`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedLuState {
+    pub pr: PrState,
+    pub scsi2: Option<Nexus>,
+    pub mode: ModePages,
+}
+
 /// One logical unit: configuration, mode pages, unit attentions, reservations. Not locked
 /// internally; the runtime keeps it behind its own lock and calls [`LogicalUnit::prepare`] under
 /// it, then [`super::run_io`] outside it.
@@ -219,6 +227,24 @@ impl LogicalUnit {
     /// Restore a persisted (or peer-copied) persistent reservation state.
     pub fn restore_pr(&mut self, st: PrState) {
         self.pr = st;
+    }
+
+    /// The state both controllers of an HA pair keep identical: persistent reservations, the
+    /// SCSI-2 reservation and the mode pages. The primary sends it to the peer after a command
+    /// that may change it; the peer applies it with [`LogicalUnit::restore_shared`].
+    pub fn shared_state(&self) -> SharedLuState {
+        SharedLuState {
+            pr: self.pr.clone(),
+            scsi2: self.scsi2.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+
+    /// Applies the peer's [`SharedLuState`] (unit attention queues stay per controller).
+    pub fn restore_shared(&mut self, st: SharedLuState) {
+        self.pr = st.pr;
+        self.scsi2 = st.scsi2;
+        self.mode = st.mode;
     }
 
     /// The nexus holding the SCSI-2 reservation, if any.

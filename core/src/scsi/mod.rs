@@ -26,7 +26,7 @@ mod ua;
 
 pub use cdb::{cdb_length, op, BlockRange, Cdb, Command, IoFlags};
 pub use io::{run_io, IoOp, IoPlan};
-pub use lu::{ConfigError, LogicalUnit, LuConfig, ResetKind};
+pub use lu::{ConfigError, LogicalUnit, LuConfig, ResetKind, SharedLuState};
 pub use mode::ModePages;
 pub use pr::{PrState, Registration, Reservation};
 pub use sense_data::{FieldPointer, Sense};

@@ -64,7 +64,7 @@ fn changeable_mask(code: u8) -> Vec<u8> {
 }
 
 /// The current mode page values of one logical unit.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModePages {
     pages: Vec<Vec<u8>>,
 }

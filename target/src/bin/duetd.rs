@@ -3,6 +3,8 @@
 //! ```text
 //! duetd --config FILE              serve the targets FILE describes (TOML or ctl.conf)
 //! duetd check-config FILE [--json] validate FILE and print what it describes
+//! duetd lab [--dir DIR] [--mode 0|1|2] [--size 256MiB]
+//!                                  the two-controller lab on loopback (ctrl-a + ctrl-b)
 //! ```
 //!
 //! Logs go to standard error through `tracing`; `RUST_LOG` (e.g. `debug`, `duet_target=trace`)
@@ -15,7 +17,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use duet_target::config::{AuthType, Config};
-use duet_target::server;
+use duet_target::{daemon, server};
 
 #[derive(Parser, Debug)]
 #[command(name = "duetd", version, about = "Duet iSCSI target daemon")]
@@ -23,6 +25,11 @@ struct Cli {
     /// Configuration file (TOML, or FreeBSD ctl.conf syntax).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// The admin socket for duetctl (default: the `[ha]` section's `admin_socket`; none for a
+    /// single controller without this option).
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -42,15 +49,50 @@ enum Cmd {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The two-controller lab on loopback: ctrl-a (primary, 127.0.0.1) and ctrl-b (secondary,
+    /// 127.0.0.2) share one LUN file and a quorum area and fail over by themselves.
+    Lab {
+        /// Directory for the LUN file, quorum area, configurations, sockets, pid files and logs
+        /// (default: a fresh temporary directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// ha_mode: 0 Active/Standby, 1 Active/Active on the shared disk, 2 forwarding.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+        mode: u8,
+        /// Size of the LUN (e.g. 256MiB, 1GiB).
+        #[arg(long, default_value = "256MiB")]
+        size: String,
+        /// iSCSI port of both portals.
+        #[arg(long, default_value_t = 3260)]
+        port: u16,
+        /// TCP port of the HA link on 127.0.0.1.
+        #[arg(long, default_value_t = 7777)]
+        link_port: u16,
+        /// Failover policy: automatic or manual (CTL's behaviour).
+        #[arg(long, default_value = "automatic", value_parser = ["automatic", "manual"])]
+        failover: String,
+        /// Lease in milliseconds (renew, margin and drift follow from it).
+        #[arg(long, default_value_t = 1200)]
+        lease_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::CheckConfig { file, json }) => check_config(&file, json),
-        Some(Cmd::Run { config }) => run(&config),
+        Some(Cmd::Run { config }) => run(&config, cli.admin_socket),
+        Some(Cmd::Lab {
+            dir,
+            mode,
+            size,
+            port,
+            link_port,
+            failover,
+            lease_ms,
+        }) => lab(dir, mode, &size, port, link_port, failover, lease_ms),
         None => match cli.config {
-            Some(c) => run(&c),
+            Some(c) => run(&c, cli.admin_socket),
             None => {
                 eprintln!("duetd: give --config FILE (or `duetd check-config FILE`); see --help");
                 ExitCode::from(2)
@@ -130,7 +172,45 @@ fn init_logging() {
         .init();
 }
 
-fn run(file: &std::path::Path) -> ExitCode {
+#[allow(clippy::too_many_arguments)]
+fn lab(
+    dir: Option<PathBuf>,
+    mode: u8,
+    size: &str,
+    port: u16,
+    link_port: u16,
+    failover: String,
+    lease_ms: u64,
+) -> ExitCode {
+    let Some(size) = duet_target::config::parse_size(size) else {
+        eprintln!("duetd lab: --size {size}: expected a size such as 256MiB or 1GiB");
+        return ExitCode::from(2);
+    };
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let base = std::env::temp_dir();
+            let mut n = std::process::id();
+            loop {
+                let d = base.join(format!("duet-lab-{n}"));
+                if !d.exists() {
+                    break d;
+                }
+                n = n.wrapping_add(1);
+            }
+        }
+    };
+    let mut opts = duet_target::lab::LabOptions::new(dir);
+    opts.mode = mode;
+    opts.size = size;
+    opts.iscsi_port = port;
+    opts.link_port = link_port;
+    opts.failover = failover;
+    opts.lease_ms = lease_ms;
+    ExitCode::from(duet_target::lab::run(&opts).clamp(0, 255) as u8)
+}
+
+fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
     init_logging();
     let cfg = match Config::load(file) {
         Ok(c) => c,
@@ -166,7 +246,21 @@ fn run(file: &std::path::Path) -> ExitCode {
             tracing::info!("signal received; stopping");
             let _ = stop_tx.send(true);
         });
-        match server::serve(shared, stop_rx).await {
+        let ha_cfg = shared.config.ha.clone();
+        if let Err(e) = daemon::start_ha(&shared, stop_rx.clone()) {
+            tracing::error!("{e}");
+            eprintln!("duetd: {e}");
+            return ExitCode::from(1);
+        }
+        if let Some(path) = admin_socket.or_else(|| ha_cfg.as_ref().map(|h| h.admin_socket.clone()))
+        {
+            daemon::spawn_admin(&shared, path, stop_rx.clone());
+        }
+        let result = server::serve(shared, stop_rx).await;
+        if let Some(h) = &ha_cfg {
+            daemon::stop_ha(h);
+        }
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

@@ -1,0 +1,298 @@
+//! Start-up glue of `duetd`: the HA runtime (quorum area, fencing agent, pid file, link) and the
+//! admin socket that `duetctl` talks to.
+
+use std::sync::Arc;
+
+use duet_core::alua::AluaState;
+use duet_core::ha::{Policy, Role};
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminApi, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg};
+use crate::ha::config::HaConfig;
+use crate::ha::fence;
+use crate::ha::quorum::{Arbiter, FileQuorum};
+use crate::ha::runtime::HaRuntime;
+use crate::server::Shared;
+use crate::stats::StatInfo;
+
+/// Starts the HA runtime of a controller whose configuration has an `[ha]` section. Returns
+/// `Ok(None)` without one.
+pub fn start_ha(
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Arc<HaRuntime>>, String> {
+    let Some(cfg) = shared.config.ha.clone() else {
+        return Ok(None);
+    };
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
+    let arbiter: Arc<dyn Arbiter> = match &cfg.quorum {
+        Some(path) => Arc::new(
+            FileQuorum::open(path, cfg.quorum_create)
+                .map_err(|e| format!("quorum area {}: {e}", path.display()))?,
+        ),
+        None => Arc::new(NoArbiter),
+    };
+    if let Some(p) = &cfg.pidfile {
+        fence::write_pidfile(p).map_err(|e| format!("pid file {}: {e}", p.display()))?;
+    }
+    tracing::info!(
+        ha_id = cfg.id,
+        mode = cfg.mode.number(),
+        failover = ?cfg.failover,
+        quorum = %arbiter.describe(),
+        "HA: starting"
+    );
+    let agent = cfg.fencing.clone();
+    let rt = HaRuntime::start(shared, cfg, arbiter, agent, shutdown).map_err(|e| e.to_string())?;
+    Ok(Some(rt))
+}
+
+/// Removes the pid file written by [`start_ha`].
+pub fn stop_ha(cfg: &HaConfig) {
+    if let Some(p) = &cfg.pidfile {
+        let _ = fence::remove_pidfile(p);
+    }
+}
+
+/// The arbiter of a pair without a quorum area (manual failover only): every access fails, so
+/// the node never claims by itself.
+struct NoArbiter;
+
+impl Arbiter for NoArbiter {
+    fn read(
+        &self,
+        _slot: u8,
+    ) -> Result<Option<duet_core::ha::QuorumRecord>, crate::ha::quorum::QuorumError> {
+        Err(crate::ha::quorum::QuorumError::Unavailable(
+            "no quorum area configured".into(),
+        ))
+    }
+    fn write(
+        &self,
+        _slot: u8,
+        _rec: &duet_core::ha::QuorumRecord,
+    ) -> Result<(), crate::ha::quorum::QuorumError> {
+        Err(crate::ha::quorum::QuorumError::Unavailable(
+            "no quorum area configured".into(),
+        ))
+    }
+    fn describe(&self) -> String {
+        "none".into()
+    }
+}
+
+/// `duetctl`'s view of a running daemon.
+pub struct DaemonAdmin {
+    pub shared: Arc<Shared>,
+}
+
+fn abbrev(s: AluaState) -> String {
+    s.abbrev().to_string()
+}
+
+impl DaemonAdmin {
+    fn ha(&self) -> Option<&Arc<HaRuntime>> {
+        self.shared.ha.get()
+    }
+
+    fn portals(&self, portal_group: &str) -> Vec<String> {
+        self.shared
+            .config
+            .portal_group(portal_group)
+            .map(|pg| pg.listen.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl AdminApi for DaemonAdmin {
+    fn portlist(&self) -> Vec<PortInfo> {
+        let ha = self.ha();
+        let link_up = ha.is_some_and(|h| h.link().is_up());
+        let mut ports = Vec::new();
+        let mut targets: Vec<_> = self.shared.targets.values().collect();
+        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        for t in targets {
+            let pg = self
+                .shared
+                .config
+                .target(&t.name)
+                .map(|c| c.portal_group.clone())
+                .unwrap_or_default();
+            let name = format!("{},t,0x{:04x}", t.name, t.tpgt);
+            ports.push(PortInfo {
+                port: t.rtpi,
+                ha_id: t.ha_id,
+                frontend: "iscsi".into(),
+                name: name.clone(),
+                online: true,
+                portal: self.portals(&pg),
+                target: t.name.clone(),
+                local: true,
+            });
+            if let (Some(h), Some(peer)) = (ha, t.peer_rtpi) {
+                let peer_id = 3 - h.ha_id();
+                ports.push(PortInfo {
+                    port: peer,
+                    ha_id: peer_id,
+                    frontend: "ha".into(),
+                    name: format!("{peer_id}:{name}"),
+                    online: link_up,
+                    portal: Vec::new(),
+                    target: t.name.clone(),
+                    local: false,
+                });
+            }
+        }
+        ports.sort_by_key(|p| p.port);
+        ports
+    }
+
+    fn lunlist(&self) -> Vec<LunInfo> {
+        let mut out = Vec::new();
+        for t in self.shared.targets.values() {
+            for lu in t.luns.values() {
+                let pic = lu.alua();
+                let local = pic.state_of(t.rtpi);
+                let peer = t.peer_rtpi.map(|p| pic.state_of(p));
+                let (serial, naa, block_size) = {
+                    let g = lu.lock();
+                    let naa: String = g.naa().iter().map(|b| format!("{b:02x}")).collect();
+                    (g.config().serial.clone(), naa, g.config().block_size)
+                };
+                let role = match self.ha() {
+                    None => "primary".to_string(),
+                    Some(h) => lun_role(h, u32::from(lu.number)),
+                };
+                out.push(LunInfo {
+                    lun: u32::from(lu.number),
+                    target: t.name.clone(),
+                    path: lu.store.path().display().to_string(),
+                    size_bytes: duet_core::scsi::BlockStore::len(&*lu.store),
+                    block_size,
+                    serial,
+                    naa,
+                    local_alua: abbrev(local),
+                    peer_alua: peer.map(abbrev).unwrap_or_else(|| "-".into()),
+                    role,
+                });
+            }
+        }
+        out.sort_by_key(|l| l.lun);
+        out
+    }
+
+    fn ha(&self) -> HaInfo {
+        let Some(h) = self.ha() else {
+            return HaInfo {
+                ha_id: 0,
+                peer_id: 0,
+                mode: 0,
+                link_state: 0,
+                policy: "off".into(),
+                fencing: "none".into(),
+                luns: Vec::new(),
+                lease_holder: None,
+                lease_age_ms: None,
+                peer_fenced: false,
+                events: Vec::new(),
+            };
+        };
+        let (status, age, peer_fenced) = h.status();
+        let cfg = h.config();
+        let luns = status
+            .as_ref()
+            .map(|s| {
+                s.luns
+                    .iter()
+                    .map(|l| HaLunInfo {
+                        lun: l.lun,
+                        role: lun_role(h, l.lun),
+                        epoch: l.epoch,
+                        primary: l.primary,
+                        local_alua: abbrev(l.alua.local),
+                        peer_alua: abbrev(l.alua.peer),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let holds_lease = status
+            .as_ref()
+            .is_some_and(|s| s.lease_remaining_ms.is_some());
+        HaInfo {
+            ha_id: cfg.id,
+            peer_id: 3 - cfg.id,
+            mode: cfg.mode.number(),
+            link_state: status.as_ref().map_or(1, |s| s.link),
+            policy: match cfg.failover {
+                Policy::Automatic => "automatic".into(),
+                Policy::Manual => "manual".into(),
+                Policy::Naive => "naive".into(),
+            },
+            fencing: cfg.fencing.to_string(),
+            luns,
+            lease_holder: holds_lease.then_some(cfg.id),
+            lease_age_ms: if holds_lease { age } else { None },
+            peer_fenced,
+            events: h.events(),
+        }
+    }
+
+    fn set_role(&self, role: RoleArg, lun: Option<u32>) -> Result<String, String> {
+        let h = self.ha().ok_or("HA is not configured on this controller")?;
+        h.set_role(
+            match role {
+                RoleArg::Primary => Role::Primary,
+                RoleArg::Secondary => Role::Secondary,
+            },
+            lun,
+        )
+    }
+
+    fn switchover(&self, lun: Option<u32>) -> Result<String, String> {
+        let h = self.ha().ok_or("HA is not configured on this controller")?;
+        h.switchover(lun)
+    }
+
+    fn stat(&self) -> StatInfo {
+        self.shared.stats.snapshot()
+    }
+}
+
+/// The role word for `duetctl`: primary, secondary, claiming or transitioning.
+fn lun_role(h: &HaRuntime, lun: u32) -> String {
+    let (status, _, _) = h.status();
+    let Some(s) = status.and_then(|s| s.luns.into_iter().find(|l| l.lun == lun)) else {
+        return "unknown".into();
+    };
+    if s.primary == Some(h.ha_id()) {
+        if s.serving {
+            "primary".into()
+        } else {
+            "primary (suspended)".into()
+        }
+    } else if s.claim.is_some() {
+        "claiming".into()
+    } else if s.primary.is_some() {
+        "secondary".into()
+    } else {
+        "transitioning".into()
+    }
+}
+
+/// Serves the admin socket at `path` until shutdown.
+pub fn spawn_admin(
+    shared: &Arc<Shared>,
+    path: std::path::PathBuf,
+    shutdown: watch::Receiver<bool>,
+) {
+    let api: Arc<dyn AdminApi> = Arc::new(DaemonAdmin {
+        shared: shared.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve(path.clone(), api, shutdown).await {
+            tracing::error!("admin socket {}: {e}", path.display());
+        }
+    });
+}

@@ -1,0 +1,734 @@
+//! The driver of one controller's HA state machine.
+//!
+//! [`duet_core::ha::Node`] decides every role, epoch and ALUA state; this module only feeds it
+//! its inputs (link events, peer messages, timer expiries, quorum I/O results, fencing results,
+//! admin commands) and carries out its outputs (peer messages, quorum I/O, ALUA pictures, unit
+//! attentions, fencing, the I/O gate, log lines). It also moves commands between the
+//! controllers: a controller that does not serve a LUN forwards what it receives for it to the
+//! primary (mode 2: the whole command and its data; mode 1: the command only, then runs the
+//! primary's plan on the shared backend under the primary's lock; mode 0: everything a Standby
+//! port may answer), and the primary replicates reservations and mode pages to its peer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use duet_core::alua::HaMode;
+use duet_core::ha::{self, AdminCmd, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role};
+use duet_core::iscsi::Completion;
+use duet_core::scsi::{Nexus, Prepared, ResetKind};
+use duet_core::sense::SenseCode;
+
+use super::config::HaConfig;
+use super::fence::{self, FenceAgent};
+use super::gate::GatePass;
+use super::link::{self, Channel, LinkEvent, LinkHandle};
+use super::proto::{self, LinkMsg, PeerReply, PeerRequest};
+use super::quorum::Arbiter;
+use crate::server::{
+    after_command, check, completion_of, io_guard, prepare_local, run_medium, run_plan, IoGuard,
+    Lu, Shared, Target,
+};
+
+/// How long a forwarded command waits for the primary's answer before the initiator is told to
+/// retry (NOT READY, ALUA transitioning).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing the fencing gate waits for admitted I/O.
+const GATE_DRAIN: Duration = Duration::from_secs(5);
+/// Log events kept for `duetctl ha`.
+const EVENTS_KEPT: usize = 32;
+
+/// What the driver task receives.
+enum DriverIn {
+    Node(Input),
+}
+
+/// What the I/O paths read without asking the driver: refreshed after every step of the node.
+#[derive(Clone, Debug, Default)]
+struct LunPublished {
+    /// This controller is primary for the LUN and not suspended: it runs commands itself.
+    primary_here: bool,
+    /// The node allows I/O here (the primary, or a mode-1 secondary under a valid read lease).
+    may_io: bool,
+    primary: Option<u8>,
+}
+
+#[derive(Default)]
+struct Published {
+    luns: BTreeMap<u32, LunPublished>,
+    link_up: bool,
+    status: Option<HaStatus>,
+    /// Milliseconds (driver clock) when this node last wrote its quorum slot successfully.
+    last_quorum_write: Option<u64>,
+    peer_fenced: bool,
+}
+
+/// A grant held on behalf of the peer (mode 1): the I/O lock and a pass through the gate.
+struct Grant {
+    _guard: IoGuard,
+    _pass: GatePass,
+}
+
+/// One controller's HA runtime. Create it with [`HaRuntime::start`].
+pub struct HaRuntime {
+    cfg: HaConfig,
+    peer_id: u8,
+    mode: HaMode,
+    luns: BTreeMap<u32, (Arc<Target>, Arc<Lu>)>,
+    shared: Weak<Shared>,
+    link: LinkHandle,
+    tx: mpsc::UnboundedSender<DriverIn>,
+    published: Mutex<Published>,
+    events: Mutex<VecDeque<String>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<PeerReply>>>,
+    grants: Mutex<HashMap<u64, Grant>>,
+    next_id: AtomicU64,
+    start: Instant,
+    arbiter: Arc<dyn Arbiter>,
+    agent: FenceAgent,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why the HA runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HaStartError {
+    #[error("HA: LUN {lun} appears in two targets; LUN numbers must be unique in an HA pair")]
+    DuplicateLun { lun: u32 },
+    #[error("HA: {0}")]
+    Config(String),
+}
+
+impl HaRuntime {
+    /// Builds the runtime for `shared` (whose configuration has an `[ha]` section), starts the
+    /// link and the driver task, and registers itself in `shared`.
+    pub fn start(
+        shared: &Arc<Shared>,
+        cfg: HaConfig,
+        arbiter: Arc<dyn Arbiter>,
+        agent: FenceAgent,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<HaRuntime>, HaStartError> {
+        let mut luns = BTreeMap::new();
+        for t in shared.targets.values() {
+            for lu in t.luns.values() {
+                let key = u32::from(lu.number);
+                if luns.insert(key, (t.clone(), lu.clone())).is_some() {
+                    return Err(HaStartError::DuplicateLun { lun: key });
+                }
+            }
+        }
+        let keys: Vec<u32> = luns.keys().copied().collect();
+        let core_cfg = cfg.core_config(&keys);
+        core_cfg
+            .validate()
+            .map_err(|e| HaStartError::Config(e.to_string()))?;
+        let mode = core_cfg.mode;
+        let (link, link_rx) = link::spawn(cfg.link_config(), shutdown.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rt = Arc::new(HaRuntime {
+            peer_id: 3 - cfg.id,
+            mode,
+            luns,
+            shared: Arc::downgrade(shared),
+            link,
+            tx,
+            published: Mutex::new(Published::default()),
+            events: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            start: Instant::now(),
+            arbiter,
+            agent,
+            cfg,
+        });
+        let node = Node::new(core_cfg, rt.now());
+        if shared.ha.set(rt.clone()).is_err() {
+            return Err(HaStartError::Config("HA runtime started twice".into()));
+        }
+        tokio::spawn(rt.clone().drive(node, rx, shutdown.clone()));
+        tokio::spawn(rt.clone().receive(link_rx));
+        Ok(rt)
+    }
+
+    /// The driver's clock: milliseconds since start (monotonic).
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// This controller's HA id.
+    pub fn ha_id(&self) -> u8 {
+        self.cfg.id
+    }
+
+    /// The HA mode (0, 1 or 2).
+    pub fn mode(&self) -> HaMode {
+        self.mode
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HaConfig {
+        &self.cfg
+    }
+
+    /// The link's handle (state and counters).
+    pub fn link(&self) -> &LinkHandle {
+        &self.link
+    }
+
+    /// The node's last status, the time since the last successful quorum write and whether
+    /// the peer is known fenced.
+    pub fn status(&self) -> (Option<HaStatus>, Option<u64>, bool) {
+        let p = lock(&self.published);
+        let age = p.last_quorum_write.map(|t| self.now().saturating_sub(t));
+        (p.status.clone(), age, p.peer_fenced)
+    }
+
+    /// The last log events of the node, oldest first.
+    pub fn events(&self) -> Vec<String> {
+        lock(&self.events).iter().cloned().collect()
+    }
+
+    /// Hands an admin command to the node.
+    pub fn admin(&self, cmd: AdminCmd) {
+        let _ = self.tx.send(DriverIn::Node(Input::Admin(cmd)));
+    }
+
+    /// The LUN numbers under HA.
+    pub fn lun_numbers(&self) -> Vec<u32> {
+        self.luns.keys().copied().collect()
+    }
+
+    /// Whether this controller is the serving primary of `lun`.
+    pub fn serving(&self, lun: u32) -> bool {
+        lock(&self.published)
+            .luns
+            .get(&lun)
+            .is_some_and(|l| l.primary_here)
+    }
+
+    /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
+    /// controller does not serve it, the link is up and the peer is its primary.
+    pub fn forward_mode(&self, lun: u32) -> Option<bool> {
+        let p = lock(&self.published);
+        let l = p.luns.get(&lun)?;
+        if l.primary_here || !p.link_up || l.primary != Some(self.peer_id) {
+            return None;
+        }
+        if self.mode == HaMode::ActiveActiveShared {
+            // A mode-1 secondary runs I/O only while the node vouches for the primary (read
+            // lease); otherwise its ALUA picture answers (Transitioning).
+            return l.may_io.then_some(true);
+        }
+        Some(false)
+    }
+
+    // ---- the driver ------------------------------------------------------------------------
+
+    async fn drive(
+        self: Arc<Self>,
+        mut node: Node,
+        mut rx: mpsc::UnboundedReceiver<DriverIn>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            self.carry_out(&mut node);
+            self.publish(&node);
+            let now = self.now();
+            let sleep = node
+                .next_timeout()
+                .map(|t| Duration::from_millis(t.saturating_sub(now)));
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(DriverIn::Node(input)) => node.handle(self.now(), input),
+                    None => break,
+                },
+                _ = async {
+                    match sleep {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    let now = self.now();
+                    let due: Vec<_> = node.due_timers(now).collect();
+                    for k in due {
+                        node.handle(now, Input::Timer(k));
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!("HA driver stopped");
+    }
+
+    /// Performs every pending output of the node, in order.
+    fn carry_out(self: &Arc<Self>, node: &mut Node) {
+        while let Some(out) = node.poll_output() {
+            match out {
+                Output::SendPeer(msg) => self.send(Channel::Control, &LinkMsg::Ha(msg)),
+                Output::Quorum(op) => self.quorum_io(op),
+                Output::SetTimer { .. } => {}
+                Output::AluaChanged { lun, .. } => {
+                    if let Some((t, lu)) = self.luns.get(&lun) {
+                        let pic = t.picture(node.lun_view(lun));
+                        if lu.set_alua(pic) {
+                            let g = node.alua(lun);
+                            tracing::info!(
+                                lun,
+                                "ALUA: this controller {}, peer {}",
+                                g.local.name(),
+                                g.peer.name()
+                            );
+                        }
+                    }
+                }
+                Output::RaiseUa { lun, sense } => {
+                    if let Some((_, lu)) = self.luns.get(&lun) {
+                        lu.lock().raise_ua_all(sense, None);
+                    }
+                }
+                Output::FencePeer => self.fence_peer(),
+                Output::FenceIo { lun } => {
+                    if let Some((_, lu)) = self.luns.get(&lun) {
+                        let drained = close_gate(lu);
+                        tracing::info!(lun, drained, "I/O fenced on this controller");
+                    }
+                }
+                Output::ResumeIo { lun } => {
+                    if let Some((_, lu)) = self.luns.get(&lun) {
+                        lu.gate.open();
+                        tracing::info!(lun, "I/O resumed on this controller");
+                    }
+                }
+                Output::Log(ev) => {
+                    let line = ev.to_string();
+                    match &ev {
+                        ha::Event::QuorumFailed { .. }
+                        | ha::Event::FenceFailed
+                        | ha::Event::LeaseExpired
+                        | ha::Event::LinkRefused { .. } => tracing::warn!("{line}"),
+                        // The link logs its own state changes (CTL's wording) once.
+                        ha::Event::LinkChanged { .. } | ha::Event::StaleMessage { .. } => {
+                            tracing::debug!("{line}")
+                        }
+                        _ => tracing::info!("{line}"),
+                    }
+                    let mut ev = lock(&self.events);
+                    if ev.len() == EVENTS_KEPT {
+                        ev.pop_front();
+                    }
+                    ev.push_back(line);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, node: &Node) {
+        let mut p = lock(&self.published);
+        for &lun in self.luns.keys() {
+            p.luns.insert(
+                lun,
+                LunPublished {
+                    primary_here: node.is_primary(lun) && node.serving(lun),
+                    may_io: node.serving(lun),
+                    primary: node.primary_of(lun),
+                },
+            );
+        }
+        p.link_up = node.link_state() == 2 && self.link.is_up();
+        p.status = Some(node.status(self.now()));
+    }
+
+    fn quorum_io(self: &Arc<Self>, op: QuorumOp) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let arb = me.arbiter.clone();
+            let op2 = op.clone();
+            let r = tokio::task::spawn_blocking(move || match op2 {
+                QuorumOp::Read { slot } => match arb.read(slot) {
+                    Ok(record) => QuorumResult::ReadOk { slot, record },
+                    Err(e) => QuorumResult::Failed {
+                        slot,
+                        reason: e.to_string(),
+                    },
+                },
+                QuorumOp::Write { slot, record } => match arb.write(slot, &record) {
+                    Ok(()) => QuorumResult::WriteOk { slot },
+                    Err(e) => QuorumResult::Failed {
+                        slot,
+                        reason: e.to_string(),
+                    },
+                },
+            })
+            .await;
+            let result = match r {
+                Ok(r) => r,
+                Err(e) => QuorumResult::Failed {
+                    slot: match op {
+                        QuorumOp::Read { slot } | QuorumOp::Write { slot, .. } => slot,
+                    },
+                    reason: format!("quorum I/O task failed: {e}"),
+                },
+            };
+            if matches!(result, QuorumResult::WriteOk { .. }) {
+                lock(&me.published).last_quorum_write = Some(me.now());
+            }
+            let _ = me.tx.send(DriverIn::Node(Input::Quorum(result)));
+        });
+    }
+
+    fn fence_peer(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(me.cfg.fence_timeout_ms);
+            let r = fence::fence(&me.agent, timeout).await;
+            let ok = match r {
+                Ok(()) => {
+                    tracing::info!("fencing agent: peer controller {} stopped", me.peer_id);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!("fencing agent failed: {e}");
+                    false
+                }
+            };
+            lock(&me.published).peer_fenced = ok;
+            let _ = me.tx.send(DriverIn::Node(Input::FenceResult { ok }));
+        });
+    }
+
+    // ---- the link ---------------------------------------------------------------------------
+
+    fn send(&self, channel: Channel, msg: &LinkMsg) {
+        match proto::encode(msg) {
+            Ok(b) => {
+                let _ = self.link.send(channel, b);
+            }
+            Err(e) => tracing::error!("HA link: cannot encode a message: {e}"),
+        }
+    }
+
+    async fn receive(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<LinkEvent>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                LinkEvent::Up { peer_id } => {
+                    tracing::debug!(peer_id, "HA link up");
+                    lock(&self.published).peer_fenced = false;
+                    let _ = self.tx.send(DriverIn::Node(Input::PeerLinkUp));
+                    // A primary brings a (re)joining peer's copy of the shared state up to date.
+                    for (&lun, (_, lu)) in &self.luns {
+                        if self.serving(lun) {
+                            self.sync_lu(lu);
+                        }
+                    }
+                }
+                LinkEvent::Down { reason } => {
+                    tracing::debug!("HA link down: {reason}");
+                    let _ = self.tx.send(DriverIn::Node(Input::PeerLinkDown));
+                    // Forwarded commands in flight are answered "transitioning" and retried.
+                    lock(&self.pending).clear();
+                    // The peer's grants end with the link; the node suspends I/O until the peer
+                    // is fenced, so its writes in flight cannot race ours.
+                    lock(&self.grants).clear();
+                }
+                LinkEvent::Message { payload, .. } => match proto::decode(&payload) {
+                    Ok(msg) => self.on_message(msg),
+                    Err(e) => tracing::warn!("HA link: undecodable message dropped: {e}"),
+                },
+            }
+        }
+    }
+
+    fn on_message(self: &Arc<Self>, msg: LinkMsg) {
+        match msg {
+            LinkMsg::Ha(m) => {
+                let _ = self.tx.send(DriverIn::Node(Input::PeerMsg(m)));
+            }
+            LinkMsg::LuSync { lun, state } => {
+                if let Some((_, lu)) = self.luns.get(&lun) {
+                    if !self.serving(lun) {
+                        lu.lock().restore_shared(state);
+                    }
+                }
+            }
+            LinkMsg::Request { id, req } => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let reply = me.serve_request(req).await;
+                    me.send(Channel::Data, &LinkMsg::Reply { id, reply });
+                });
+            }
+            LinkMsg::Reply { id, reply } => {
+                if let Some(tx) = lock(&self.pending).remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            LinkMsg::Release { grant } => {
+                lock(&self.grants).remove(&grant);
+            }
+        }
+    }
+
+    /// Sends the replicated state of `lu` to the peer (primary only).
+    pub fn sync_lu(&self, lu: &Lu) {
+        let lun = u32::from(lu.number);
+        if !self.serving(lun) {
+            return;
+        }
+        let state = lu.lock().shared_state();
+        self.send(Channel::Control, &LinkMsg::LuSync { lun, state });
+    }
+
+    async fn request(&self, req: PeerRequest) -> Option<PeerReply> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let sent = proto::encode(&LinkMsg::Request { id, req })
+            .ok()
+            .is_some_and(|b| self.link.send(Channel::Data, b).is_ok());
+        if !sent {
+            lock(&self.pending).remove(&id);
+            return None;
+        }
+        match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
+            Ok(Ok(r)) => Some(r),
+            _ => {
+                lock(&self.pending).remove(&id);
+                None
+            }
+        }
+    }
+
+    /// Runs a command received here for a LUN the peer serves, through the peer.
+    pub async fn forward(
+        &self,
+        lu: &Arc<Lu>,
+        nexus: Nexus,
+        cdb: Bytes,
+        data_out: Bytes,
+        plan_only: bool,
+    ) -> Completion {
+        let lun = u32::from(lu.number);
+        let data_len = u32::try_from(data_out.len()).unwrap_or(u32::MAX);
+        // Mode 1 keeps bulk write data off the link: the plan comes back and runs here.
+        let op = cdb.first().copied().unwrap_or(0);
+        let bulk = matches!(op, 0x0A | 0x2A | 0xAA | 0x8A | 0x2E | 0xAE | 0x8E);
+        let send_data = if plan_only && bulk {
+            Bytes::new()
+        } else {
+            data_out.clone()
+        };
+        let reply = self
+            .request(PeerRequest::Execute {
+                lun,
+                nexus,
+                cdb,
+                data_out: send_data,
+                data_len,
+                plan_only,
+            })
+            .await;
+        match reply {
+            Some(PeerReply::Done {
+                status,
+                sense,
+                data_in,
+                wanted_len,
+            }) => Completion {
+                status,
+                sense,
+                data_in,
+                wanted_len,
+            },
+            Some(PeerReply::Plan { grant, plan }) => {
+                // The primary holds the LU's I/O lock and its gate for us until we release.
+                let c = run_plan(lu.clone(), plan, data_out, ()).await;
+                self.send(Channel::Control, &LinkMsg::Release { grant });
+                c
+            }
+            Some(PeerReply::Unavailable { reason }) => {
+                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
+                check(SenseCode::ALUA_TRANSITIONING)
+            }
+            Some(PeerReply::Ack) | None => check(SenseCode::ALUA_TRANSITIONING),
+        }
+    }
+
+    /// The primary's side of a forwarded request.
+    async fn serve_request(self: &Arc<Self>, req: PeerRequest) -> PeerReply {
+        let unavailable = |reason: &str| PeerReply::Unavailable {
+            reason: reason.to_string(),
+        };
+        match req {
+            PeerRequest::Execute {
+                lun,
+                nexus,
+                cdb,
+                data_out,
+                data_len,
+                plan_only,
+            } => {
+                let Some((target, lu)) = self.luns.get(&lun).cloned() else {
+                    return unavailable("no such LUN");
+                };
+                if !self.serving(lun) {
+                    return unavailable("not primary");
+                }
+                let Some(shared) = self.shared.upgrade() else {
+                    return unavailable("shutting down");
+                };
+                let data = if data_out.len() as u64 == u64::from(data_len) {
+                    data_out
+                } else {
+                    // Mode 1 bulk write: phase 1 only needs the length.
+                    Bytes::from(vec![0u8; data_len as usize])
+                };
+                match prepare_local(&target, &lu, &nexus, &cdb, &data) {
+                    Prepared::Done(o) => {
+                        after_command(&shared, &lu, &cdb, &o.effects);
+                        done(completion_of(o))
+                    }
+                    Prepared::Io(plan) if plan_only => {
+                        let guard = io_guard(&lu, &plan).await;
+                        let Some(pass) = lu.gate.enter() else {
+                            return done(check(SenseCode::ALUA_TRANSITIONING));
+                        };
+                        let grant = self.next_id.fetch_add(1, Ordering::Relaxed);
+                        lock(&self.grants).insert(
+                            grant,
+                            Grant {
+                                _guard: guard,
+                                _pass: pass,
+                            },
+                        );
+                        PeerReply::Plan { grant, plan }
+                    }
+                    Prepared::Io(plan) => done(run_medium(lu, plan, data).await),
+                }
+            }
+            PeerRequest::Reset { lun, cold } => {
+                if let Some((_, lu)) = self.luns.get(&lun) {
+                    lu.lock().reset(if cold {
+                        ResetKind::TargetCold
+                    } else {
+                        ResetKind::LunReset
+                    });
+                }
+                PeerReply::Ack
+            }
+            PeerRequest::NexusLost { lun, nexus } => {
+                if let Some((_, lu)) = self.luns.get(&lun) {
+                    lu.lock().nexus_lost(&nexus);
+                }
+                PeerReply::Ack
+            }
+        }
+    }
+
+    /// Tells the primary about a reset received here (no answer awaited).
+    pub fn peer_reset(self: &Arc<Self>, lun: u32, cold: bool) {
+        if self.forward_mode(lun).is_some() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.request(PeerRequest::Reset { lun, cold }).await;
+            });
+        }
+    }
+
+    /// Tells the primary that a nexus of this controller ended.
+    pub fn peer_nexus_lost(self: &Arc<Self>, lun: u32, nexus: Nexus) {
+        if self.forward_mode(lun).is_some() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.request(PeerRequest::NexusLost { lun, nexus }).await;
+            });
+        }
+    }
+
+    /// Role change at run time (CTL's ha_role): `lun` None = every LUN.
+    pub fn set_role(&self, role: Role, lun: Option<u32>) -> Result<String, String> {
+        if let Some(l) = lun {
+            if !self.luns.contains_key(&l) {
+                return Err(format!("no LUN {l}"));
+            }
+        }
+        if role == Role::Primary && self.cfg.failover_manual() {
+            self.admin(AdminCmd::SetPrimary { lun });
+        }
+        self.admin(AdminCmd::SetRole { lun, role });
+        Ok(format!(
+            "role of {} set to {}",
+            lun.map_or("every LUN".to_string(), |l| format!("LUN {l}")),
+            match role {
+                Role::Primary => "primary",
+                Role::Secondary => "secondary",
+            }
+        ))
+    }
+
+    /// Planned switchover of `lun` (None: every LUN this controller serves) to the peer.
+    pub fn switchover(&self, lun: Option<u32>) -> Result<String, String> {
+        let luns: Vec<u32> = match lun {
+            Some(l) if !self.luns.contains_key(&l) => return Err(format!("no LUN {l}")),
+            Some(l) => vec![l],
+            None => self
+                .luns
+                .keys()
+                .copied()
+                .filter(|&l| self.serving(l))
+                .collect(),
+        };
+        if luns.is_empty() {
+            return Err("this controller is primary for no LUN".into());
+        }
+        if !lock(&self.published).link_up {
+            return Err("the HA link is down: a switchover needs the peer".into());
+        }
+        for &l in &luns {
+            if !self.serving(l) {
+                return Err(format!("this controller is not primary for LUN {l}"));
+            }
+        }
+        for &l in &luns {
+            self.admin(AdminCmd::Switchover { lun: l });
+        }
+        Ok(format!(
+            "switchover of LUN {luns:?} to controller {} started",
+            self.peer_id
+        ))
+    }
+}
+
+/// Closes a LUN's fencing gate, waiting for admitted I/O (off the async threads).
+fn close_gate(lu: &Lu) -> bool {
+    let gate = lu.gate.clone();
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| gate.close(GATE_DRAIN))
+        }
+        _ => gate.close(GATE_DRAIN),
+    }
+}
+
+fn done(c: Completion) -> PeerReply {
+    PeerReply::Done {
+        status: c.status,
+        sense: c.sense,
+        data_in: c.data_in,
+        wanted_len: c.wanted_len,
+    }
+}
+
+/// The runtime a daemon registers in [`Shared`].
+pub type HaSlot = OnceLock<Arc<HaRuntime>>;
