@@ -516,6 +516,8 @@ impl World {
                     }
                 }
                 Output::Quorum(op) => {
+                    self.history
+                        .push(format!("t={} node {} quorum {:?}", self.t, ha_id, op));
                     prop_assert!(
                         self.ops[i].is_none(),
                         "node {} issued a quorum operation while one is outstanding",
@@ -531,6 +533,9 @@ impl World {
                     ));
                     self.claim(ha_id, lun, epoch)?;
                 }
+                Output::Log(e) => self
+                    .history
+                    .push(format!("t={} node {}: {}", self.t, ha_id, e)),
                 _ => {}
             }
         }

@@ -1006,7 +1006,12 @@ impl Node {
                     }
                 }
             }
-            (_, QuorumResult::Failed { reason, .. }) => {
+            (p, QuorumResult::Failed { reason, .. }) => {
+                if let Pending::Write { record, .. } = &p {
+                    // A failed write may still have landed: never write this heartbeat value
+                    // again, or a peer watching the slot could take new content for old.
+                    self.seq = self.seq.max(record.seq);
+                }
                 self.log(Event::QuorumFailed { reason });
                 self.backoff = true;
                 if self.timers[TimerKind::Renew.index()].is_none() {
