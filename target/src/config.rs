@@ -1032,6 +1032,25 @@ fn parse_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
     let _ = &raw.ha;
     let mut config = b.finish()?;
     config.ha = crate::ha::config::parse_ha(file, text)?;
+    if let Some(ha) = &config.ha {
+        let mut luns: Vec<u32> = Vec::new();
+        for t in &config.targets {
+            for l in &t.luns {
+                let n = u32::from(l.number);
+                if luns.contains(&n) {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        line: ha.line,
+                        message: format!(
+                            "[ha]: LUN {n} is served by two targets; LUN numbers must be unique in an HA pair"
+                        ),
+                    });
+                }
+                luns.push(n);
+            }
+        }
+        ha.check_luns(file, &luns)?;
+    }
     Ok(config)
 }
 

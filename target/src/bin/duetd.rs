@@ -159,6 +159,24 @@ fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
             );
         }
     }
+    if let Some(ha) = &cfg.ha {
+        println!(
+            "ha: id {} mode {} role {:?} peer {} failover {:?} fencing {} quorum {}",
+            ha.id,
+            ha.mode.number(),
+            ha.role,
+            ha.peer,
+            ha.failover,
+            ha.fencing,
+            ha.quorum
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(none)".into())
+        );
+        for w in ha.warnings() {
+            println!("warning: {w}");
+        }
+    }
     ExitCode::SUCCESS
 }
 
