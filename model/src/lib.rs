@@ -202,6 +202,7 @@ impl ModelOptions {
                 role: None,
             }],
             timing: self.timing(),
+            failback: false,
         }
     }
 }

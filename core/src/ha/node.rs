@@ -130,6 +130,9 @@ pub struct LunStatusView {
 pub struct Node {
     cfg: Arc<Config>,
     link: u8,
+    /// When this node first heard the peer's state after the link came up (failback waits a
+    /// full lease from there).
+    link_up_at: Option<Time>,
     /// This node fenced the peer; it is known down until the link comes up again.
     peer_down: bool,
     join: Join,
@@ -179,6 +182,7 @@ impl Node {
         let automatic = config.policy == Policy::Automatic;
         let mut node = Node {
             link: if standalone { 0 } else { 1 },
+            link_up_at: None,
             peer_down: false,
             join: if standalone || !automatic {
                 Join::Done
@@ -552,6 +556,7 @@ impl Node {
         if self.link != to {
             let from = self.link;
             self.link = to;
+            self.link_up_at = None;
             self.log(Event::LinkChanged { from, to });
         }
     }
@@ -857,6 +862,7 @@ impl Node {
             }
         } else {
             self.consider_claims(now, lost_primary);
+            self.consider_failback(now);
         }
     }
 
@@ -901,6 +907,7 @@ impl Node {
                 if self.owns_any() {
                     self.write_due = true;
                 }
+                self.consider_failback(now);
             }
             TimerKind::Lease => {
                 if !self.lease_valid(now) {
@@ -1283,17 +1290,46 @@ impl Node {
                     });
                     return;
                 }
-                self.step_down(now, i, "planned switchover");
-                self.luns[i].role_override = Some(Role::Secondary);
-                if self.automatic() {
-                    self.luns[i].handing_over = true;
-                    self.write_due = true;
-                } else {
-                    let epoch = self.luns[i].epoch;
-                    self.out
-                        .push_back(Output::SendPeer(HaMsg::Handover { lun, epoch }));
-                    self.log(Event::HandoverSent { lun, epoch });
-                }
+                self.hand_over(now, i, "planned switchover");
+            }
+        }
+    }
+
+    /// Steps down from LUN index `i` and hands it to the peer (planned switchover, failback).
+    fn hand_over(&mut self, now: Time, i: usize, reason: &str) {
+        let lun = self.luns[i].lun;
+        self.step_down(now, i, reason);
+        self.luns[i].role_override = Some(Role::Secondary);
+        if self.automatic() {
+            self.luns[i].handing_over = true;
+            self.write_due = true;
+        } else {
+            let epoch = self.luns[i].epoch;
+            self.out
+                .push_back(Output::SendPeer(HaMsg::Handover { lun, epoch }));
+            self.log(Event::HandoverSent { lun, epoch });
+        }
+    }
+
+    /// Failback: a primary that is not the preferred controller of a LUN hands it to the
+    /// peer once the link has been up for a full lease (the peer is back and healthy).
+    fn consider_failback(&mut self, now: Time) {
+        if !self.cfg.failback || !self.automatic() || self.link != 2 {
+            return;
+        }
+        let since = *self.link_up_at.get_or_insert(now);
+        if now < since.saturating_add(self.cfg.timing.lease_ms) {
+            return;
+        }
+        for i in 0..self.luns.len() {
+            let l = self.luns[i];
+            if l.role == LunRole::Primary
+                && !l.handing_over
+                && !self.suspended
+                && l.role_override.is_none()
+                && self.cfg.role_for(l.lun) == Role::Secondary
+            {
+                self.hand_over(now, i, "failback to the preferred controller");
             }
         }
     }

@@ -32,11 +32,21 @@ struct Pair {
 
 impl Pair {
     fn new(mode: HaMode, policy: Policy, fencing: Fencing) -> Pair {
+        Pair::new_with(mode, policy, fencing, |_| {})
+    }
+
+    fn new_with(
+        mode: HaMode,
+        policy: Policy,
+        fencing: Fencing,
+        adjust: impl Fn(&mut Config),
+    ) -> Pair {
         let cfg = |id| {
             let mut c = Config::pair(id, mode, &[LUN]);
             c.policy = policy;
             c.fencing = fencing;
             c.timing = timing();
+            adjust(&mut c);
             c
         };
         let cfg = [cfg(1), cfg(2)];
@@ -516,4 +526,50 @@ fn events_read_like_ctl() {
         Event::BecamePrimary { lun: 3, epoch: 4 }.to_string(),
         "LUN 3: became primary (epoch 4)"
     );
+}
+
+#[test]
+fn with_failback_the_preferred_controller_gets_its_luns_back_after_rejoining() {
+    let mut p = Pair::new_with(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+        |c| c.failback = true,
+    );
+    p.advance(300);
+    assert!(p.node(0).is_primary(LUN));
+    p.kill(0);
+    p.advance(3000);
+    assert!(p.node(1).is_primary(LUN), "the survivor takes over");
+    let epoch = p.node(1).epoch(LUN);
+    p.restart(0);
+    p.advance(200);
+    // Back, but not yet for a full lease: node 2 keeps the LUN.
+    assert!(p.node(1).is_primary(LUN));
+    p.advance(timing().lease_ms + 2 * timing().renew_ms);
+    assert!(
+        p.node(0).is_primary(LUN),
+        "failback returns the LUN to node 1"
+    );
+    assert!(!p.node(1).is_primary(LUN));
+    assert!(p.node(0).epoch(LUN) > epoch);
+    // And it stays there.
+    p.advance(3 * timing().lease_ms);
+    assert!(p.node(0).is_primary(LUN));
+}
+
+#[test]
+fn without_failback_the_survivor_keeps_the_luns() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    p.kill(0);
+    p.advance(3000);
+    p.restart(0);
+    p.advance(4 * timing().lease_ms);
+    assert!(p.node(1).is_primary(LUN));
+    assert!(!p.node(0).is_primary(LUN));
 }

@@ -136,6 +136,9 @@ pub struct Config {
     pub role: Role,
     pub luns: Vec<LunConfig>,
     pub timing: Timing,
+    /// Automatic policy: a primary that is not the preferred controller of a LUN hands it back
+    /// (a planned switchover) once the preferred peer has been reachable for a full lease.
+    pub failback: bool,
 }
 
 impl Config {
@@ -152,6 +155,7 @@ impl Config {
                 .map(|&lun| LunConfig { lun, role: None })
                 .collect(),
             timing: Timing::default(),
+            failback: false,
         }
     }
 
@@ -173,6 +177,7 @@ impl Config {
                 .map(|&lun| LunConfig { lun, role: None })
                 .collect(),
             timing: Timing::default(),
+            failback: false,
         }
     }
 

@@ -228,6 +228,7 @@ impl HaConfig {
                 })
                 .collect(),
             timing: self.timing,
+            failback: self.failback,
         }
     }
 
