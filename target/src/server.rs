@@ -233,6 +233,8 @@ enum ConnMsg {
     AbortTasks(Option<u16>),
     /// Close the connection now (session reinstated, cold reset).
     Close,
+    /// A task management function finished after the primary confirmed its part.
+    TmfDone { itt: u32, resp: TmfResponse },
 }
 
 struct SessionEntry {
@@ -645,6 +647,8 @@ struct ConnCtx {
     peer: SocketAddr,
     /// The status of a failing Login Response, for the log.
     login_status: Option<(u8, u8)>,
+    /// A reset that the primary must also perform before the TMF is answered (HA).
+    peer_reset: Option<(Vec<u32>, bool)>,
 }
 
 async fn run_connection(
@@ -703,6 +707,7 @@ async fn run_connection(
         closing: false,
         peer,
         login_status: None,
+        peer_reset: None,
     };
     let mut reader = r;
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -730,6 +735,9 @@ async fn run_connection(
                 ConnMsg::Close => {
                     conn.shutdown(shared.now());
                     cx.closing = true;
+                }
+                ConnMsg::TmfDone { itt, resp } => {
+                    conn.complete_task_management(itt, resp, shared.now());
                 }
             },
             _ = stop.changed(), if !shutting_down => {
@@ -873,7 +881,17 @@ fn drain(conn: &mut Connection, cx: &mut ConnCtx) {
             }
             Action::TaskManagement(req) => {
                 let resp = task_management(cx, &req);
-                conn.complete_task_management(req.itt, resp, cx.shared.now());
+                match (cx.peer_reset.take(), cx.shared.ha.get()) {
+                    (Some((luns, cold)), Some(ha)) if !luns.is_empty() => {
+                        // The LU that serves is the primary's: answer once it has reset too.
+                        let (ha, tx, itt) = (ha.clone(), cx.msg_tx.clone(), req.itt);
+                        tokio::spawn(async move {
+                            ha.peer_reset(luns, cold).await;
+                            let _ = tx.send(ConnMsg::TmfDone { itt, resp });
+                        });
+                    }
+                    _ => conn.complete_task_management(req.itt, resp, cx.shared.now()),
+                }
             }
             Action::Close(reason) => {
                 match &reason {
@@ -1169,7 +1187,7 @@ pub fn apply_effects(lu: &Lu, effects: &[Effect]) {
 }
 
 /// Carries out a task management function at the LU / target level.
-fn task_management(cx: &ConnCtx, req: &TmfRequest) -> TmfResponse {
+fn task_management(cx: &mut ConnCtx, req: &TmfRequest) -> TmfResponse {
     let Some(target) = cx.target.clone() else {
         return TmfResponse::Rejected;
     };
@@ -1195,7 +1213,7 @@ fn task_management(cx: &ConnCtx, req: &TmfRequest) -> TmfResponse {
                 .broadcast(cx.id, &target.name, ConnMsg::AbortTasks(lun));
             lu.lock().reset(ResetKind::LunReset);
             if let Some(ha) = cx.shared.ha.get() {
-                ha.peer_reset(u32::from(lu.number), false);
+                cx.peer_reset = Some((ha.resets_to_forward(&[u32::from(lu.number)]), false));
             }
             TmfResponse::Complete
         }
@@ -1217,9 +1235,10 @@ fn task_management(cx: &ConnCtx, req: &TmfRequest) -> TmfResponse {
                 } else {
                     ResetKind::TargetWarm
                 });
-                if let Some(ha) = cx.shared.ha.get() {
-                    ha.peer_reset(u32::from(lu.number), cold);
-                }
+            }
+            if let Some(ha) = cx.shared.ha.get() {
+                let luns: Vec<u32> = target.luns.keys().map(|&n| u32::from(n)).collect();
+                cx.peer_reset = Some((ha.resets_to_forward(&luns), cold));
             }
             TmfResponse::Complete
         }

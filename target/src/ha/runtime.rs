@@ -636,13 +636,26 @@ impl HaRuntime {
         }
     }
 
-    /// Tells the primary about a reset received here (no answer awaited).
-    pub fn peer_reset(self: &Arc<Self>, lun: u32, cold: bool) {
-        if self.forward_mode(lun).is_some() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let _ = me.request(PeerRequest::Reset { lun, cold }).await;
-            });
+    /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
+    /// their commands).
+    pub fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32> {
+        luns.iter()
+            .copied()
+            .filter(|&l| self.forward_mode(l).is_some())
+            .collect()
+    }
+
+    /// Performs a reset received here on the primary's LU too, and waits for it (bounded), so
+    /// that the task management response means the reset happened on the LU that serves.
+    pub async fn peer_reset(&self, luns: Vec<u32>, cold: bool) {
+        for lun in luns {
+            if self
+                .request(PeerRequest::Reset { lun, cold })
+                .await
+                .is_none()
+            {
+                tracing::warn!(lun, "reset not confirmed by the peer");
+            }
         }
     }
 

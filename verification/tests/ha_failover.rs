@@ -1,0 +1,417 @@
+//! End-to-end failover tests of the two-controller lab (`duetd lab`) under a checked load.
+//!
+//! Each test starts a lab in its own network namespace (see `lab_common`), runs `duet-mpio` over
+//! both portals (2048 blocks, queue depth 8, 50 % writes; every read checked against the highest
+//! acknowledged version, every block checked at the end), injects one fault about 4 s into the
+//! load and then asserts what a host would notice:
+//!
+//! - the load's report is clean: no command failed within its 30 s deadline, no stale, corrupt or
+//!   torn read, no lost write, and commands did run;
+//! - the controllers end in the roles the scenario calls for (who is primary, with which epoch,
+//!   whether the HA link is up again).
+//!
+//! Scenarios, each in HA modes 0, 1 and 2: kill -9 of the secondary; kill -9 of the primary;
+//! SIGSTOP of the primary for longer than its lease; an HA link cut with both controllers alive;
+//! kill -9 and restart of the secondary (rejoin); planned switchover. Plus libiscsi's
+//! `iscsi-test-cu` over both controllers (MultipathIO) in modes 1 and 2.
+//!
+//! Each scenario prints one line to standard error for `verification/failover-report.sh`:
+//! `FAILOVER mode=M scenario=S ops=N longest_stall_ms=X stalls=[start+len,...] clean=yes|no`.
+//! Stall lengths are reported, never asserted (the machine is shared and noisy).
+//!
+//! Needs root (network namespaces, iptables); without it every test is skipped with a message.
+//! Run with `cargo test --release -p duet-verification --test ha_failover -- --test-threads 1`
+//! after `cargo build --release -p duet-target`.
+
+mod lab_common;
+
+use lab_common::{parse_cunit, tail, wait_until, Lab, LabOpts, Load, LunView, Node};
+use std::fs;
+use std::time::Duration;
+
+/// When the fault is injected, counted from the start of the load.
+const FAULT_AT: Duration = Duration::from_secs(4);
+/// How long the load runs in most scenarios.
+const LOAD_FOR: Duration = Duration::from_secs(16);
+/// Bound on any single role change we wait for.
+const ROLE_CHANGE: Duration = Duration::from_secs(15);
+
+/// Whether `v` says LUN 1 is primary on `node` with an epoch above `above`.
+fn primary_on(v: &Option<LunView>, node: Node, above: u64) -> bool {
+    v.as_ref()
+        .is_some_and(|v| v.role == "primary" && v.primary == Some(node.ha_id()) && v.epoch > above)
+}
+
+/// Whether `v` says LUN 1 is secondary here with `primary` as the primary and the link up.
+fn linked_secondary_of(v: &Option<LunView>, primary: Node) -> bool {
+    v.as_ref().is_some_and(|v| {
+        v.link_state == 2 && v.role == "secondary" && v.primary == Some(primary.ha_id())
+    })
+}
+
+/// The epoch `node` reports for LUN 1 (0 when it does not answer).
+fn epoch(lab: &Lab, node: Node) -> u64 {
+    lab.view(node).map(|v| v.epoch).unwrap_or(0)
+}
+
+/// Runs one scenario: a lab in `mode`, a load of `load_for`, `fault` at [`FAULT_AT`]. `fault`
+/// pushes what it found wrong about the controllers' roles into its last argument; the load's
+/// report and those problems are asserted after the load ends.
+fn scenario(
+    mode: u8,
+    name: &str,
+    load_for: Duration,
+    fault: impl FnOnce(&mut Lab, &Load, &mut Vec<String>),
+) {
+    let Some(mut lab) = Lab::start(mode, LabOpts::default()) else {
+        return;
+    };
+    let load = lab.start_load(load_for);
+    load.sleep_until(FAULT_AT);
+    let mut problems = Vec::new();
+    fault(&mut lab, &load, &mut problems);
+    let report = load.finish();
+    eprintln!(
+        "FAILOVER mode={mode} scenario={name} ops={} longest_stall_ms={} stalls={} clean={}",
+        report.ops,
+        report.longest_stall_ms,
+        report.stalls_text(),
+        if report.clean() && problems.is_empty() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    if !report.clean() || !problems.is_empty() {
+        eprintln!(
+            "duet-mpio stderr (tail):\n{}\nctrl-a: {:?}\nctrl-b: {:?}",
+            tail(&report.stderr, 30),
+            lab.view(Node::A),
+            lab.view(Node::B)
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "mode {mode} {name}: {}\nload: {}",
+        problems.join("; "),
+        report.summary()
+    );
+    assert!(
+        report.clean(),
+        "mode {mode} {name}: the load saw errors or bad data: {}",
+        report.summary()
+    );
+}
+
+/// kill -9 of the secondary: the primary keeps the LUN and notices the link is gone.
+fn kill_secondary(mode: u8) {
+    scenario(mode, "kill_secondary", LOAD_FOR, |lab, _load, problems| {
+        lab.kill9(Node::B);
+        let ok = wait_until(
+            || {
+                lab.view(Node::A).is_some_and(|v| {
+                    v.link_state != 2 && v.role == "primary" && v.primary == Some(1)
+                })
+            },
+            ROLE_CHANGE,
+        );
+        if !ok {
+            problems.push(format!(
+                "ctrl-a did not stay primary with the link down after ctrl-b died: {:?}",
+                lab.view(Node::A)
+            ));
+        }
+    });
+}
+
+/// kill -9 of the primary: ctrl-b takes over by itself with a larger epoch.
+fn kill_primary(mode: u8) {
+    scenario(mode, "kill_primary", LOAD_FOR, |lab, _load, problems| {
+        let before = epoch(lab, Node::B);
+        lab.kill9(Node::A);
+        if !wait_until(
+            || primary_on(&lab.view(Node::B), Node::B, before),
+            ROLE_CHANGE,
+        ) {
+            problems.push(format!(
+                "ctrl-b did not become primary with an epoch above {before} within {ROLE_CHANGE:?} \
+                 of kill -9 of ctrl-a: {:?}",
+                lab.view(Node::B)
+            ));
+        }
+    });
+}
+
+/// SIGSTOP of the primary for 4 s (more than its 1.2 s lease), then SIGCONT: ctrl-b takes over,
+/// and ctrl-a is either gone (fenced) or no longer primary.
+fn sigstop_primary(mode: u8) {
+    scenario(mode, "sigstop_primary", LOAD_FOR, |lab, _load, problems| {
+        let before = epoch(lab, Node::B);
+        let pid = lab.sigstop(Node::A);
+        std::thread::sleep(Duration::from_secs(4));
+        lab.sigcont(pid);
+        if !wait_until(
+            || primary_on(&lab.view(Node::B), Node::B, before),
+            ROLE_CHANGE,
+        ) {
+            problems.push(format!(
+                "ctrl-b did not become primary with an epoch above {before} after ctrl-a was \
+                 stopped for 4 s: {:?}",
+                lab.view(Node::B)
+            ));
+        }
+        // Give a woken ctrl-a a moment to notice that it lost its lease.
+        std::thread::sleep(Duration::from_secs(2));
+        if lab.alive(Node::A) {
+            eprintln!("sigstop_primary: ctrl-a (pid {pid}) survived its stop");
+            let a = lab.view(Node::A);
+            if a.as_ref().is_some_and(|v| v.role == "primary") {
+                problems.push(format!(
+                    "ctrl-a still calls itself primary after being stopped past its lease: {a:?}"
+                ));
+            }
+        } else {
+            eprintln!("sigstop_primary: ctrl-a (pid {pid}) was fenced");
+        }
+    });
+}
+
+/// The HA link is cut for 5 s with both controllers alive, then healed: one controller keeps
+/// serving, never two primaries at the end.
+fn link_cut(mode: u8) {
+    scenario(mode, "link_cut", LOAD_FOR, |lab, _load, problems| {
+        lab.cut_link();
+        std::thread::sleep(Duration::from_secs(5));
+        lab.heal_link();
+        let primaries = |lab: &Lab| -> Vec<Node> {
+            [Node::A, Node::B]
+                .into_iter()
+                .filter(|&n| lab.alive(n) && lab.view(n).is_some_and(|v| v.role == "primary"))
+                .collect()
+        };
+        if !wait_until(|| primaries(lab).len() == 1, ROLE_CHANGE) {
+            problems.push(format!(
+                "not exactly one primary after the link cut: primaries {:?}, ctrl-a {} {:?}, \
+                 ctrl-b {} {:?}",
+                primaries(lab),
+                if lab.alive(Node::A) { "alive" } else { "dead" },
+                lab.view(Node::A),
+                if lab.alive(Node::B) { "alive" } else { "dead" },
+                lab.view(Node::B)
+            ));
+        }
+        eprintln!(
+            "link_cut: ctrl-a {} {:?}; ctrl-b {} {:?}",
+            if lab.alive(Node::A) { "alive" } else { "dead" },
+            lab.view(Node::A),
+            if lab.alive(Node::B) { "alive" } else { "dead" },
+            lab.view(Node::B)
+        );
+    });
+}
+
+/// kill -9 of the secondary, then a restart from its configuration file: it rejoins as
+/// secondary (link state 2, ctrl-a still primary) while the load goes on.
+fn restart_rejoin(mode: u8) {
+    scenario(
+        mode,
+        "restart_rejoin",
+        Duration::from_secs(20),
+        |lab, _load, problems| {
+            lab.kill9(Node::B);
+            if !wait_until(
+                || lab.view(Node::A).is_some_and(|v| v.link_state != 2),
+                ROLE_CHANGE,
+            ) {
+                problems.push(format!(
+                    "ctrl-a did not notice that ctrl-b died: {:?}",
+                    lab.view(Node::A)
+                ));
+                return;
+            }
+            lab.restart(Node::B);
+            let rejoined = wait_until(
+                || {
+                    linked_secondary_of(&lab.view(Node::B), Node::A)
+                        && lab.view(Node::A).is_some_and(|v| {
+                            v.link_state == 2 && v.role == "primary" && v.primary == Some(1)
+                        })
+                },
+                Duration::from_secs(20),
+            );
+            if !rejoined {
+                problems.push(format!(
+                    "ctrl-b did not rejoin as secondary of ctrl-a: ctrl-a {:?}, ctrl-b {:?}",
+                    lab.view(Node::A),
+                    lab.view(Node::B)
+                ));
+            }
+        },
+    );
+}
+
+/// `duetctl switchover` on ctrl-a: ctrl-b becomes primary, ctrl-a secondary, both stay up.
+fn switchover(mode: u8) {
+    scenario(mode, "switchover", LOAD_FOR, |lab, load, problems| {
+        let before = epoch(lab, Node::B);
+        let r = lab.switchover(Node::A);
+        if !r.ok() {
+            problems.push(format!("duetctl switchover failed: {}", r.all().trim()));
+            return;
+        }
+        let done = wait_until(
+            || {
+                primary_on(&lab.view(Node::B), Node::B, before)
+                    && linked_secondary_of(&lab.view(Node::A), Node::B)
+            },
+            ROLE_CHANGE,
+        );
+        if !done {
+            problems.push(format!(
+                "after switchover ctrl-b is not primary with ctrl-a its linked secondary: ctrl-a {} \
+                 {:?}, ctrl-b {:?}",
+                if lab.alive(Node::A) { "alive" } else { "dead" },
+                lab.view(Node::A),
+                lab.view(Node::B)
+            ));
+        }
+        // Both controllers must still be up when the load ends (a hand-over fences no one).
+        load.sleep_until(LOAD_FOR.saturating_sub(Duration::from_secs(1)));
+        if !lab.alive(Node::A) || !linked_secondary_of(&lab.view(Node::A), Node::B) {
+            problems.push(format!(
+                "ctrl-a did not stay a linked secondary after the switchover: {} {:?}",
+                if lab.alive(Node::A) { "alive" } else { "dead" },
+                lab.view(Node::A)
+            ));
+        }
+    });
+}
+
+macro_rules! scenario_tests {
+    ($($name:ident => $f:ident($mode:expr);)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $f($mode);
+            }
+        )*
+    };
+}
+
+scenario_tests! {
+    mode0_kill_secondary => kill_secondary(0);
+    mode1_kill_secondary => kill_secondary(1);
+    mode2_kill_secondary => kill_secondary(2);
+    mode0_kill_primary => kill_primary(0);
+    mode1_kill_primary => kill_primary(1);
+    mode2_kill_primary => kill_primary(2);
+    mode0_sigstop_primary => sigstop_primary(0);
+    mode1_sigstop_primary => sigstop_primary(1);
+    mode2_sigstop_primary => sigstop_primary(2);
+    mode0_link_cut => link_cut(0);
+    mode1_link_cut => link_cut(1);
+    mode2_link_cut => link_cut(2);
+    mode0_restart_rejoin => restart_rejoin(0);
+    mode1_restart_rejoin => restart_rejoin(1);
+    mode2_restart_rejoin => restart_rejoin(2);
+    mode0_switchover => switchover(0);
+    mode1_switchover => switchover(1);
+    mode2_switchover => switchover(2);
+}
+
+// ------------------------------------------------------------------------------------------
+// libiscsi's conformance suite over both controllers
+// ------------------------------------------------------------------------------------------
+
+const INIT1: &str = "iqn.2026-11.test:init1";
+const INIT2: &str = "iqn.2026-11.test:init2";
+
+/// Runs `iscsi-test-cu --dataloss -t ALL` with one URL per controller (MultipathIO) against a
+/// lab with a 64 MiB LUN and asserts that nothing failed.
+fn lab_conformance(mode: u8) {
+    if !lab_common::have_program("iscsi-test-cu") {
+        if std::env::var_os("CI").is_some() {
+            panic!("libiscsi-bin (iscsi-test-cu) is not installed");
+        }
+        eprintln!("SKIPPED: iscsi-test-cu is not installed (apt-get install libiscsi-bin)");
+        return;
+    }
+    let Some(lab) = Lab::start(
+        mode,
+        LabOpts {
+            size: Some("64MiB".into()),
+            ..LabOpts::default()
+        },
+    ) else {
+        return;
+    };
+    let urls: Vec<String> = [Node::A, Node::B]
+        .iter()
+        .map(|n| format!("iscsi://{}/{}/1", n.portal(), lab_common::LAB_TARGET))
+        .collect();
+    let limit = Duration::from_secs(600);
+    let r = lab.ns_run(
+        "iscsi-test-cu",
+        &[
+            "--dataloss",
+            "-i",
+            INIT1,
+            "-I",
+            INIT2,
+            "-t",
+            "ALL",
+            &urls[0],
+            &urls[1],
+        ],
+        limit,
+    );
+    let out = r.all();
+    let _ = fs::write(lab.dir.join("cu.log"), &out);
+    let _ = fs::write(
+        lab_common::workspace_root()
+            .join("build")
+            .join(format!("iscsi-test-cu-lab-mode{mode}.log")),
+        &out,
+    );
+    let sum = parse_cunit(&out);
+    eprintln!(
+        "CONFORMANCE mode={mode} ran={} passed={} failed={} skipped={}",
+        sum.ran.map_or("?".into(), |n| n.to_string()),
+        sum.passed.map_or("?".into(), |n| n.to_string()),
+        sum.failed.map_or("?".into(), |n| n.to_string()),
+        sum.skipped_tests.len()
+    );
+    for t in &sum.skipped_tests {
+        eprintln!("  skipped {t}");
+    }
+    for t in &sum.failed_tests {
+        eprintln!("  failed {t}");
+    }
+    assert!(
+        r.status.is_some(),
+        "iscsi-test-cu ran past {limit:?}; output tail:\n{}",
+        tail(&out, 60)
+    );
+    assert!(
+        sum.ran.is_some(),
+        "no CUnit run summary in the output:\n{}",
+        tail(&out, 60)
+    );
+    assert!(
+        sum.failed == Some(0) && sum.failed_tests.is_empty(),
+        "iscsi-test-cu reported failures in mode {mode}: {:?}\noutput tail:\n{}",
+        sum.failed_tests,
+        tail(&out, 80)
+    );
+    assert!(sum.passed.unwrap_or(0) > 0, "no test passed");
+}
+
+#[test]
+fn lab_conformance_mode1() {
+    lab_conformance(1);
+}
+
+#[test]
+fn lab_conformance_mode2() {
+    lab_conformance(2);
+}
