@@ -121,7 +121,7 @@ pub fn prepare(opts: &LabOptions) -> Result<[LabNode; 2], LabError> {
             opts.mode
         )));
     }
-    if opts.size < 1 << 20 || opts.size % 4096 != 0 {
+    if opts.size < 1 << 20 || !opts.size.is_multiple_of(4096) {
         return Err(LabError::Usage(
             "--size: at least 1MiB and a multiple of 4KiB".into(),
         ));
