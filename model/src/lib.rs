@@ -308,6 +308,8 @@ pub enum Action {
     Pause(u8),
     QuorumOk(u8),
     QuorumFail(u8),
+    /// A quorum write that lands on the disk but is reported failed (e.g. a timeout).
+    QuorumFailApplied(u8),
     Deliver(u8, HaMsg),
     Lose(u8, HaMsg),
     Duplicate(u8, HaMsg),
@@ -556,6 +558,10 @@ impl ClusterModel {
             ),
             Action::QuorumOk(n) => format!("{}'s quorum I/O completes", Self::name(*n)),
             Action::QuorumFail(n) => format!("{}'s quorum I/O fails", Self::name(*n)),
+            Action::QuorumFailApplied(n) => format!(
+                "{}'s quorum write lands but is reported failed",
+                Self::name(*n)
+            ),
             Action::Deliver(to, m) => format!("{} receives {}", Self::name(*to), describe_msg(m)),
             Action::Lose(to, m) => {
                 format!("the link loses {} to {}", describe_msg(m), Self::name(*to))
@@ -590,7 +596,7 @@ impl ClusterModel {
     pub fn describe_step(&self, before: &ClusterState, action: &Action) -> String {
         let mut s = self.describe_action(action);
         match action {
-            Action::QuorumOk(n) | Action::QuorumFail(n) => {
+            Action::QuorumOk(n) | Action::QuorumFail(n) | Action::QuorumFailApplied(n) => {
                 if let Some(op) = &before.ctl[*n as usize].quorum {
                     let _ = write!(s, " ({})", describe_quorum(op));
                 }
@@ -824,6 +830,9 @@ impl Model for ClusterModel {
                         actions.push(Action::QuorumOk(n));
                         if faults && s.budget.quorum_failures > 0 {
                             actions.push(Action::QuorumFail(n));
+                            if matches!(c.quorum, Some(QuorumOp::Write { .. })) {
+                                actions.push(Action::QuorumFailApplied(n));
+                            }
                         }
                         if faults && !c.stalled && s.budget.stalls > 0 {
                             actions.push(Action::StallQuorum(n));
@@ -945,13 +954,25 @@ impl Model for ClusterModel {
                 };
                 self.feed(&mut s, n, Input::Quorum(r));
             }
-            Action::QuorumFail(n) => {
+            Action::QuorumFail(n) | Action::QuorumFailApplied(n) => {
+                let applied = matches!(action, Action::QuorumFailApplied(_));
                 let n = n as usize;
                 let op = s.ctl[n].quorum.take()?;
                 s.ctl[n].stalled = false;
                 s.budget.quorum_failures = s.budget.quorum_failures.saturating_sub(1);
                 let slot = match op {
-                    QuorumOp::Read { slot } | QuorumOp::Write { slot, .. } => slot,
+                    QuorumOp::Read { slot } => slot,
+                    QuorumOp::Write { slot, record } => {
+                        if applied {
+                            if let Some(x) = (slot as usize)
+                                .checked_sub(1)
+                                .and_then(|i| s.slots.get_mut(i))
+                            {
+                                *x = Some(record);
+                            }
+                        }
+                        slot
+                    }
                 };
                 self.feed(
                     &mut s,
