@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the end-to-end failover tests of the two-controller lab (ignored ones too: they are
-# ignored for known daemon bugs and the table shows how they fare) and prints a table of the longest
-# stall the multipath initiator saw, per HA mode and scenario, with each test's verdict.
+# Runs the end-to-end failover tests of the two-controller lab and prints a table of the longest
+# stall the multipath initiator saw, per HA mode and scenario, with each test's verdict. Ignored
+# tests run too (they are ignored for known daemon bugs; the table shows how they fare).
 #
 #   verification/failover-report.sh [extra test filter...]
 #

@@ -18,3 +18,4 @@ pub mod ha;
 pub mod lab;
 pub mod server;
 pub mod stats;
+pub mod sync;

@@ -8,3 +8,4 @@ pub mod link;
 pub mod proto;
 pub mod quorum;
 pub mod runtime;
+pub mod tables;
