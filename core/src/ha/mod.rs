@@ -29,8 +29,10 @@
 //! A quorum area on the shared storage, reached through [`QuorumOp`] / [`QuorumResult`]: two slots,
 //! numbered by `ha_id`, each written only by its node, each read and written atomically. A node has
 //! at most one operation outstanding. A slot holds a [`QuorumRecord`]: a heartbeat counter `seq`
-//! (larger on every write) and, per LUN, the newest epoch the writer knows and whether it owns the
-//! LUN (claims or holds it). Operations may take any time or fail. Nothing else is assumed of the
+//! (larger on every write attempt: a write reported failed may still have landed, so its value is
+//! never written again) and, per LUN, the newest epoch the writer knows, whether it owns the LUN
+//! (claims or holds it) and the newest epoch at which it knows a primary served. Operations may
+//! take any time or fail. Nothing else is assumed of the
 //! arbiter, so a witness process or an etcd lease could stand behind the same two operations.
 //!
 //! # The automatic election
@@ -58,7 +60,10 @@
 //!    [`Fencing::Agent`] X emits [`Output::FencePeer`] and waits for `FenceResult { ok: true }`.
 //!    A failed fence abandons the claim.
 //! 5. *Serve*: if X still holds its lease, X is primary at the new epoch (`ResumeIo`), and says so
-//!    over the link.
+//!    over the link. Before 4, if some controller served at the claim's epoch or later while the
+//!    claim waited (learned from the link, a Handover, or a slot's served epoch; or Y's slot
+//!    still owns the LUN at such an epoch), X goes back to step 2 with an epoch above it: a claim
+//!    whose intent write stalled never reuses an epoch.
 //!
 //! When claims start: the node that prefers the primary role claims as soon as it has joined
 //! (and whenever no primary is known: link down, the primary reported that it stepped down, its
@@ -69,7 +74,8 @@
 //!
 //! A planned switchover ([`AdminCmd::Switchover`]) needs no lease wait: the primary stops serving,
 //! writes its slot without the LUN and then sends [`HaMsg::Handover`]; the receiver claims from
-//! step 2 without fencing.
+//! step 2 without fencing. With [`Config::failback`], a primary that is not the preferred
+//! controller of a LUN hands it over the same way once the link has been up for a full lease.
 //!
 //! **Why a stale heartbeat means an expired lease.** Let `D = drift_ms` bound how much the two
 //! clocks' measurements of one interval (up to `lease_ms + margin_ms` long) may differ, and let

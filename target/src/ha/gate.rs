@@ -6,9 +6,15 @@
 //! (`Output::ResumeIo`) when it may serve again. [`IoGate::close`] returns only once every
 //! operation admitted before it has finished, so after `close` no write reaches the backend
 //! until the next [`IoGate::open`].
+//!
+//! The gate's lock and condition variable come from [`crate::sync`], so the loom models
+//! (`target/tests/loom_models.rs`, built with `--cfg duet_loom`) explore this very code. The
+//! `Arc` a pass holds is always `std`'s: the gate is shared with code that loom does not model.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::sync::{self, Condvar, Mutex, MutexGuard};
 
 #[derive(Debug, Default)]
 struct GateState {
@@ -49,7 +55,7 @@ impl IoGate {
     }
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Admits one medium operation, or `None` when the gate is closed.
@@ -78,26 +84,45 @@ impl IoGate {
     }
 
     /// Stops admitting operations and waits until the admitted ones have finished, at most
-    /// `limit`. Returns whether the gate drained (it stays closed either way).
+    /// `limit`. Returns whether the gate drained (it stays closed either way). When it returns
+    /// `true`, no operation admitted before reaches the backend any more, and none is admitted
+    /// until [`IoGate::open`].
+    ///
+    /// Under `duet_loom` there is no clock: `limit` is ignored and this waits until drained.
     pub fn close(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
         let mut s = self.lock();
         s.open = false;
-        let deadline = std::time::Instant::now() + limit;
+        self.drain(s, deadline)
+    }
+
+    /// The first half of [`IoGate::close`]: stops admitting operations, without waiting.
+    pub fn close_begin(&self) {
+        self.lock().open = false;
+    }
+
+    /// The second half of [`IoGate::close`]: waits until no admitted operation is in flight, at
+    /// most `limit`. Returns whether that happened. It does not close the gate: on an open gate
+    /// new operations may be admitted meanwhile.
+    pub fn wait_drained(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let s = self.lock();
+        self.drain(s, deadline)
+    }
+
+    fn drain(&self, mut s: MutexGuard<'_, GateState>, deadline: Instant) -> bool {
         while s.in_flight > 0 {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+            let (g, timed_out) = sync::wait_until(&self.drained, s, deadline);
+            s = g;
+            if timed_out && s.in_flight > 0 {
                 return false;
             }
-            s = match self.drained.wait_timeout(s, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
         }
         true
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(duet_loom)))]
 mod tests {
     use super::*;
 
@@ -135,5 +160,20 @@ mod tests {
         let _pass = g.enter().expect("admitted");
         assert!(!g.close(Duration::from_millis(5)));
         assert!(!g.is_open());
+    }
+
+    #[test]
+    fn close_in_two_halves() {
+        let g = IoGate::new(true);
+        let pass = g.enter().expect("admitted");
+        g.close_begin();
+        assert!(!g.is_open());
+        assert!(g.enter().is_none());
+        assert!(!g.wait_drained(Duration::from_millis(5)));
+        let g2 = g.clone();
+        let t = std::thread::spawn(move || g2.wait_drained(Duration::from_secs(20)));
+        drop(pass);
+        assert!(t.join().expect("waiter thread"));
+        assert!(g.wait_drained(Duration::ZERO), "an idle gate is drained at once");
     }
 }

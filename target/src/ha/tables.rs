@@ -1,1 +1,515 @@
-//! (being written)
+//! The HA runtime's small shared tables, each behind one lock from [`crate::sync`] so that the
+//! loom models (`target/tests/loom_models.rs`, `--cfg duet_loom`) explore this very code.
+//!
+//! - [`Published`]: the per-LUN role facts the I/O paths read while the HA driver changes them.
+//!   Every read is one consistent snapshot of one [`Published::publish`] call.
+//! - [`PendingTable`]: requests sent to the peer, waiting for their reply. A reply is delivered
+//!   at most once; [`PendingTable::close`] (link down) cancels every waiter and refuses new ones
+//!   until [`PendingTable::open`], so a waiter gets its reply or "cancelled", never both, and
+//!   never waits for a reply that cannot come.
+//! - [`GrantTable`]: grants held on behalf of the peer (mode 1). A released grant's guard is
+//!   dropped exactly once; [`GrantTable::clear`] (link down) drops every grant and ends the link
+//!   session, so a grant prepared for a request of the old session cannot be stored after it.
+//!
+//! Values leaving a table (reply senders, grant guards) are dropped after its lock is released:
+//! dropping them wakes tasks or releases other locks, which must not happen under ours.
+
+use std::collections::{BTreeMap, HashMap};
+
+use duet_core::alua::HaMode;
+use duet_core::ha::HaStatus;
+
+use crate::sync::{self, Mutex, RwLock};
+
+// ---- Published ------------------------------------------------------------------------------
+
+/// What the I/O paths need to know about one LUN, as of the last step of the HA node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LunFacts {
+    /// This controller is primary for the LUN and not suspended: it runs commands itself.
+    pub primary_here: bool,
+    /// The node allows I/O here (the primary, or a mode-1 secondary under a valid read lease).
+    pub may_io: bool,
+    /// The primary as this node knows it (`None`: no primary known).
+    pub primary: Option<u8>,
+}
+
+/// One published picture: what [`Published::publish`] stored, all of it from one step of the
+/// node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleFacts {
+    /// How many times [`Published::publish`] ran before this picture (0: nothing published yet).
+    pub generation: u64,
+    /// Per LUN number.
+    pub luns: BTreeMap<u32, LunFacts>,
+    /// The node sees the pair formed and the link is up.
+    pub link_up: bool,
+    /// The node's status summary for `duetctl ha`.
+    pub status: Option<HaStatus>,
+}
+
+/// Facts other tasks record for `duetctl ha` between the node's steps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The node's last status summary.
+    pub status: Option<HaStatus>,
+    /// Milliseconds (driver clock) when this node last wrote its quorum slot successfully.
+    pub last_quorum_write: Option<u64>,
+    /// The fencing agent confirmed the peer stopped, and the link has not come back since.
+    pub peer_fenced: bool,
+}
+
+#[derive(Debug, Default)]
+struct PublishedState {
+    roles: RoleFacts,
+    last_quorum_write: Option<u64>,
+    peer_fenced: bool,
+}
+
+/// The per-LUN role facts, written by the HA driver after every step of the node and read by
+/// every command. A reader always sees one whole [`Published::publish`]: never one LUN's facts
+/// from one step and another's (or the link state) from another, and never older facts after
+/// newer ones.
+#[derive(Debug)]
+pub struct Published {
+    peer_id: u8,
+    mode: HaMode,
+    state: RwLock<PublishedState>,
+}
+
+impl Published {
+    /// Nothing published yet, for a controller whose peer is `peer_id`, in `mode`.
+    pub fn new(peer_id: u8, mode: HaMode) -> Published {
+        Published {
+            peer_id,
+            mode,
+            state: RwLock::new(PublishedState::default()),
+        }
+    }
+
+    /// Replaces the role facts with `luns` (every LUN under HA), `link_up` and `status`, all at
+    /// once. Returns the new generation.
+    pub fn publish(
+        &self,
+        luns: impl IntoIterator<Item = (u32, LunFacts)>,
+        link_up: bool,
+        status: HaStatus,
+    ) -> u64 {
+        // Built before taking the lock: readers wait only for the swap.
+        let luns: BTreeMap<u32, LunFacts> = luns.into_iter().collect();
+        let mut s = sync::write(&self.state);
+        let generation = s.roles.generation + 1;
+        s.roles = RoleFacts {
+            generation,
+            luns,
+            link_up,
+            status: Some(status),
+        };
+        generation
+    }
+
+    /// The whole current picture.
+    pub fn snapshot(&self) -> RoleFacts {
+        sync::read(&self.state).roles.clone()
+    }
+
+    /// The current facts of `lun` (`None`: not under HA, or nothing published yet).
+    pub fn lun(&self, lun: u32) -> Option<LunFacts> {
+        sync::read(&self.state).roles.luns.get(&lun).copied()
+    }
+
+    /// Whether this controller is the serving primary of `lun`.
+    pub fn serving(&self, lun: u32) -> bool {
+        self.lun(lun).is_some_and(|l| l.primary_here)
+    }
+
+    /// Whether the node sees the pair formed and the link up.
+    pub fn link_up(&self) -> bool {
+        sync::read(&self.state).roles.link_up
+    }
+
+    /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
+    /// controller does not serve it, the link is up and the peer is its primary. In mode 1 the
+    /// command goes (plan only) only while the node allows I/O here (read lease); otherwise the
+    /// ALUA picture answers. `None`: run it here.
+    pub fn forward_mode(&self, lun: u32) -> Option<bool> {
+        let s = sync::read(&self.state);
+        let l = s.roles.luns.get(&lun)?;
+        if l.primary_here || !s.roles.link_up || l.primary != Some(self.peer_id) {
+            return None;
+        }
+        if self.mode == HaMode::ActiveActiveShared {
+            return l.may_io.then_some(true);
+        }
+        Some(false)
+    }
+
+    /// Records a successful write of this node's quorum slot at `at_ms` (driver clock).
+    pub fn quorum_written(&self, at_ms: u64) {
+        sync::write(&self.state).last_quorum_write = Some(at_ms);
+    }
+
+    /// Records whether the peer is known fenced (the agent confirmed it; `false` when the link
+    /// comes back).
+    pub fn set_peer_fenced(&self, fenced: bool) {
+        sync::write(&self.state).peer_fenced = fenced;
+    }
+
+    /// The status, last quorum write and fencing facts, read together.
+    pub fn health(&self) -> Health {
+        let s = sync::read(&self.state);
+        Health {
+            status: s.roles.status.clone(),
+            last_quorum_write: s.last_quorum_write,
+            peer_fenced: s.peer_fenced,
+        }
+    }
+}
+
+// ---- PendingTable ---------------------------------------------------------------------------
+
+/// [`PendingTable::register`] refused: the link is down ([`PendingTable::close`]), no reply
+/// can come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the HA link is down: the request cannot be sent")]
+pub struct TableClosed;
+
+#[derive(Debug)]
+struct PendingState<T> {
+    open: bool,
+    next_id: u64,
+    waiters: HashMap<u64, T>,
+}
+
+/// Requests sent to the peer and waiting for their reply: request id -> the waiter's reply
+/// sender `T` (a `tokio::sync::oneshot::Sender` in the runtime). Dropping a sender is how a
+/// waiter learns "cancelled".
+#[derive(Debug)]
+pub struct PendingTable<T> {
+    state: Mutex<PendingState<T>>,
+}
+
+impl<T> Default for PendingTable<T> {
+    fn default() -> Self {
+        PendingTable::new()
+    }
+}
+
+impl<T> PendingTable<T> {
+    /// An empty, open table. Ids start at 1.
+    pub fn new() -> PendingTable<T> {
+        PendingTable {
+            state: Mutex::new(PendingState {
+                open: true,
+                next_id: 1,
+                waiters: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Allocates a request id and stores `reply_to` under it. On a closed table `reply_to` is
+    /// dropped (its waiter sees "cancelled") and the error says why.
+    pub fn register(&self, reply_to: T) -> Result<u64, TableClosed> {
+        let mut s = sync::lock(&self.state);
+        if !s.open {
+            drop(s);
+            drop(reply_to);
+            return Err(TableClosed);
+        }
+        let id = s.next_id;
+        s.next_id = s.next_id.wrapping_add(1).max(1);
+        s.waiters.insert(id, reply_to);
+        Ok(id)
+    }
+
+    /// Removes and returns the sender of request `id`: the reply's path delivers through it; the
+    /// waiter's own path (send failed, timeout) drops it. Only one caller ever gets it, so a
+    /// reply is delivered at most once.
+    pub fn take(&self, id: u64) -> Option<T> {
+        sync::lock(&self.state).waiters.remove(&id)
+    }
+
+    /// Cancels every waiter (drops its sender) and keeps accepting new ones. Returns how many
+    /// were cancelled.
+    pub fn clear(&self) -> usize {
+        let gone = std::mem::take(&mut sync::lock(&self.state).waiters);
+        gone.len()
+    }
+
+    /// The link went down: cancels every waiter and refuses new ones until [`PendingTable::open`].
+    /// Returns how many were cancelled.
+    pub fn close(&self) -> usize {
+        let gone = {
+            let mut s = sync::lock(&self.state);
+            s.open = false;
+            std::mem::take(&mut s.waiters)
+        };
+        gone.len()
+    }
+
+    /// The link is up: accepts new waiters again.
+    pub fn open(&self) {
+        sync::lock(&self.state).open = true;
+    }
+
+    /// Whether [`PendingTable::register`] accepts new waiters.
+    pub fn is_open(&self) -> bool {
+        sync::lock(&self.state).open
+    }
+
+    /// How many requests wait for a reply.
+    pub fn len(&self) -> usize {
+        sync::lock(&self.state).waiters.len()
+    }
+
+    /// Whether no request waits for a reply.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids of the requests waiting for a reply, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = sync::lock(&self.state).waiters.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+// ---- GrantTable -----------------------------------------------------------------------------
+
+/// [`GrantTable::insert`] refused: the link session the grant was prepared for has ended; the
+/// guard was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("link session {session} ended (now {current}): grant not kept")]
+pub struct StaleSession {
+    /// The session the caller named.
+    pub session: u64,
+    /// The table's current session.
+    pub current: u64,
+}
+
+#[derive(Debug)]
+struct GrantState<G> {
+    session: u64,
+    next_id: u64,
+    grants: HashMap<u64, G>,
+}
+
+/// Grants held on behalf of the peer (mode 1): grant id -> the guard `G` that holds the LU's
+/// I/O lock and a pass through its fencing gate until the peer releases it.
+///
+/// The table counts link sessions: [`GrantTable::clear`] (link down) ends one. A request
+/// handler reads [`GrantTable::session`] when the request arrives and names it to
+/// [`GrantTable::insert`]; a grant for a request of an ended session is dropped at once instead
+/// of being held for a peer that will never release it.
+#[derive(Debug)]
+pub struct GrantTable<G> {
+    state: Mutex<GrantState<G>>,
+}
+
+impl<G> Default for GrantTable<G> {
+    fn default() -> Self {
+        GrantTable::new()
+    }
+}
+
+impl<G> GrantTable<G> {
+    /// An empty table in session 0. Ids start at 1.
+    pub fn new() -> GrantTable<G> {
+        GrantTable {
+            state: Mutex::new(GrantState {
+                session: 0,
+                next_id: 1,
+                grants: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The current link session.
+    pub fn session(&self) -> u64 {
+        sync::lock(&self.state).session
+    }
+
+    /// Keeps `guard` under a new grant id, if `session` is still the current one; otherwise
+    /// drops it and says so.
+    pub fn insert(&self, session: u64, guard: G) -> Result<u64, StaleSession> {
+        let mut s = sync::lock(&self.state);
+        if s.session != session {
+            let current = s.session;
+            drop(s);
+            drop(guard);
+            return Err(StaleSession { session, current });
+        }
+        let id = s.next_id;
+        s.next_id = s.next_id.wrapping_add(1).max(1);
+        s.grants.insert(id, guard);
+        Ok(id)
+    }
+
+    /// The peer released grant `id`: drops its guard. Returns whether it was held (a second
+    /// release of the same id, or one after [`GrantTable::clear`], finds nothing).
+    pub fn release(&self, id: u64) -> bool {
+        let guard = sync::lock(&self.state).grants.remove(&id);
+        guard.is_some()
+    }
+
+    /// The link went down: drops every grant and ends the session. Returns how many were
+    /// dropped.
+    pub fn clear(&self) -> usize {
+        let gone = {
+            let mut s = sync::lock(&self.state);
+            s.session = s.session.wrapping_add(1);
+            std::mem::take(&mut s.grants)
+        };
+        gone.len()
+    }
+
+    /// How many grants are held.
+    pub fn len(&self) -> usize {
+        sync::lock(&self.state).grants.len()
+    }
+
+    /// Whether no grant is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids of the grants held, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = sync::lock(&self.state).grants.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+#[cfg(all(test, not(duet_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn status() -> HaStatus {
+        HaStatus {
+            ha_id: 1,
+            mode: HaMode::ActiveActiveForward,
+            policy: Default::default(),
+            link: 2,
+            lease_remaining_ms: None,
+            luns: Vec::new(),
+        }
+    }
+
+    fn facts(primary_here: bool, primary: Option<u8>) -> LunFacts {
+        LunFacts {
+            primary_here,
+            may_io: primary_here,
+            primary,
+        }
+    }
+
+    #[test]
+    fn published_starts_empty_and_replaces_whole_pictures() {
+        let p = Published::new(2, HaMode::ActiveActiveForward);
+        assert_eq!(p.snapshot(), RoleFacts::default());
+        assert!(!p.serving(1));
+        assert_eq!(p.forward_mode(1), None);
+        assert_eq!(p.publish([(1, facts(true, Some(1)))], true, status()), 1);
+        assert!(p.serving(1));
+        assert_eq!(p.forward_mode(1), None);
+        assert_eq!(p.publish([(2, facts(false, Some(2)))], true, status()), 2);
+        assert_eq!(p.lun(1), None, "a publish replaces every LUN");
+        assert_eq!(p.forward_mode(2), Some(false));
+        assert_eq!(p.snapshot().generation, 2);
+        assert!(p.link_up());
+    }
+
+    #[test]
+    fn forward_mode_follows_the_mode_and_the_link() {
+        let shared = Published::new(2, HaMode::ActiveActiveShared);
+        let leased = LunFacts {
+            primary_here: false,
+            may_io: true,
+            primary: Some(2),
+        };
+        shared.publish([(1, leased)], true, status());
+        assert_eq!(shared.forward_mode(1), Some(true));
+        shared.publish([(1, facts(false, Some(2)))], true, status());
+        assert_eq!(shared.forward_mode(1), None, "mode 1 without a lease");
+        shared.publish([(1, leased)], false, status());
+        assert_eq!(shared.forward_mode(1), None, "link down");
+        let standby = Published::new(1, HaMode::ActiveStandby);
+        standby.publish([(1, facts(false, Some(1)))], true, status());
+        assert_eq!(standby.forward_mode(1), Some(false));
+        standby.publish([(1, facts(false, Some(2)))], true, status());
+        assert_eq!(standby.forward_mode(1), None, "the peer is not the primary");
+    }
+
+    #[test]
+    fn health_keeps_what_other_tasks_record() {
+        let p = Published::new(2, HaMode::ActiveActiveForward);
+        p.quorum_written(40);
+        p.set_peer_fenced(true);
+        p.publish([], false, status());
+        let h = p.health();
+        assert_eq!(h.last_quorum_write, Some(40));
+        assert!(h.peer_fenced);
+        assert_eq!(h.status, Some(status()));
+        p.set_peer_fenced(false);
+        assert!(!p.health().peer_fenced);
+    }
+
+    #[test]
+    fn pending_delivers_once_and_close_cancels() {
+        let t = PendingTable::new();
+        let (tx1, rx1) = std::sync::mpsc::channel::<u8>();
+        let (tx2, rx2) = std::sync::mpsc::channel::<u8>();
+        let a = t.register(tx1).expect("open");
+        let b = t.register(tx2).expect("open");
+        assert_ne!(a, b);
+        assert_eq!(t.ids(), vec![a, b]);
+        t.take(a).expect("held").send(7).expect("receiver alive");
+        assert!(t.take(a).is_none(), "a second reply finds nothing");
+        assert_eq!(rx1.recv(), Ok(7));
+        assert_eq!(t.close(), 1);
+        assert!(rx2.recv().is_err(), "cancelled");
+        let (tx3, rx3) = std::sync::mpsc::channel::<u8>();
+        assert_eq!(t.register(tx3), Err(TableClosed));
+        assert!(rx3.recv().is_err(), "refused means cancelled");
+        t.open();
+        let (tx4, _rx4) = std::sync::mpsc::channel::<u8>();
+        let c = t.register(tx4).expect("open again");
+        assert!(c > b, "ids are not reused");
+        assert_eq!(t.clear(), 1);
+        assert!(t.is_empty() && t.is_open());
+    }
+
+    #[test]
+    fn grants_drop_once_and_stale_sessions_are_refused() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let t = GrantTable::new();
+        let s0 = t.session();
+        let a = t.insert(s0, Counted(drops.clone())).expect("current");
+        let b = t.insert(s0, Counted(drops.clone())).expect("current");
+        assert_eq!(t.ids(), vec![a, b]);
+        assert!(t.release(a));
+        assert!(!t.release(a));
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(t.clear(), 1);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert!(!t.release(b));
+        let err = t.insert(s0, Counted(drops.clone())).expect_err("stale");
+        assert_eq!(err.current, s0 + 1);
+        assert_eq!(drops.load(Ordering::SeqCst), 3, "a refused guard is dropped");
+        let c = t.insert(t.session(), Counted(drops.clone())).expect("new session");
+        assert_eq!(t.len(), 1);
+        assert!(t.release(c));
+        assert_eq!(drops.load(Ordering::SeqCst), 4);
+    }
+}
