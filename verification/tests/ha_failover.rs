@@ -312,14 +312,6 @@ macro_rules! scenario_tests {
     };
 }
 
-/// Why the switchover tests are ignored (they fail intermittently, about 1 run in 10).
-macro_rules! switchover_bug {
-    () => {
-        "daemon bug: a planned switchover sometimes makes the new primary SIGKILL (fence) the old \
-         one: the peer's step-down State starts an ordinary claim before HaMsg::Handover arrives"
-    };
-}
-
 scenario_tests! {
     mode0_kill_secondary => kill_secondary(0);
     mode1_kill_secondary => kill_secondary(1);
@@ -336,11 +328,8 @@ scenario_tests! {
     mode0_restart_rejoin => restart_rejoin(0);
     mode1_restart_rejoin => restart_rejoin(1);
     mode2_restart_rejoin => restart_rejoin(2);
-    #[ignore = switchover_bug!()]
     mode0_switchover => switchover(0);
-    #[ignore = switchover_bug!()]
     mode1_switchover => switchover(1);
-    #[ignore = switchover_bug!()]
     mode2_switchover => switchover(2);
 }
 
@@ -437,8 +426,6 @@ fn lab_conformance_mode1() {
 }
 
 #[test]
-#[ignore = "daemon bug: in mode 2 a LUN RESET through the secondary returns before the primary \
-            raises 29/00 on its I_T nexuses (MultipathIO.Reset, then MultipathIO.CompareAndWrite)"]
 fn lab_conformance_mode2() {
     lab_conformance(2);
 }

@@ -546,7 +546,10 @@ impl Node {
     }
 
     fn push_state(&mut self, now: Time) {
-        if self.link == 2 {
+        // While a LUN is handed over, the peer hears of the step-down only together with the
+        // Handover (after this node's slot stops owning the LUN): told earlier, the peer would
+        // start an ordinary claim, and that one fences.
+        if self.link == 2 && !self.luns.iter().any(|l| l.handing_over) {
             let m = self.states_msg(None, now);
             self.out.push_back(Output::SendPeer(m));
         }
@@ -1004,6 +1007,7 @@ impl Node {
                             self.luns[i].handing_over = false;
                             let epoch = self.luns[i].epoch;
                             if self.link == 2 {
+                                self.push_state(now);
                                 self.out
                                     .push_back(Output::SendPeer(HaMsg::Handover { lun, epoch }));
                             }
@@ -1298,10 +1302,12 @@ impl Node {
     /// Steps down from LUN index `i` and hands it to the peer (planned switchover, failback).
     fn hand_over(&mut self, now: Time, i: usize, reason: &str) {
         let lun = self.luns[i].lun;
+        if self.automatic() {
+            self.luns[i].handing_over = true;
+        }
         self.step_down(now, i, reason);
         self.luns[i].role_override = Some(Role::Secondary);
         if self.automatic() {
-            self.luns[i].handing_over = true;
             self.write_due = true;
         } else {
             let epoch = self.luns[i].epoch;

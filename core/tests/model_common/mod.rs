@@ -259,3 +259,10 @@ pub fn prout_params(key: u64, sa_key: u64) -> Vec<u8> {
     v.extend_from_slice(&[0; 8]);
     v
 }
+
+/// The basic PERSISTENT RESERVE OUT parameter list with the APTPL bit.
+pub fn prout_params_aptpl(key: u64, sa_key: u64, aptpl: bool) -> Vec<u8> {
+    let mut v = prout_params(key, sa_key);
+    v[20] = u8::from(aptpl);
+    v
+}

@@ -174,6 +174,9 @@ mod tests {
         let t = std::thread::spawn(move || g2.wait_drained(Duration::from_secs(20)));
         drop(pass);
         assert!(t.join().expect("waiter thread"));
-        assert!(g.wait_drained(Duration::ZERO), "an idle gate is drained at once");
+        assert!(
+            g.wait_drained(Duration::ZERO),
+            "an idle gate is drained at once"
+        );
     }
 }

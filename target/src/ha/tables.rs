@@ -506,8 +506,14 @@ mod tests {
         assert!(!t.release(b));
         let err = t.insert(s0, Counted(drops.clone())).expect_err("stale");
         assert_eq!(err.current, s0 + 1);
-        assert_eq!(drops.load(Ordering::SeqCst), 3, "a refused guard is dropped");
-        let c = t.insert(t.session(), Counted(drops.clone())).expect("new session");
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            3,
+            "a refused guard is dropped"
+        );
+        let c = t
+            .insert(t.session(), Counted(drops.clone()))
+            .expect("new session");
         assert_eq!(t.len(), 1);
         assert!(t.release(c));
         assert_eq!(drops.load(Ordering::SeqCst), 4);
