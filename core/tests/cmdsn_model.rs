@@ -114,6 +114,8 @@ enum Op {
     },
     /// Complete the `i`-th (modulo) outstanding command.
     Complete(usize),
+    /// Immediate ABORT TASK for a task the target does not know, RefCmdSN = ExpCmdSN + `delta`.
+    AbortAhead { delta: i64 },
 }
 
 fn any_op() -> impl Strategy<Value = Op> {
@@ -125,14 +127,17 @@ fn any_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(kind, delta, immediate)| Op::Send { kind, delta, immediate }),
         3 => any::<usize>().prop_map(Op::Complete),
+        1 => (-2i64..20).prop_map(|delta| Op::AbortAhead { delta }),
     ]
 }
 
-/// A request the model holds for a gap: its ITT and kind.
+/// A request the model holds for a gap.
 #[derive(Clone, Copy, Debug)]
 struct Req {
     itt: u32,
     kind: Kind,
+    /// Its CmdSN was claimed by an ABORT TASK: it takes its slot and does not run.
+    dropped: bool,
 }
 
 #[derive(Debug)]
@@ -142,6 +147,8 @@ struct Model {
     held: BTreeMap<u32, Req>,
     /// Non-immediate requests that ran: CmdSN and kind, in order.
     ran: Vec<(u32, Kind)>,
+    /// CmdSNs an ABORT TASK claimed before their command arrived.
+    aborted: BTreeSet<u32>,
 }
 
 impl Model {
@@ -156,14 +163,35 @@ impl Model {
         if offset >= self.depth || self.held.contains_key(&sn) {
             return Vec::new();
         }
+        // A CmdSN an earlier ABORT TASK claimed: the request takes its slot and is dropped.
+        let req = Req {
+            dropped: self.aborted.remove(&sn),
+            ..req
+        };
         self.held.insert(sn, req);
         let mut out = Vec::new();
         while let Some(r) = self.held.remove(&self.exp) {
-            self.ran.push((self.exp, r.kind));
+            if !r.dropped {
+                self.ran.push((self.exp, r.kind));
+            }
             out.push((self.exp, r));
             self.exp = self.exp.wrapping_add(1);
         }
         out
+    }
+
+    /// ABORT TASK for an unknown task with RefCmdSN `sn`: the TMF response code. In the window,
+    /// the CmdSN is claimed (its command, when it comes, is dropped); otherwise "task does not
+    /// exist".
+    fn abort(&mut self, sn: u32) -> u8 {
+        let offset = sn.wrapping_sub(self.exp);
+        if offset >= self.depth {
+            return 1;
+        }
+        if offset > 0 || !self.held.contains_key(&sn) {
+            self.aborted.insert(sn);
+        }
+        0
     }
 }
 
@@ -174,6 +202,8 @@ struct Seen {
     executed: Vec<(u32, u32, bool)>,
     nop_ins: Vec<(u32, u32, u32)>,
     responses: Vec<(u32, u32, u32)>,
+    /// Task management responses: ITT and response code.
+    tmf: Vec<(u32, u8)>,
     /// StatSN of every NOP-In and SCSI Response, in order.
     stat_sns: Vec<u32>,
     other: Vec<String>,
@@ -187,6 +217,10 @@ fn observe(actions: Vec<Action>) -> Seen {
             Action::Send(p) if p.opcode() == Some(Opcode::NopIn) => {
                 s.stat_sns.push(p.stat_sn());
                 s.nop_ins.push((p.itt(), p.exp_cmd_sn(), p.max_cmd_sn()))
+            }
+            Action::Send(p) if p.opcode() == Some(Opcode::TaskMgmtResponse) => {
+                s.stat_sns.push(p.stat_sn());
+                s.tmf.push((p.itt(), p.response()))
             }
             Action::Send(p) if p.opcode() == Some(Opcode::ScsiResponse) => {
                 s.stat_sns.push(p.stat_sn());
@@ -214,6 +248,7 @@ fn replay(depth: u32, first: u32, ops: &[Op]) -> Result<(), TestCaseError> {
         exp: first,
         held: BTreeMap::new(),
         ran: Vec::new(),
+        aborted: BTreeSet::new(),
     };
     let mut next_itt = 1u32;
     // Commands handed to the executor and not completed yet.
@@ -263,7 +298,11 @@ fn replay(depth: u32, first: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                 c.handle_pdu(pdu, 0);
                 let seen = observe(drain(&mut c));
                 check_stat(&seen, &what)?;
-                let req = Req { itt, kind: *kind };
+                let req = Req {
+                    itt,
+                    kind: *kind,
+                    dropped: false,
+                };
                 // What runs now, each with the ExpCmdSN the target had just after taking it
                 // (a NOP-In reports that one: later held requests may still follow).
                 let runs: Vec<(u32, Req)> = if *immediate {
@@ -276,14 +315,14 @@ fn replay(depth: u32, first: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 let want_exec: Vec<(u32, bool)> = runs
                     .iter()
-                    .filter(|(_, r)| matches!(r.kind, Kind::Scsi))
+                    .filter(|(_, r)| matches!(r.kind, Kind::Scsi) && !r.dropped)
                     .map(|(_, r)| (r.itt, *immediate))
                     .collect();
                 let got_exec: Vec<(u32, bool)> = seen.executed.iter().map(|e| (e.0, e.2)).collect();
                 prop_assert_eq!(&got_exec, &want_exec, "{}: commands executed", what);
                 let want_nops: Vec<(u32, u32, u32)> = runs
                     .iter()
-                    .filter(|(_, r)| matches!(r.kind, Kind::Nop))
+                    .filter(|(_, r)| matches!(r.kind, Kind::Nop) && !r.dropped)
                     .map(|(exp, r)| (r.itt, *exp, exp.wrapping_add(depth - 1)))
                     .collect();
                 prop_assert_eq!(
@@ -305,6 +344,26 @@ fn replay(depth: u32, first: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                         prop_assert!(executed_sns.insert(*sn), "{}: CmdSN {} ran twice", what, sn);
                     }
                 }
+            }
+            Op::AbortAhead { delta } => {
+                let sn = m.exp.wrapping_add(*delta as u32);
+                let itt = next_itt;
+                next_itt += 1;
+                let mut tmf = Pdu::tmf_request(itt, 1, Lun::from_number(0), 0x7000_0000, m.exp, sn);
+                tmf.set_immediate(true);
+                c.handle_pdu(tmf, 0);
+                let seen = observe(drain(&mut c));
+                check_stat(&seen, &what)?;
+                let code = m.abort(sn);
+                prop_assert_eq!(&seen.tmf, &vec![(itt, code)], "{}: TMF response", what);
+                prop_assert!(
+                    seen.executed.is_empty()
+                        && seen.nop_ins.is_empty()
+                        && seen.responses.is_empty(),
+                    "{}: {:?}",
+                    what,
+                    seen
+                );
             }
             Op::Complete(i) => {
                 if outstanding.is_empty() {
@@ -391,4 +450,48 @@ fn window_wraps_past_zero() {
     let s = c.session().unwrap();
     assert_eq!(s.exp_cmd_sn(), 1);
     assert_eq!(s.max_cmd_sn(), 4);
+}
+
+/// RFC 7143 §11.5.1 (ABORT TASK): "If the Referenced Task Tag does not identify an existing task
+/// but if the CmdSN indicated by the RefCmdSN field ... is within the valid CmdSN window and less
+/// than the CmdSN of the Task Management Function Request itself, then targets must consider the
+/// CmdSN as received and return the 'Function complete' response." The session instead waits for
+/// the aborted command to arrive; if it never does (lost), the commands held behind the gap never
+/// run and ExpCmdSN never moves.
+#[test]
+#[ignore = "bug: ABORT TASK for a not-yet-arrived CmdSN does not consider the CmdSN received (session.rs aborted_cmd_sns only drops it on arrival)"]
+fn abort_task_of_a_lost_command_fills_the_gap() {
+    let first = u32::MAX;
+    let mut c = logged_in(8, first);
+    // CmdSN `first` is lost; `first + 1` arrives and is held.
+    let held = Pdu::scsi_command(
+        2,
+        Lun::from_number(0),
+        &[0u8; 6],
+        0,
+        first.wrapping_add(1),
+        0x80,
+        TaskAttr::Simple,
+    );
+    c.handle_pdu(held, 0);
+    drain(&mut c);
+    assert_eq!(c.session().unwrap().held_count(), 1);
+    // The initiator gives up on task 1 (CmdSN `first`): immediate ABORT TASK, CmdSN first + 2.
+    let mut tmf = Pdu::tmf_request(3, 1, Lun::from_number(0), 1, first.wrapping_add(2), first);
+    tmf.set_immediate(true);
+    c.handle_pdu(tmf, 0);
+    let acts = drain(&mut c);
+    let ran: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Execute(cmd) => Some(cmd.itt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        vec![2],
+        "the held command runs once the gap is considered filled"
+    );
+    assert_eq!(c.session().unwrap().exp_cmd_sn(), first.wrapping_add(2));
 }

@@ -154,13 +154,13 @@ impl Model {
         }
         q.push(ua);
         if q.len() > MAX_PENDING {
-            // What the LU does today: the condition that would be delivered last (the newest of
-            // the lowest priority) is dropped. See the ignored test
-            // `overflow_drops_the_oldest_lowest_priority_condition` for what ua.rs documents.
-            let last = (0..q.len())
-                .max_by_key(|i| (priority(&q[*i]), *i))
-                .expect("non-empty");
-            q.remove(last);
+            // The oldest condition of the lowest priority present is dropped.
+            let low = q.iter().map(priority).max().expect("non-empty");
+            let oldest = q
+                .iter()
+                .position(|c| priority(c) == low)
+                .expect("present");
+            q.remove(oldest);
         }
     }
 
@@ -226,6 +226,12 @@ fn replay(ops: &[Op]) -> Result<(), TestCaseError> {
                     ),
                 };
                 let o = r.run(&nx[n], &cdb, &data);
+                if matches!(c, Cmd::ReportLuns) {
+                    // SPC-4: REPORT LUNS clears the nexus' REPORTED LUNS DATA HAS CHANGED.
+                    if let Some(q) = m.queues[n].as_mut() {
+                        q.retain(|x| *x != SenseCode::UA_REPORTED_LUNS_CHANGED);
+                    }
+                }
                 if let Some(ua) = owed {
                     prop_assert_eq!(o.status, status::CHECK_CONDITION, "{}", what);
                     prop_assert_eq!(o.sense_code(), Some(ua), "{}: delivered condition", what);
@@ -395,7 +401,6 @@ fn a_lost_nexus_comes_back_with_power_on_only() {
 /// the code (`q.pop()` after inserting in priority order) drops the newest lowest-priority one,
 /// which is often the condition just raised.
 #[test]
-#[ignore = "bug: UA queue overflow drops the newest lowest-priority condition, ua.rs documents the oldest"]
 fn overflow_drops_the_oldest_lowest_priority_condition() {
     let nx = nexuses();
     let mut r = Rig::small();
@@ -417,4 +422,19 @@ fn overflow_drops_the_oldest_lowest_priority_condition() {
         pending.contains(&vendor[MAX_PENDING]),
         "the newest should have been kept"
     );
+}
+
+/// After a REPORTED LUNS DATA HAS CHANGED condition, the initiator's answer is REPORT LUNS.
+/// FreeBSD CTL (`ctl_report_luns`) clears a pending 3F/0E for the nexus when it runs REPORT
+/// LUNS, following SPC-4's REPORT LUNS description; the LU keeps it, so the next command reports
+/// it again and the initiator rescans twice.
+#[test]
+fn report_luns_clears_reported_luns_data_has_changed() {
+    let nx = nexuses();
+    let mut r = Rig::small();
+    let n = &nx[0];
+    r.drain_uas(n);
+    r.lu.raise_ua(n, SenseCode::UA_REPORTED_LUNS_CHANGED);
+    assert_eq!(r.run(n, &report_luns(), &[]).status, status::GOOD);
+    assert_eq!(r.run(n, &tur(), &[]).status, status::GOOD);
 }

@@ -318,46 +318,53 @@ impl Drop for SlotSender {
 }
 
 /// One waiter registers and waits, a reply arrives twice (a duplicated message), the link goes
-/// down. With `close_on_down` false the link-down path only clears (the table stays open).
-fn pending_model(close_on_down: bool) {
+/// down (`close()`, which refuses later registrations).
+fn pending_model() {
     let table = std::sync::Arc::new(PendingTable::<SlotSender>::new());
-    let repliers: Vec<_> = (0..2)
+    let repliers = spawn_repliers(&table);
+    let t = table.clone();
+    let down = thread::spawn(move || t.close());
+    let (tx, rx) = Slot::channel();
+    if let Ok(id) = table.register(tx) {
+        assert_eq!(id, 1);
+    }
+    // Blocks until replied or cancelled: loom fails the model (deadlock) if that never comes.
+    let outcome = rx.recv();
+    let delivered = join_repliers(repliers);
+    down.join().expect("link down");
+    check_outcome(&rx, outcome, delivered);
+    assert!(table.is_empty(), "nothing left waiting");
+}
+
+/// Two repliers delivering the reply to request 1 (the only waiter's id: ids start at 1).
+fn spawn_repliers(
+    table: &std::sync::Arc<PendingTable<SlotSender>>,
+) -> Vec<thread::JoinHandle<bool>> {
+    (0..2)
         .map(|i| {
             let t = table.clone();
-            thread::spawn(move || {
-                // The only waiter's id is 1 (ids start at 1).
-                if let Some(tx) = t.take(1) {
+            thread::spawn(move || match t.take(1) {
+                Some(tx) => {
                     tx.send(10 + i);
                     true
-                } else {
-                    false
                 }
+                None => false,
             })
         })
-        .collect();
-    let t = table.clone();
-    let down = thread::spawn(move || {
-        if close_on_down {
-            t.close();
-        } else {
-            t.clear();
-        }
-    });
-    let (tx, rx) = Slot::channel();
-    let outcome = match table.register(tx) {
-        Ok(id) => {
-            assert_eq!(id, 1);
-            rx.recv()
-        }
-        Err(_) => rx.recv(),
-    };
-    let delivered = repliers
+        .collect()
+}
+
+/// How many repliers delivered.
+fn join_repliers(repliers: Vec<thread::JoinHandle<bool>>) -> usize {
+    repliers
         .into_iter()
         .map(|r| r.join().expect("replier"))
         .filter(|d| *d)
-        .count();
-    down.join().expect("link down");
-    assert_ne!(outcome, Outcome::Waiting);
+        .count()
+}
+
+fn check_outcome(rx: &Slot, outcome: Outcome, delivered: usize) {
+    assert_ne!(outcome, Outcome::Waiting, "the waiter would wait forever");
     assert_eq!(rx.outcomes.load(Ordering::SeqCst), 1, "exactly one outcome");
     assert!(delivered <= 1, "a reply delivered twice");
     assert_eq!(
@@ -365,7 +372,6 @@ fn pending_model(close_on_down: bool) {
         matches!(outcome, Outcome::Replied(_)),
         "a delivered reply is the waiter's outcome"
     );
-    assert!(table.is_empty(), "nothing left waiting");
 }
 
 #[test]
@@ -375,21 +381,36 @@ fn pending_reply_at_most_once_or_cancelled() {
         "each PendingTable waiter ends with exactly one outcome, its reply or cancelled (never \
          both, a duplicated reply delivered at most once) and never hangs across close() on \
          link down; 1 waiter, 2 repliers, 1 link-down",
-        || pending_model(true),
+        pending_model,
     );
 }
 
 #[test]
-#[should_panic(expected = "deadlock")]
+#[should_panic(expected = "would wait forever")]
 fn pending_clear_without_close_hang_is_caught() {
     expect_violation(
         "pending_clear_without_close_hang_is_caught",
-        "link down only clears: a waiter registering after it waits forever",
+        "link down only clear()s and keeps the table open: a waiter registering after it waits \
+         forever",
     );
     explore(
         "pending_clear_without_close_hang_is_caught",
         "(must fail)",
-        || pending_model(false),
+        || {
+            let table = std::sync::Arc::new(PendingTable::<SlotSender>::new());
+            let repliers = spawn_repliers(&table);
+            let t = table.clone();
+            let down = thread::spawn(move || t.clear());
+            let (tx, rx) = Slot::channel();
+            let _ = table.register(tx);
+            // Not blocking here (a loom deadlock aborts the process): once every other thread
+            // is done, nobody can settle a waiter that is still waiting.
+            let delivered = join_repliers(repliers);
+            down.join().expect("link down");
+            let outcome = *sync::lock(&rx.state);
+            check_outcome(&rx, outcome, delivered);
+            table.clear();
+        },
     );
 }
 

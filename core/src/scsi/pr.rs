@@ -297,12 +297,15 @@ impl PrState {
                         if sa == pr_out::REGISTER && p.key != 0 {
                             return Err(PrFail::Conflict);
                         }
-                        if p.sa_key != 0 {
-                            self.registrations.push(Registration {
-                                nexus: nexus.clone(),
-                                key: p.sa_key,
-                            });
+                        if p.sa_key == 0 {
+                            // SPC-4 5.13.7: an unregistered nexus registering key 0 gets GOOD
+                            // and nothing changes (not even APTPL).
+                            return Ok(uas);
                         }
+                        self.registrations.push(Registration {
+                            nexus: nexus.clone(),
+                            key: p.sa_key,
+                        });
                     }
                     Some(k) => {
                         if sa == pr_out::REGISTER && p.key != k {
@@ -432,7 +435,9 @@ impl PrState {
                                 return Err(Sense::cdb_field(2, Some(0)).into());
                             }
                             remove_key(self, p.sa_key, &mut uas);
-                            let changed = res.ptype != ptype || res.holder != *nexus;
+                            // SPC-4 5.13.11.4.3: the other registrants hear RESERVATIONS RELEASED only when the
+                            // type (or scope) changes.
+                            let changed = res.ptype != ptype;
                             self.reservation = Some(Reservation {
                                 holder: nexus.clone(),
                                 ptype,

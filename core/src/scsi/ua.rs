@@ -52,7 +52,12 @@ impl UaQueues {
         let at = q.iter().position(|c| priority(c) > p).unwrap_or(q.len());
         q.insert(at, ua);
         if q.len() > MAX_PENDING {
-            q.pop();
+            // Drop the oldest condition of the lowest priority present.
+            if let Some(low) = q.last().map(priority) {
+                if let Some(i) = q.iter().position(|c| priority(c) == low) {
+                    q.remove(i);
+                }
+            }
         }
     }
 
@@ -70,6 +75,13 @@ impl UaQueues {
             if Some(n) != except {
                 Self::push(q, ua);
             }
+        }
+    }
+
+    /// Removes a pending `ua` of `nexus`, if any.
+    pub fn clear(&mut self, nexus: &Nexus, ua: SenseCode) {
+        if let Some(q) = self.queues.get_mut(nexus) {
+            q.retain(|c| *c != ua);
         }
     }
 

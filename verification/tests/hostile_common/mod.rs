@@ -574,7 +574,9 @@ impl Initiator {
             }
             last = r.sense;
         }
-        Err(format!("TEST UNIT READY never GOOD; last sense {last:02x?}"))
+        Err(format!(
+            "TEST UNIT READY never GOOD; last sense {last:02x?}"
+        ))
     }
 
     /// Sends one PDU.
