@@ -156,10 +156,7 @@ impl Model {
         if q.len() > MAX_PENDING {
             // The oldest condition of the lowest priority present is dropped.
             let low = q.iter().map(priority).max().expect("non-empty");
-            let oldest = q
-                .iter()
-                .position(|c| priority(c) == low)
-                .expect("present");
+            let oldest = q.iter().position(|c| priority(c) == low).expect("present");
             q.remove(oldest);
         }
     }

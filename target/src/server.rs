@@ -680,6 +680,7 @@ async fn run_connection(
     };
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, %local, conn = id, "connection accepted");
+    let login_timeout = iscsi.limits.login_timeout_ms;
     let mut conn = Connection::new(
         iscsi,
         PortalInfo {
@@ -688,6 +689,9 @@ async fn run_connection(
         },
         login_entropy(tsih),
     );
+    if login_timeout > 0 {
+        conn.set_login_deadline(shared.now().saturating_add(login_timeout));
+    }
     let (r, w) = sock.into_split();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer_task(w, out_rx));

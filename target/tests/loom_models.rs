@@ -80,7 +80,7 @@ fn gated_write(gate: &std::sync::Arc<IoGate>, backend: &AtomicUsize, write_after
     }
 }
 
-fn gate_model(write_after_drop: bool) {
+fn gate_model(write_after_drop: bool, two_phase: bool) {
     let gate = IoGate::new(true);
     let backend = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..2)
@@ -91,7 +91,15 @@ fn gate_model(write_after_drop: bool) {
         .collect();
     let (g, b) = (gate.clone(), backend.clone());
     let closer = thread::spawn(move || {
-        assert!(g.close(NO_LIMIT), "under loom close waits until drained");
+        if two_phase {
+            g.close_begin();
+            assert!(
+                g.wait_drained(NO_LIMIT),
+                "under loom the wait ends when drained"
+            );
+        } else {
+            assert!(g.close(NO_LIMIT), "under loom close waits until drained");
+        }
         assert_eq!(g.in_flight(), 0);
         b.load(Ordering::SeqCst)
     });
@@ -116,7 +124,17 @@ fn gate_close_fences_every_write() {
         "gate_close_fences_every_write",
         "once IoGate::close() has returned (drained), no write reaches the backend until open(); \
          2 writers (enter, write, drop pass) against 1 closer",
-        || gate_model(false),
+        || gate_model(false, false),
+    );
+}
+
+#[test]
+fn gate_two_phase_close_fences_every_write() {
+    explore(
+        "gate_two_phase_close_fences_every_write",
+        "once IoGate::close_begin() then wait_drained() have returned (drained), no write \
+         reaches the backend until open(); 2 writers against 1 closer",
+        || gate_model(false, true),
     );
 }
 
@@ -130,7 +148,7 @@ fn gate_write_outside_the_pass_is_caught() {
     explore(
         "gate_write_outside_the_pass_is_caught",
         "(must fail)",
-        || gate_model(true),
+        || gate_model(true, false),
     );
 }
 

@@ -150,6 +150,8 @@ pub enum CloseReason {
     PingTimeout,
     /// TARGET COLD RESET was carried out.
     ColdReset,
+    /// The login did not finish before its deadline (an idle or stalled client).
+    LoginTimeout,
 }
 
 /// Result of a successful login.
@@ -190,6 +192,8 @@ enum Phase {
 pub struct Connection {
     phase: Phase,
     actions: VecDeque<Action>,
+    /// The login phase must end by then (see [`Connection::set_login_deadline`]).
+    login_deadline: Option<Millis>,
 }
 
 impl Connection {
@@ -198,7 +202,15 @@ impl Connection {
         Connection {
             phase: Phase::Login(Box::new(Login::new(config, portal, entropy))),
             actions: VecDeque::new(),
+            login_deadline: None,
         }
+    }
+
+    /// The login phase must finish by `at`; a connection still logging in then is closed with
+    /// [`CloseReason::LoginTimeout`] (ctld gives initiators 60 s). Without a deadline a silent
+    /// client keeps its connection for ever.
+    pub fn set_login_deadline(&mut self, at: Millis) {
+        self.login_deadline = Some(at);
     }
 
     /// Handles one decoded PDU at time `now`.
@@ -287,6 +299,14 @@ impl Connection {
 
     /// Time has reached `now`: fire NOP-In pings and ping timeouts.
     pub fn handle_timeout(&mut self, now: Millis) {
+        if let (Phase::Login(_), Some(at)) = (&self.phase, self.login_deadline) {
+            if now >= at {
+                self.actions
+                    .push_back(Action::Close(CloseReason::LoginTimeout));
+                self.phase = Phase::Closed;
+            }
+            return;
+        }
         if let Phase::FullFeature(s) = &mut self.phase {
             s.handle_timeout(now, &mut self.actions);
             if s.is_closed() {
@@ -299,7 +319,8 @@ impl Connection {
     pub fn next_timeout(&self) -> Option<Millis> {
         match &self.phase {
             Phase::FullFeature(s) => s.next_timeout(),
-            _ => None,
+            Phase::Login(_) => self.login_deadline,
+            Phase::Closed => None,
         }
     }
 

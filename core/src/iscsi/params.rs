@@ -37,6 +37,8 @@ pub struct TargetLimits {
     pub default_time2wait: u16,
     /// DefaultTime2Retain the target proposes (seconds).
     pub default_time2retain: u16,
+    /// How long a connection may take to finish its login, in milliseconds, 0 = forever.
+    pub login_timeout_ms: u64,
 }
 
 impl Default for TargetLimits {
@@ -55,6 +57,7 @@ impl Default for TargetLimits {
             nop_in_timeout_ms: 0,
             default_time2wait: 2,
             default_time2retain: 0,
+            login_timeout_ms: 30_000,
         }
     }
 }

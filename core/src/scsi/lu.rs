@@ -551,7 +551,8 @@ impl LogicalUnit {
                 }
                 let luns: &[u64] = if *select == 1 { &[] } else { ctx.luns };
                 // SPC-4: REPORT LUNS clears this nexus' REPORTED LUNS DATA HAS CHANGED.
-                self.ua.clear(ctx.nexus, SenseCode::UA_REPORTED_LUNS_CHANGED);
+                self.ua
+                    .clear(ctx.nexus, SenseCode::UA_REPORTED_LUNS_CHANGED);
                 Self::good(alloc_cut(inquiry::report_luns(luns), *alloc), wanted)
             }
             Command::ReadCapacity10 { lba, pmi } => {

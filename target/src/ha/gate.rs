@@ -90,7 +90,7 @@ impl IoGate {
     ///
     /// Under `duet_loom` there is no clock: `limit` is ignored and this waits until drained.
     pub fn close(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+        let deadline = deadline_after(limit);
         let mut s = self.lock();
         s.open = false;
         self.drain(s, deadline)
@@ -105,7 +105,7 @@ impl IoGate {
     /// most `limit`. Returns whether that happened. It does not close the gate: on an open gate
     /// new operations may be admitted meanwhile.
     pub fn wait_drained(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+        let deadline = deadline_after(limit);
         let s = self.lock();
         self.drain(s, deadline)
     }
@@ -120,6 +120,14 @@ impl IoGate {
         }
         true
     }
+}
+
+/// Now plus `limit`, saturating far in the future instead of overflowing.
+fn deadline_after(limit: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 #[cfg(all(test, not(duet_loom)))]
