@@ -9,8 +9,7 @@
 //! primary's plan on the shared backend under the primary's lock; mode 0: everything a Standby
 //! port may answer), and the primary replicates reservations and mode pages to its peer.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,7 @@ use super::gate::GatePass;
 use super::link::{self, Channel, LinkEvent, LinkHandle};
 use super::proto::{self, LinkMsg, PeerReply, PeerRequest};
 use super::quorum::Arbiter;
+use super::tables::{GrantTable, LunFacts, PendingTable, Published};
 use crate::server::{
     after_command, check, completion_of, io_guard, prepare_local, run_medium, run_plan, IoGuard,
     Lu, Shared, Target,
@@ -47,26 +47,6 @@ enum DriverIn {
     Node(Input),
 }
 
-/// What the I/O paths read without asking the driver: refreshed after every step of the node.
-#[derive(Clone, Debug, Default)]
-struct LunPublished {
-    /// This controller is primary for the LUN and not suspended: it runs commands itself.
-    primary_here: bool,
-    /// The node allows I/O here (the primary, or a mode-1 secondary under a valid read lease).
-    may_io: bool,
-    primary: Option<u8>,
-}
-
-#[derive(Default)]
-struct Published {
-    luns: BTreeMap<u32, LunPublished>,
-    link_up: bool,
-    status: Option<HaStatus>,
-    /// Milliseconds (driver clock) when this node last wrote its quorum slot successfully.
-    last_quorum_write: Option<u64>,
-    peer_fenced: bool,
-}
-
 /// A grant held on behalf of the peer (mode 1): the I/O lock and a pass through the gate.
 struct Grant {
     _guard: IoGuard,
@@ -82,11 +62,13 @@ pub struct HaRuntime {
     shared: Weak<Shared>,
     link: LinkHandle,
     tx: mpsc::UnboundedSender<DriverIn>,
-    published: Mutex<Published>,
+    /// The role facts every I/O path reads (loom-checked: never torn).
+    published: Published,
     events: Mutex<VecDeque<String>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<PeerReply>>>,
-    grants: Mutex<HashMap<u64, Grant>>,
-    next_id: AtomicU64,
+    /// Forwarded requests waiting for the primary's answer.
+    pending: PendingTable<oneshot::Sender<PeerReply>>,
+    /// Mode 1: grants held for the peer, per link session.
+    grants: GrantTable<Grant>,
     start: Instant,
     arbiter: Arc<dyn Arbiter>,
     agent: FenceAgent,
@@ -139,11 +121,10 @@ impl HaRuntime {
             shared: Arc::downgrade(shared),
             link,
             tx,
-            published: Mutex::new(Published::default()),
+            published: Published::new(3 - cfg.id, mode),
             events: Mutex::new(VecDeque::new()),
-            pending: Mutex::new(HashMap::new()),
-            grants: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            pending: PendingTable::new(),
+            grants: GrantTable::new(),
             start: Instant::now(),
             arbiter,
             agent,
@@ -186,9 +167,9 @@ impl HaRuntime {
     /// The node's last status, the time since the last successful quorum write and whether
     /// the peer is known fenced.
     pub fn status(&self) -> (Option<HaStatus>, Option<u64>, bool) {
-        let p = lock(&self.published);
-        let age = p.last_quorum_write.map(|t| self.now().saturating_sub(t));
-        (p.status.clone(), age, p.peer_fenced)
+        let h = self.published.health();
+        let age = h.last_quorum_write.map(|t| self.now().saturating_sub(t));
+        (h.status, age, h.peer_fenced)
     }
 
     /// The last log events of the node, oldest first.
@@ -208,26 +189,13 @@ impl HaRuntime {
 
     /// Whether this controller is the serving primary of `lun`.
     pub fn serving(&self, lun: u32) -> bool {
-        lock(&self.published)
-            .luns
-            .get(&lun)
-            .is_some_and(|l| l.primary_here)
+        self.published.serving(lun)
     }
 
     /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
     /// controller does not serve it, the link is up and the peer is its primary.
     pub fn forward_mode(&self, lun: u32) -> Option<bool> {
-        let p = lock(&self.published);
-        let l = p.luns.get(&lun)?;
-        if l.primary_here || !p.link_up || l.primary != Some(self.peer_id) {
-            return None;
-        }
-        if self.mode == HaMode::ActiveActiveShared {
-            // A mode-1 secondary runs I/O only while the node vouches for the primary (read
-            // lease); otherwise its ALUA picture answers (Transitioning).
-            return l.may_io.then_some(true);
-        }
-        Some(false)
+        self.published.forward_mode(lun)
     }
 
     // ---- the driver ------------------------------------------------------------------------
@@ -335,19 +303,20 @@ impl HaRuntime {
     }
 
     fn publish(&self, node: &Node) {
-        let mut p = lock(&self.published);
-        for &lun in self.luns.keys() {
-            p.luns.insert(
-                lun,
-                LunPublished {
-                    primary_here: node.is_primary(lun) && node.serving(lun),
-                    may_io: node.serving(lun),
-                    primary: node.primary_of(lun),
-                },
-            );
-        }
-        p.link_up = node.link_state() == 2 && self.link.is_up();
-        p.status = Some(node.status(self.now()));
+        self.published.publish(
+            self.luns.keys().map(|&lun| {
+                (
+                    lun,
+                    LunFacts {
+                        primary_here: node.is_primary(lun) && node.serving(lun),
+                        may_io: node.serving(lun),
+                        primary: node.primary_of(lun),
+                    },
+                )
+            }),
+            node.link_state() == 2 && self.link.is_up(),
+            node.status(self.now()),
+        );
     }
 
     fn quorum_io(self: &Arc<Self>, op: QuorumOp) {
@@ -382,7 +351,7 @@ impl HaRuntime {
                 },
             };
             if matches!(result, QuorumResult::WriteOk { .. }) {
-                lock(&me.published).last_quorum_write = Some(me.now());
+                me.published.quorum_written(me.now());
             }
             let _ = me.tx.send(DriverIn::Node(Input::Quorum(result)));
         });
@@ -403,7 +372,7 @@ impl HaRuntime {
                     false
                 }
             };
-            lock(&me.published).peer_fenced = ok;
+            me.published.set_peer_fenced(ok);
             let _ = me.tx.send(DriverIn::Node(Input::FenceResult { ok }));
         });
     }
@@ -424,7 +393,8 @@ impl HaRuntime {
             match ev {
                 LinkEvent::Up { peer_id } => {
                     tracing::debug!(peer_id, "HA link up");
-                    lock(&self.published).peer_fenced = false;
+                    self.published.set_peer_fenced(false);
+                    self.pending.open();
                     let _ = self.tx.send(DriverIn::Node(Input::PeerLinkUp));
                     // A primary brings a (re)joining peer's copy of the shared state up to date.
                     for (&lun, (_, lu)) in &self.luns {
@@ -437,10 +407,10 @@ impl HaRuntime {
                     tracing::debug!("HA link down: {reason}");
                     let _ = self.tx.send(DriverIn::Node(Input::PeerLinkDown));
                     // Forwarded commands in flight are answered "transitioning" and retried.
-                    lock(&self.pending).clear();
+                    self.pending.close();
                     // The peer's grants end with the link; the node suspends I/O until the peer
                     // is fenced, so its writes in flight cannot race ours.
-                    lock(&self.grants).clear();
+                    self.grants.clear();
                 }
                 LinkEvent::Message { payload, .. } => match proto::decode(&payload) {
                     Ok(msg) => self.on_message(msg),
@@ -464,18 +434,19 @@ impl HaRuntime {
             }
             LinkMsg::Request { id, req } => {
                 let me = self.clone();
+                let session = self.grants.session();
                 tokio::spawn(async move {
-                    let reply = me.serve_request(req).await;
+                    let reply = me.serve_request(req, session).await;
                     me.send(Channel::Data, &LinkMsg::Reply { id, reply });
                 });
             }
             LinkMsg::Reply { id, reply } => {
-                if let Some(tx) = lock(&self.pending).remove(&id) {
+                if let Some(tx) = self.pending.take(id) {
                     let _ = tx.send(reply);
                 }
             }
             LinkMsg::Release { grant } => {
-                lock(&self.grants).remove(&grant);
+                self.grants.release(grant);
             }
         }
     }
@@ -491,20 +462,21 @@ impl HaRuntime {
     }
 
     async fn request(&self, req: PeerRequest) -> Option<PeerReply> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        let Ok(id) = self.pending.register(tx) else {
+            return None;
+        };
         let sent = proto::encode(&LinkMsg::Request { id, req })
             .ok()
             .is_some_and(|b| self.link.send(Channel::Data, b).is_ok());
         if !sent {
-            lock(&self.pending).remove(&id);
+            self.pending.take(id);
             return None;
         }
         match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
             Ok(Ok(r)) => Some(r),
             _ => {
-                lock(&self.pending).remove(&id);
+                self.pending.take(id);
                 None
             }
         }
@@ -566,7 +538,7 @@ impl HaRuntime {
     }
 
     /// The primary's side of a forwarded request.
-    async fn serve_request(self: &Arc<Self>, req: PeerRequest) -> PeerReply {
+    async fn serve_request(self: &Arc<Self>, req: PeerRequest, session: u64) -> PeerReply {
         let unavailable = |reason: &str| PeerReply::Unavailable {
             reason: reason.to_string(),
         };
@@ -604,15 +576,16 @@ impl HaRuntime {
                         let Some(pass) = lu.gate.enter() else {
                             return done(check(SenseCode::ALUA_TRANSITIONING));
                         };
-                        let grant = self.next_id.fetch_add(1, Ordering::Relaxed);
-                        lock(&self.grants).insert(
-                            grant,
+                        match self.grants.insert(
+                            session,
                             Grant {
                                 _guard: guard,
                                 _pass: pass,
                             },
-                        );
-                        PeerReply::Plan { grant, plan }
+                        ) {
+                            Ok(grant) => PeerReply::Plan { grant, plan },
+                            Err(e) => unavailable(&e.to_string()),
+                        }
                     }
                     Prepared::Io(plan) => done(run_medium(lu, plan, data).await),
                 }
@@ -705,7 +678,7 @@ impl HaRuntime {
         if luns.is_empty() {
             return Err("this controller is primary for no LUN".into());
         }
-        if !lock(&self.published).link_up {
+        if !self.published.link_up() {
             return Err("the HA link is down: a switchover needs the peer".into());
         }
         for &l in &luns {
