@@ -342,7 +342,11 @@ const INIT2: &str = "iqn.2026-11.test:init2";
 
 /// Runs `iscsi-test-cu --dataloss -t ALL` with one URL per controller (MultipathIO) against a
 /// lab with a 64 MiB LUN and asserts that nothing failed.
-fn lab_conformance(mode: u8) {
+/// Runs libiscsi's suite against the lab with both portals (MultipathIO). With
+/// `via_secondary` the secondary's portal comes first, so nearly every command goes through the
+/// secondary: forwarded to the primary (mode 2) or prepared there and run on the shared disk
+/// (mode 1).
+fn lab_conformance(mode: u8, via_secondary: bool) {
     if !lab_common::have_program("iscsi-test-cu") {
         if std::env::var_os("CI").is_some() {
             panic!("libiscsi-bin (iscsi-test-cu) is not installed");
@@ -359,7 +363,12 @@ fn lab_conformance(mode: u8) {
     ) else {
         return;
     };
-    let urls: Vec<String> = [Node::A, Node::B]
+    let order = if via_secondary {
+        [Node::B, Node::A]
+    } else {
+        [Node::A, Node::B]
+    };
+    let urls: Vec<String> = order
         .iter()
         .map(|n| format!("iscsi://{}/{}/1", n.portal(), lab_common::LAB_TARGET))
         .collect();
@@ -384,12 +393,15 @@ fn lab_conformance(mode: u8) {
     let _ = fs::write(
         lab_common::workspace_root()
             .join("build")
-            .join(format!("iscsi-test-cu-lab-mode{mode}.log")),
+            .join(format!(
+                "iscsi-test-cu-lab-mode{mode}{}.log",
+                if via_secondary { "-via-secondary" } else { "" }
+            )),
         &out,
     );
     let sum = parse_cunit(&out);
     eprintln!(
-        "CONFORMANCE mode={mode} ran={} passed={} failed={} skipped={}",
+        "CONFORMANCE mode={mode} via_secondary={via_secondary} ran={} passed={} failed={} skipped={}",
         sum.ran.map_or("?".into(), |n| n.to_string()),
         sum.passed.map_or("?".into(), |n| n.to_string()),
         sum.failed.map_or("?".into(), |n| n.to_string()),
@@ -422,10 +434,20 @@ fn lab_conformance(mode: u8) {
 
 #[test]
 fn lab_conformance_mode1() {
-    lab_conformance(1);
+    lab_conformance(1, false);
 }
 
 #[test]
 fn lab_conformance_mode2() {
-    lab_conformance(2);
+    lab_conformance(2, false);
+}
+
+#[test]
+fn lab_conformance_mode1_via_secondary() {
+    lab_conformance(1, true);
+}
+
+#[test]
+fn lab_conformance_mode2_via_secondary() {
+    lab_conformance(2, true);
 }
