@@ -391,12 +391,10 @@ fn lab_conformance(mode: u8, via_secondary: bool) {
     let out = r.all();
     let _ = fs::write(lab.dir.join("cu.log"), &out);
     let _ = fs::write(
-        lab_common::workspace_root()
-            .join("build")
-            .join(format!(
-                "iscsi-test-cu-lab-mode{mode}{}.log",
-                if via_secondary { "-via-secondary" } else { "" }
-            )),
+        lab_common::workspace_root().join("build").join(format!(
+            "iscsi-test-cu-lab-mode{mode}{}.log",
+            if via_secondary { "-via-secondary" } else { "" }
+        )),
         &out,
     );
     let sum = parse_cunit(&out);

@@ -13,7 +13,7 @@ use super::pdu::{flags, reject_reason, sense_segment, Lun, Opcode, Pdu, TaskAttr
 use super::text::TextPairs;
 use crate::sense::{status, SenseCode};
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Serial-number "a < b" (RFC 1982, 32 bits).
@@ -126,8 +126,6 @@ pub struct Session {
     exp_cmd_sn: u32,
     held: BTreeMap<u32, Held>,
     tasks: BTreeMap<u32, Task>,
-    /// CmdSNs of commands aborted before they arrived (ABORT TASK with RefCmdSN in window).
-    aborted_cmd_sns: BTreeSet<u32>,
     next_ttt: u32,
     tmfs: BTreeMap<u32, PendingTmf>,
     logout: Option<PendingLogout>,
@@ -157,7 +155,6 @@ impl Session {
             exp_cmd_sn: done.exp_cmd_sn,
             held: BTreeMap::new(),
             tasks: BTreeMap::new(),
-            aborted_cmd_sns: BTreeSet::new(),
             next_ttt: 1,
             tmfs: BTreeMap::new(),
             logout: None,
@@ -382,9 +379,7 @@ impl Session {
             self.stats.dropped_out_of_window += 1;
             return;
         }
-        let held = if self.aborted_cmd_sns.remove(&sn) {
-            Held::Nothing
-        } else if pdu.opcode() == Some(Opcode::ScsiCommand) {
+        let held = if pdu.opcode() == Some(Opcode::ScsiCommand) {
             match self.register_task(&pdu, out) {
                 Some(itt) => Held::Task(itt),
                 None => Held::Nothing,
@@ -405,10 +400,6 @@ impl Session {
 
     /// Runs held requests whose turn has come.
     fn drain_held(&mut self, now: Millis, out: &mut VecDeque<Action>) {
-        let exp = self.exp_cmd_sn;
-        let window = self.params.queue_depth.max(1);
-        self.aborted_cmd_sns
-            .retain(|sn| sn.wrapping_sub(exp) < window);
         while let Some(h) = self.held.remove(&self.exp_cmd_sn) {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             match h {
@@ -894,16 +885,16 @@ impl Session {
                     let ref_sn = pdu.ref_cmd_sn();
                     let off = ref_sn.wrapping_sub(self.exp_cmd_sn);
                     if off < self.params.queue_depth.max(1) {
-                        // Not arrived yet: drop it when it does.
-                        if off > 0 || !self.held.contains_key(&ref_sn) {
-                            self.aborted_cmd_sns.insert(ref_sn);
-                        }
+                        // Not arrived yet (RFC 7143 §11.5.1 b): consider its CmdSN received,
+                        // so commands held behind it run, and drop it if it comes after all.
+                        self.held.entry(ref_sn).or_insert(Held::Nothing);
                         TmfResponse::Complete
                     } else {
                         TmfResponse::TaskNotFound
                     }
                 };
                 self.send_tmf_response(itt, resp, out);
+                self.drain_held(now, out);
             }
             TmfFunction::AbortTaskSet
             | TmfFunction::ClearTaskSet
