@@ -8,14 +8,16 @@
 //! that holds this test (where `cargo test --workspace` puts it), else it is built with cargo into
 //! a separate directory.
 
+mod support;
+
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+use support::{
+    fresh_dir, parse_cunit, require_programs, run_bounded, workspace_root, Chap, CuSummary, Daemon,
+    Run, Site, TargetConfig,
+};
 
 const TARGET: &str = "iqn.2026-11.dev.duet:target0";
 const INIT1: &str = "iqn.2026-11.test:init1";
@@ -25,302 +27,56 @@ const INIT2: &str = "iqn.2026-11.test:init2";
 // Harness
 // ------------------------------------------------------------------------------------------
 
-fn have_libiscsi_tools() -> bool {
-    [
-        "iscsi-ls",
-        "iscsi-inq",
-        "iscsi-readcapacity16",
-        "iscsi-test-cu",
-    ]
-    .iter()
-    .all(|t| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    })
-}
-
 /// Skips the calling test (with a loud message) when libiscsi's tools are missing, unless CI
 /// demands them.
 macro_rules! require_tools {
     () => {
-        if !have_libiscsi_tools() {
-            if std::env::var_os("CI").is_some() {
-                panic!("libiscsi-bin (iscsi-ls, iscsi-inq, iscsi-test-cu) is not installed");
-            }
-            eprintln!("SKIPPED: libiscsi-bin is not installed (apt-get install libiscsi-bin)");
+        if !require_programs(
+            &[
+                "iscsi-ls",
+                "iscsi-inq",
+                "iscsi-readcapacity16",
+                "iscsi-test-cu",
+            ],
+            "libiscsi-bin",
+        ) {
             return;
         }
     };
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+/// Starts duetd with `nports` portals on 127.0.0.1 and the configuration `config` writes.
+fn start(tag: &str, nports: usize, config: impl FnOnce(&Site) -> String) -> Daemon {
+    Daemon::start(tag, &vec![Ipv4Addr::LOCALHOST; nports], config)
 }
 
-/// The `duetd` binary to test.
-fn duetd() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("DUETD") {
-            return PathBuf::from(p);
-        }
-        // build/<profile>/deps/conformance_single-HASH -> build/<profile>/duetd
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
-                let cand = profile_dir.join("duetd");
-                if cand.is_file() {
-                    eprintln!("conformance: using {}", cand.display());
-                    return cand;
-                }
-            }
-        }
-        // Not built alongside this test (e.g. `cargo test -p duet-verification`): build it in a
-        // separate target directory, so as not to wait on the lock of the running build.
-        let release = !cfg!(debug_assertions);
-        let dir = workspace_root().join("build").join("conformance-duetd");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace_root())
-            .args(["build", "-p", "duet-target", "--bin", "duetd"])
-            .env("CARGO_TARGET_DIR", &dir);
-        if release {
-            cmd.arg("--release");
-        }
-        eprintln!("conformance: building duetd into {}", dir.display());
-        let st = cmd.status().expect("run cargo build for duetd");
-        assert!(
-            st.success(),
-            "cargo build -p duet-target --bin duetd failed"
-        );
-        dir.join(if release { "release" } else { "debug" })
-            .join("duetd")
-    })
+/// The URL of LUN `lun` of [`TARGET`] through portal `index`.
+fn url(d: &Daemon, index: usize, lun: u32) -> String {
+    d.url(index, TARGET, lun)
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn fresh_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let d = std::env::temp_dir().join(format!("duet-conf-{}-{tag}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
-/// A running `duetd`; dropping it kills the process (by PID) and removes its directory.
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    ports: Vec<u16>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts duetd with a configuration produced by `config(dir, ports)`.
-    fn start(tag: &str, nports: usize, config: impl Fn(&Path, &[u16]) -> String) -> Daemon {
-        let dir = fresh_dir(tag);
-        let ports: Vec<u16> = (0..nports).map(|_| free_port()).collect();
-        let cfg = dir.join("duet.toml");
-        fs::write(&cfg, config(&dir, &ports)).expect("write config");
-        let log = dir.join("duetd.log");
-        let logf = fs::File::create(&log).expect("log file");
-        let child = Command::new(duetd())
-            .arg("--config")
-            .arg(&cfg)
-            .env(
-                "RUST_LOG",
-                std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("log file"))
-            .stderr(logf)
-            .spawn()
-            .expect("start duetd");
-        let mut d = Daemon {
-            child: Some(child),
-            dir,
-            ports,
-            log,
-        };
-        d.wait_ready();
-        d
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for &p in &self.ports.clone() {
-            loop {
-                if TcpStream::connect(("127.0.0.1", p)).is_ok() {
-                    break;
-                }
-                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    panic!("duetd exited early ({st}):\n{}", self.log_text());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "duetd did not listen on port {p} within 20 s:\n{}",
-                    self.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    fn log_text(&self) -> String {
-        let t = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        let from = lines.len().saturating_sub(80);
-        lines[from..].join("\n")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    fn url(&self, port_index: usize, lun: u32) -> String {
-        format!(
-            "iscsi://127.0.0.1:{}/{TARGET}/{lun}",
-            self.ports[port_index]
-        )
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
-        let pid = self.pid();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+/// 64 MiB LUN 1 with 512-byte blocks, no authentication, 5 s ping timeout.
+fn plain() -> TargetConfig<'static> {
+    TargetConfig {
+        alias: Some("conformance"),
+        size: "64MiB",
+        block_size: Some(512),
+        serial: Some("DUETCONF0001"),
+        ..TargetConfig::new(TARGET)
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- duetd log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
+fn plain_config(s: &Site) -> String {
+    plain().render(s)
 }
 
-/// What a bounded run of an external program produced.
-struct Run {
-    /// `None` when it was killed for running past its time bound.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.status.map(|s| s.success()).unwrap_or(false)
+/// [`plain`] with a ping timeout of 1 s.
+fn fast_ping_config(s: &Site) -> String {
+    TargetConfig {
+        ping_timeout: 1,
+        ..plain()
     }
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-/// Runs a program with a time bound; output goes through files so that nothing blocks.
-fn run_bounded(
-    dir: &Path,
-    prog: &str,
-    args: &[&str],
-    envs: &[(&str, &str)],
-    limit: Duration,
-) -> Run {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let out_p = dir.join(format!("run-{n}.out"));
-    let err_p = dir.join(format!("run-{n}.err"));
-    let out = fs::File::create(&out_p).expect("stdout file");
-    let err = fs::File::create(&err_p).expect("stderr file");
-    let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {prog}: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("wait for {prog}: {e}"),
-        }
-    };
-    let read = |p: &Path| {
-        let mut s = String::new();
-        if let Ok(mut f) = fs::File::open(p) {
-            let mut b = Vec::new();
-            let _ = f.read_to_end(&mut b);
-            s = String::from_utf8_lossy(&b).into_owned();
-        }
-        s
-    };
-    Run {
-        status,
-        stdout: read(&out_p),
-        stderr: read(&err_p),
-    }
-}
-
-fn plain_config(dir: &Path, ports: &[u16]) -> String {
-    let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    format!(
-        r#"ping_timeout = 5
-
-[portal_group.pg0]
-listen = [{listen}]
-
-[[target]]
-name = "{TARGET}"
-alias = "conformance"
-portal_group = "pg0"
-auth_group = "none"
-
-[[target.lun]]
-number = 1
-path = "{img}"
-size = "64MiB"
-block_size = 512
-serial = "DUETCONF0001"
-create = true
-"#,
-        listen = listen.join(", "),
-        img = dir.join("lun1.img").display()
-    )
+    .render(s)
 }
 
 const CHAP_USER: &str = "duetuser";
@@ -330,128 +86,37 @@ const MUTUAL_SECRET: &str = "duetsecret34";
 const TARGET_USER: &str = "duettarget";
 const TARGET_SECRET: &str = "targetsecret56";
 
-/// A CHAP-protected target: one-way CHAP for `user`/`secret`, mutual when `target` is given.
-fn chap_config_for(
-    dir: &Path,
-    ports: &[u16],
-    user: &str,
-    secret: &str,
-    target: Option<(&str, &str)>,
-) -> String {
-    let mutual = match target {
-        Some((u, s)) => format!(", mutual_user = \"{u}\", mutual_secret = \"{s}\""),
-        None => String::new(),
-    };
-    format!(
-        r#"ping_timeout = 5
-
-[auth_group.chap0]
-chap = [{{ user = "{user}", secret = "{secret}"{mutual} }}]
-initiator_names = ["{INIT1}", "{INIT2}"]
-
-[portal_group.pg0]
-listen = ["127.0.0.1:{p}"]
-
-[[target]]
-name = "{TARGET}"
-portal_group = "pg0"
-auth_group = "chap0"
-
-[[target.lun]]
-number = 1
-path = "{img}"
-size = "16MiB"
-create = true
-"#,
-        p = ports[0],
-        img = dir.join("lun1.img").display()
-    )
+/// A CHAP-protected target (16 MiB LUN 1) for [`INIT1`] and [`INIT2`]: one-way CHAP for
+/// `user`/`secret`, mutual when `target` is given.
+fn chap_config_for(s: &Site, user: &str, secret: &str, target: Option<(&str, &str)>) -> String {
+    TargetConfig {
+        chap: Some(Chap {
+            user,
+            secret,
+            mutual: target,
+            initiator_names: &[INIT1, INIT2],
+        }),
+        ..TargetConfig::new(TARGET)
+    }
+    .render(s)
 }
 
-fn chap_config(dir: &Path, ports: &[u16]) -> String {
-    chap_config_for(dir, ports, CHAP_USER, CHAP_SECRET, None)
+fn chap_config(s: &Site) -> String {
+    chap_config_for(s, CHAP_USER, CHAP_SECRET, None)
 }
 
-fn mutual_chap_config(dir: &Path, ports: &[u16]) -> String {
+fn mutual_chap_config(s: &Site) -> String {
     chap_config_for(
-        dir,
-        ports,
+        s,
         MUTUAL_USER,
         MUTUAL_SECRET,
         Some((TARGET_USER, TARGET_SECRET)),
     )
 }
 
-// ------------------------------------------------------------------------------------------
-// CUnit output
-// ------------------------------------------------------------------------------------------
-
-/// The results iscsi-test-cu reported.
-#[derive(Debug, Default)]
-struct Summary {
-    /// From CUnit's "Run Summary" table: tests run, passed, failed.
-    ran: Option<usize>,
-    passed: Option<usize>,
-    failed: Option<usize>,
-    failed_tests: Vec<String>,
-    skipped_tests: Vec<String>,
-}
-
-fn parse_cunit(out: &str) -> Summary {
-    let mut s = Summary::default();
-    let mut suite = String::new();
-    let mut test: Option<String> = None;
-    let mut skipped_here = false;
-    let finish = |s: &mut Summary, test: &mut Option<String>, skipped: &mut bool, failed: bool| {
-        if let Some(t) = test.take() {
-            if failed {
-                s.failed_tests.push(t);
-            } else if *skipped {
-                s.skipped_tests.push(t);
-            }
-        }
-        *skipped = false;
-    };
-    for line in out.lines() {
-        let trimmed = line.trim();
-        if let Some(rest) = trimmed.strip_prefix("Suite: ") {
-            suite = rest.trim().to_string();
-            continue;
-        }
-        if let Some(rest) = trimmed.strip_prefix("Test: ") {
-            finish(&mut s, &mut test, &mut skipped_here, false);
-            let name = rest.split(" ...").next().unwrap_or(rest).trim();
-            test = Some(format!("{suite}.{name}"));
-            skipped_here = false;
-        }
-        if trimmed.contains("[SKIPPED]") {
-            skipped_here = true;
-        }
-        if test.is_some() {
-            if trimmed.ends_with("...FAILED") || trimmed == "FAILED" {
-                finish(&mut s, &mut test, &mut skipped_here, true);
-            } else if trimmed.ends_with("...passed") || trimmed == "passed" {
-                finish(&mut s, &mut test, &mut skipped_here, false);
-            }
-        }
-        if trimmed.starts_with("tests ") || trimmed.starts_with("tests\t") {
-            let nums: Vec<usize> = trimmed
-                .split_whitespace()
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            // tests  Total  Ran  Passed  Failed  Inactive
-            if nums.len() >= 4 {
-                s.ran = Some(nums[1]);
-                s.passed = Some(nums[2]);
-                s.failed = Some(nums[3]);
-            }
-        }
-    }
-    s
-}
-
 /// Runs iscsi-test-cu and asserts that nothing failed, printing the failed and skipped tests.
-fn run_test_cu(d: &Daemon, extra: &[&str], urls: &[String], limit: Duration) -> Summary {
+/// Its output is kept in `build/iscsi-test-cu-<tag>.log`.
+fn run_test_cu(d: &Daemon, extra: &[&str], urls: &[String], limit: Duration) -> CuSummary {
     let mut args: Vec<&str> = vec!["--dataloss", "-i", INIT1, "-I", INIT2];
     args.extend_from_slice(extra);
     for u in urls {
@@ -459,17 +124,10 @@ fn run_test_cu(d: &Daemon, extra: &[&str], urls: &[String], limit: Duration) -> 
     }
     let r = run_bounded(&d.dir, "iscsi-test-cu", &args, &[], limit);
     let out = r.all();
-    // Kept for reading after the run: build/iscsi-test-cu-<test>.log.
-    let dir_name = d
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tag = dir_name.split('-').nth(3).unwrap_or("run");
     let _ = fs::write(
         workspace_root()
             .join("build")
-            .join(format!("iscsi-test-cu-{tag}.log")),
+            .join(format!("iscsi-test-cu-{}.log", d.tag)),
         &out,
     );
     let sum = parse_cunit(&out);
@@ -480,36 +138,9 @@ fn run_test_cu(d: &Daemon, extra: &[&str], urls: &[String], limit: Duration) -> 
         sum.passed,
         sum.failed
     );
-    eprintln!("skipped ({}):", sum.skipped_tests.len());
-    for t in &sum.skipped_tests {
-        eprintln!("  {t}");
-    }
-    eprintln!("failed ({}):", sum.failed_tests.len());
-    for t in &sum.failed_tests {
-        eprintln!("  {t}");
-    }
-    assert!(
-        r.status.is_some(),
-        "iscsi-test-cu ran past {limit:?}; output tail:\n{}",
-        tail(&out, 60)
-    );
-    assert!(
-        sum.ran.is_some(),
-        "no CUnit run summary in the output:\n{}",
-        tail(&out, 60)
-    );
-    assert!(
-        sum.failed == Some(0) && sum.failed_tests.is_empty(),
-        "iscsi-test-cu reported failures: {:?}\noutput tail:\n{}",
-        sum.failed_tests,
-        tail(&out, 80)
-    );
+    sum.print_tests();
+    sum.assert_clean(&r, limit, &extra.join(" "));
     sum
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ------------------------------------------------------------------------------------------
@@ -543,8 +174,8 @@ Run Summary:    Type  Total    Ran Passed Failed Inactive
 #[test]
 fn iscsi_ls_discovers_the_target_and_its_lun() {
     require_tools!();
-    let d = Daemon::start("ls", 1, plain_config);
-    let portal = format!("iscsi://127.0.0.1:{}", d.ports[0]);
+    let d = start("ls", 1, plain_config);
+    let portal = format!("iscsi://{}", d.portal());
     let r = run_bounded(
         &d.dir,
         "iscsi-ls",
@@ -555,10 +186,7 @@ fn iscsi_ls_discovers_the_target_and_its_lun() {
     assert!(r.ok(), "iscsi-ls failed:\n{}", r.all());
     let out = r.all();
     assert!(
-        out.contains(&format!(
-            "Target:{TARGET} Portal:127.0.0.1:{},1",
-            d.ports[0]
-        )),
+        out.contains(&format!("Target:{TARGET} Portal:{},1", d.portal())),
         "{out}"
     );
     assert!(out.contains("Lun:1"), "LUN 1 not listed:\n{out}");
@@ -571,8 +199,8 @@ fn iscsi_ls_discovers_the_target_and_its_lun() {
 #[test]
 fn iscsi_inq_reads_standard_inquiry_and_every_vpd_page() {
     require_tools!();
-    let d = Daemon::start("inq", 1, plain_config);
-    let url = d.url(0, 1);
+    let d = start("inq", 1, plain_config);
+    let url = url(&d, 0, 1);
     let inq = |extra: &[&str]| {
         let mut args = vec!["-i", INIT1];
         args.extend_from_slice(extra);
@@ -631,11 +259,11 @@ fn iscsi_inq_reads_standard_inquiry_and_every_vpd_page() {
 #[test]
 fn iscsi_readcapacity16_reports_the_configured_size() {
     require_tools!();
-    let d = Daemon::start("rc16", 1, plain_config);
+    let d = start("rc16", 1, plain_config);
     let r = run_bounded(
         &d.dir,
         "iscsi-readcapacity16",
-        &["-i", INIT1, &d.url(0, 1)],
+        &["-i", INIT1, &url(&d, 0, 1)],
         &[],
         Duration::from_secs(30),
     );
@@ -652,12 +280,12 @@ fn iscsi_readcapacity16_reports_the_configured_size() {
 
 #[test]
 fn sigterm_stops_duetd_cleanly_with_a_session_open() {
-    let mut d = Daemon::start("term", 1, plain_config);
-    let mut s = raw_login(d.ports[0], INIT1);
+    let mut d = start("term", 1, plain_config);
+    let mut s = raw_login(d.portal(), INIT1);
     let st = d
         .terminate(Duration::from_secs(20))
         .expect("duetd did not exit within 20 s of SIGTERM");
-    assert!(st.success(), "duetd exited with {st}:\n{}", d.log_text());
+    assert!(st.success(), "duetd exited with {st}:\n{}", d.log_tail(80));
     // The session saw a logout request (Async Message, event 1) or just the end of the stream.
     while let Some((p, _)) = read_pdu(&mut s) {
         if p[0] & 0x3F == 0x32 {
@@ -665,17 +293,17 @@ fn sigterm_stops_duetd_cleanly_with_a_session_open() {
         }
     }
     assert!(
-        d.log_text().contains("backends flushed"),
+        d.log_tail(80).contains("backends flushed"),
         "no flush at shutdown:\n{}",
-        d.log_text()
+        d.log_tail(80)
     );
 }
 
 #[test]
 fn iscsi_test_cu_all_passes_with_multipath() {
     require_tools!();
-    let d = Daemon::start("cu", 2, plain_config);
-    let urls = [d.url(0, 1), d.url(1, 1)];
+    let d = start("cu", 2, plain_config);
+    let urls = [url(&d, 0, 1), url(&d, 1, 1)];
     let s = run_test_cu(&d, &["-t", "ALL"], &urls, Duration::from_secs(1500));
     assert!(s.passed.unwrap_or(0) > 0);
 }
@@ -691,19 +319,16 @@ fn inq_bounded(d: &Daemon, initiator: &str, url: &str, envs: &[(&str, &str)]) ->
 }
 
 fn chap_url(d: &Daemon, user: &str, secret: &str, extra: &str) -> String {
-    format!(
-        "iscsi://{user}%{secret}@127.0.0.1:{}/{TARGET}/1{extra}",
-        d.ports[0]
-    )
+    format!("iscsi://{user}%{secret}@{}/{TARGET}/1{extra}", d.portal())
 }
 
 #[test]
 fn one_way_chap_refuses_a_wrong_secret_and_accepts_the_right_one() {
     require_tools!();
-    let d = Daemon::start("chap", 1, chap_config);
+    let d = start("chap", 1, chap_config);
 
     // No credentials at all.
-    let r = inq_bounded(&d, INIT1, &d.url(0, 1), &[]);
+    let r = inq_bounded(&d, INIT1, &url(&d, 0, 1), &[]);
     assert!(!r.ok(), "login without CHAP was accepted:\n{}", r.all());
     // A wrong secret: login status 2/1 (authentication failure).
     let r = inq_bounded(
@@ -745,7 +370,7 @@ fn one_way_chap_refuses_a_wrong_secret_and_accepts_the_right_one() {
 #[test]
 fn mutual_chap_proves_the_target_to_the_initiator() {
     require_tools!();
-    let d = Daemon::start("mutual", 1, mutual_chap_config);
+    let d = start("mutual", 1, mutual_chap_config);
     let ok_args = format!("?target_user={TARGET_USER}&target_password={TARGET_SECRET}");
     let r = inq_bounded(
         &d,
@@ -780,7 +405,7 @@ fn mutual_chap_proves_the_target_to_the_initiator() {
     let r = inq_bounded(
         &d,
         INIT2,
-        &d.url(0, 1),
+        &url(&d, 0, 1),
         &[
             ("LIBISCSI_CHAP_USERNAME", MUTUAL_USER),
             ("LIBISCSI_CHAP_PASSWORD", MUTUAL_SECRET),
@@ -811,10 +436,10 @@ fn iscsi_test_cu_chap_family_passes() {
         eprintln!("SKIPPED: this iscsi-test-cu has no iSCSICHAP family");
         return;
     }
-    let d = Daemon::start("cuchap", 1, chap_config);
+    let d = start("cuchap", 1, chap_config);
     let url = format!(
-        "iscsi://{CHAP_USER}%{CHAP_SECRET}@127.0.0.1:{}/{TARGET}/1",
-        d.ports[0]
+        "iscsi://{CHAP_USER}%{CHAP_SECRET}@{}/{TARGET}/1",
+        d.portal()
     );
     run_test_cu(
         &d,
@@ -826,9 +451,9 @@ fn iscsi_test_cu_chap_family_passes() {
 
 /// A login by hand over a plain TCP socket (operational stage straight to full feature), so
 /// that the test controls exactly what the initiator says afterwards: nothing.
-fn raw_login(port: u16, initiator: &str) -> TcpStream {
+fn raw_login(portal: SocketAddr, initiator: &str) -> TcpStream {
     use std::io::Write;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut s = TcpStream::connect(portal).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut data = Vec::new();
     for kv in [
@@ -877,10 +502,8 @@ fn read_pdu(s: &mut TcpStream) -> Option<([u8; 48], Vec<u8>)> {
 
 #[test]
 fn a_silent_initiator_is_pinged_then_dropped() {
-    let d = Daemon::start("ping", 1, |dir, ports| {
-        plain_config(dir, ports).replace("ping_timeout = 5", "ping_timeout = 1")
-    });
-    let mut s = raw_login(d.ports[0], INIT1);
+    let d = start("ping", 1, fast_ping_config);
+    let mut s = raw_login(d.portal(), INIT1);
     // The initiator says nothing: the target pings it with a NOP-In that asks for an answer
     // (ITT ffffffff, a valid TTT)...
     let (nop, _) = read_pdu(&mut s).expect("a NOP-In ping before the connection is dropped");
@@ -903,10 +526,8 @@ fn a_silent_initiator_is_pinged_then_dropped() {
 #[test]
 fn an_answering_initiator_keeps_its_session() {
     use std::io::Write;
-    let d = Daemon::start("pong", 1, |dir, ports| {
-        plain_config(dir, ports).replace("ping_timeout = 5", "ping_timeout = 1")
-    });
-    let mut s = raw_login(d.ports[0], INIT1);
+    let d = start("pong", 1, fast_ping_config);
+    let mut s = raw_login(d.portal(), INIT1);
     // Answer three pings; the session must still be there.
     for _ in 0..3 {
         let (nop, _) = read_pdu(&mut s).expect("a NOP-In ping");
@@ -940,7 +561,7 @@ fn an_answering_initiator_keeps_its_session() {
 #[test]
 fn a_ctl_conf_configuration_serves_the_same_way() {
     require_tools!();
-    let d = Daemon::start("ctlconf", 1, |dir, ports| {
+    let d = start("ctlconf", 1, |s| {
         format!(
             "# FreeBSD ctl.conf syntax\n\
              auth-group ag0 {{\n\
@@ -949,7 +570,7 @@ fn a_ctl_conf_configuration_serves_the_same_way() {
              }}\n\
              portal-group pg0 {{\n\
              \tdiscovery-auth-group no-authentication\n\
-             \tlisten 127.0.0.1:{p}\n\
+             \tlisten {p}\n\
              }}\n\
              target {TARGET} {{\n\
              \tauth-group ag0\n\
@@ -962,11 +583,11 @@ fn a_ctl_conf_configuration_serves_the_same_way() {
              \t\toption create on\n\
              \t}}\n\
              }}\n",
-            p = ports[0],
-            img = dir.join("ctl.img").display()
+            p = s.portal(),
+            img = s.dir.join("ctl.img").display()
         )
     });
-    let portal = format!("iscsi://127.0.0.1:{}", d.ports[0]);
+    let portal = format!("iscsi://{}", d.portal());
     let r = run_bounded(
         &d.dir,
         "iscsi-ls",
@@ -1007,13 +628,13 @@ fn a_ctl_conf_configuration_serves_the_same_way() {
 #[test]
 fn iscsi_test_cu_read_only_family_passes_on_a_read_only_lun() {
     require_tools!();
-    let d = Daemon::start("ro", 1, |dir, ports| {
-        plain_config(dir, ports).replace("create = true", "create = true\nread_only = true")
+    let d = start("ro", 1, |s| {
+        plain_config(s).replace("create = true", "create = true\nread_only = true")
     });
     let s = run_test_cu(
         &d,
         &["-t", "SCSI.ReadOnly"],
-        &[d.url(0, 1)],
+        &[url(&d, 0, 1)],
         Duration::from_secs(300),
     );
     assert_eq!(s.passed, Some(1), "the ReadOnly test did not run");

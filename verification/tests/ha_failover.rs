@@ -24,10 +24,12 @@
 //! after `cargo build --release -p duet-target`.
 
 mod lab_common;
+mod support;
 
-use lab_common::{parse_cunit, tail, wait_until, Lab, LabOpts, Load, LunView, Node};
+use lab_common::{Lab, LabOpts, Load, LunView, Node};
 use std::fs;
 use std::time::Duration;
+use support::{parse_cunit, require_programs, tail, wait_until, workspace_root};
 
 /// When the fault is injected, counted from the start of the load.
 const FAULT_AT: Duration = Duration::from_secs(4);
@@ -347,11 +349,7 @@ const INIT2: &str = "iqn.2026-11.test:init2";
 /// secondary: forwarded to the primary (mode 2) or prepared there and run on the shared disk
 /// (mode 1).
 fn lab_conformance(mode: u8, via_secondary: bool) {
-    if !lab_common::have_program("iscsi-test-cu") {
-        if std::env::var_os("CI").is_some() {
-            panic!("libiscsi-bin (iscsi-test-cu) is not installed");
-        }
-        eprintln!("SKIPPED: iscsi-test-cu is not installed (apt-get install libiscsi-bin)");
+    if !require_programs(&["iscsi-test-cu"], "libiscsi-bin") {
         return;
     }
     let Some(lab) = Lab::start(
@@ -391,7 +389,7 @@ fn lab_conformance(mode: u8, via_secondary: bool) {
     let out = r.all();
     let _ = fs::write(lab.dir.join("cu.log"), &out);
     let _ = fs::write(
-        lab_common::workspace_root().join("build").join(format!(
+        workspace_root().join("build").join(format!(
             "iscsi-test-cu-lab-mode{mode}{}.log",
             if via_secondary { "-via-secondary" } else { "" }
         )),
@@ -405,27 +403,11 @@ fn lab_conformance(mode: u8, via_secondary: bool) {
         sum.failed.map_or("?".into(), |n| n.to_string()),
         sum.skipped_tests.len()
     );
-    for t in &sum.skipped_tests {
-        eprintln!("  skipped {t}");
-    }
-    for t in &sum.failed_tests {
-        eprintln!("  failed {t}");
-    }
-    assert!(
-        r.status.is_some(),
-        "iscsi-test-cu ran past {limit:?}; output tail:\n{}",
-        tail(&out, 60)
-    );
-    assert!(
-        sum.ran.is_some(),
-        "no CUnit run summary in the output:\n{}",
-        tail(&out, 60)
-    );
-    assert!(
-        sum.failed == Some(0) && sum.failed_tests.is_empty(),
-        "iscsi-test-cu reported failures in mode {mode}: {:?}\noutput tail:\n{}",
-        sum.failed_tests,
-        tail(&out, 80)
+    sum.print_tests();
+    sum.assert_clean(
+        &r,
+        limit,
+        &format!("mode {mode}, via_secondary {via_secondary}"),
     );
     assert!(sum.passed.unwrap_or(0) > 0, "no test passed");
 }

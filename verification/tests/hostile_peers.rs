@@ -8,12 +8,14 @@
 //! duetd is alive at the end. Nothing here depends on timing beyond generous deadlines.
 
 mod hostile_common;
+mod support;
 
 use hostile_common::*;
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use support::{have_program, run_bounded, wait_until, Chap, Daemon, Site, TargetConfig};
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
@@ -25,15 +27,15 @@ fn ip(last: u8) -> Ipv4Addr {
 
 /// A logged-in abuser session (ISID qualifier `isid`).
 fn abuser(d: &Daemon, isid: u16) -> Initiator {
-    Initiator::login(d.portal, BAD_INIT, isid)
+    Initiator::login(d.portal(), BAD_INIT, isid)
         .unwrap_or_else(|e| panic!("the abuser cannot log in: {e}"))
 }
 
 #[test]
 fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
-    let mut d = Daemon::start("malformed", ip(61), |s| plain_config(s, 5));
+    let mut d = Daemon::start("malformed", &[ip(61)], |s| plain_config(s, 5));
     let baseline = d.rss_kib();
-    let good = GoodSession::start(d.portal);
+    let good = GoodSession::start(d.portal());
 
     // Unknown opcode in full feature phase: Reject reason 05 (command not supported) quoting
     // our header, and the session stays usable.
@@ -91,7 +93,7 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
     // Before login: an unknown opcode, a SCSI READ, a NOP-Out and a Data-Out all end the
     // connection, and none of them gets data or a SCSI status.
     for opcode in [0x0f, op::SCSI_CMD, op::NOP_OUT, op::DATA_OUT, 0x3c] {
-        let mut s = connect(d.portal);
+        let mut s = connect(d.portal());
         let mut p = RawPdu::new(opcode);
         p.bhs[1] = 0x80 | 0x40 | 1;
         p.set_lun(1);
@@ -115,7 +117,7 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
 
     // Truncated headers and truncated data segments, then close; 50 of each.
     for i in 0..50u32 {
-        let mut s = connect(d.portal);
+        let mut s = connect(d.portal());
         let req = login_request(
             1,
             3,
@@ -136,7 +138,7 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
 
     // Garbage: random bytes, before and after login (deterministic seeds).
     for seed in 0..40u64 {
-        let mut s = connect(d.portal);
+        let mut s = connect(d.portal());
         let _ = s.write_all(&pattern(seed, 4096));
         let _ = read_until_closed(&mut s, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("garbage before login (seed {seed}): {e}"));
@@ -149,7 +151,7 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
 
     good.assert_progress("after malformed PDUs");
     good.finish("during malformed PDUs");
-    d.assert_rss_bounded(baseline, "after malformed PDUs");
+    assert_rss_bounded(&d, baseline, "after malformed PDUs");
     d.assert_alive();
 }
 
@@ -159,15 +161,15 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
 
 #[test]
 fn oversized_data_segments_are_refused_without_allocating_them() {
-    let mut d = Daemon::start("oversized", ip(62), |s| plain_config(s, 5));
+    let mut d = Daemon::start("oversized", &[ip(62)], |s| plain_config(s, 5));
     let baseline = d.rss_kib();
-    let good = GoodSession::start(d.portal);
+    let good = GoodSession::start(d.portal());
 
     // Login phase: a Login Request that claims 16 MiB (the login limit is 8 KiB), 64 at once,
     // each with a few bytes of its segment: all are dropped.
     let mut socks = Vec::new();
     for i in 0..64u16 {
-        let mut s = connect(d.portal);
+        let mut s = connect(d.portal());
         let mut b = login_request(1, 3, true, i, 1, Vec::new()).encode();
         b[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
         b.extend_from_slice(b"InitiatorName=x\0");
@@ -178,7 +180,7 @@ fn oversized_data_segments_are_refused_without_allocating_them() {
         read_until_closed(s, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("oversized login {i}: {e}"));
     }
-    d.assert_rss_bounded(baseline, "after 64 logins claiming 16 MiB each");
+    assert_rss_bounded(&d, baseline, "after 64 logins claiming 16 MiB each");
 
     // Full feature phase: a SCSI WRITE whose segment claims 16 MiB - 1 (over the 256 KiB
     // MaxRecvDataSegmentLength duetd declares): the connection is dropped.
@@ -200,7 +202,7 @@ fn oversized_data_segments_are_refused_without_allocating_them() {
             "an oversized WRITE got an R2T"
         );
     }
-    d.assert_rss_bounded(baseline, "after 32 WRITEs claiming 16 MiB each");
+    assert_rss_bounded(&d, baseline, "after 32 WRITEs claiming 16 MiB each");
 
     // A segment within the limit (256 KiB) that never arrives: 64 sessions hold it open; memory
     // grows only with what was really sent.
@@ -215,14 +217,14 @@ fn oversized_data_segments_are_refused_without_allocating_them() {
         holders.push(a);
     }
     good.assert_progress("with 64 half-sent segments pending");
-    d.assert_rss_bounded(baseline, "with 64 half-sent 256 KiB segments");
+    assert_rss_bounded(&d, baseline, "with 64 half-sent 256 KiB segments");
     for a in holders {
         a.close();
     }
 
     good.assert_progress("after oversized segments");
     good.finish("during oversized segments");
-    d.assert_rss_bounded(baseline, "after oversized segments");
+    assert_rss_bounded(&d, baseline, "after oversized segments");
     d.assert_alive();
 }
 
@@ -240,9 +242,9 @@ fn sense_code(sense: &[u8]) -> (u8, u8, u8) {
 
 #[test]
 fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
-    let mut d = Daemon::start("seq", ip(63), |s| plain_config(s, 5));
+    let mut d = Daemon::start("seq", &[ip(63)], |s| plain_config(s, 5));
     let baseline = d.rss_kib();
-    let good = GoodSession::start(d.portal);
+    let good = GoodSession::start(d.portal());
     let mut a = abuser(&d, 1);
     a.write_read_verify(0, 8, 42).expect("a first write");
 
@@ -344,7 +346,7 @@ fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
 
     good.assert_progress("after sequence abuse");
     good.finish("during sequence abuse");
-    d.assert_rss_bounded(baseline, "after sequence abuse");
+    assert_rss_bounded(&d, baseline, "after sequence abuse");
     d.assert_alive();
 }
 
@@ -378,10 +380,10 @@ fn settle_rss(d: &Daemon, baseline: u64, budget: u64) -> u64 {
 #[test]
 fn connection_and_session_floods_do_not_starve_a_good_session() {
     // ping_timeout 0: the idle sessions must stay logged in for as long as we hold them.
-    let mut d = Daemon::start("flood", ip(64), |s| plain_config(s, 0));
-    let good = GoodSession::start(d.portal);
-    let url = format!("iscsi://{}/{TARGET}/1", d.portal);
-    let tools = have("iscsi-readcapacity16");
+    let mut d = Daemon::start("flood", &[ip(64)], |s| plain_config(s, 0));
+    let good = GoodSession::start(d.portal());
+    let url = format!("iscsi://{}/{TARGET}/1", d.portal());
+    let tools = have_program("iscsi-readcapacity16");
     let baseline = d.rss_kib();
     let mut after_round = Vec::new();
     let started = Instant::now();
@@ -391,14 +393,24 @@ fn connection_and_session_floods_do_not_starve_a_good_session() {
         .unwrap_or(2)
         .max(2);
     for round in 0..rounds {
-        let holes = half_open(d.portal, 500);
+        let holes = half_open(d.portal(), 500);
         let idle = idle_sessions(&d, 200, 1000 + (round % 100) * 200);
         good.assert_progress(&format!(
             "with 500 half-open connections and 200 idle sessions (round {round})"
         ));
         if tools {
-            let (ok, out) = run_bounded("iscsi-readcapacity16", &[&url], Duration::from_secs(60));
-            assert!(ok, "iscsi-readcapacity16 during the flood failed:\n{out}");
+            let r = run_bounded(
+                &d.dir,
+                "iscsi-readcapacity16",
+                &[&url],
+                &[],
+                Duration::from_secs(60),
+            );
+            let out = r.all();
+            assert!(
+                r.ok(),
+                "iscsi-readcapacity16 during the flood failed:\n{out}"
+            );
             assert!(out.contains("Total size:16777216"), "readcapacity16: {out}");
         }
         // The idle sessions still work when asked.
@@ -426,7 +438,7 @@ fn connection_and_session_floods_do_not_starve_a_good_session() {
         after_round[1] <= after_round[0] + 32 * 1024,
         "duetd's memory after each flood round: {after_round:?} KiB (baseline {baseline} KiB)"
     );
-    d.assert_rss_bounded(baseline, "after the floods");
+    assert_rss_bounded(&d, baseline, "after the floods");
     good.finish("during the floods");
     d.assert_alive();
 }
@@ -436,9 +448,9 @@ fn a_connection_that_never_logs_in_is_closed_by_a_login_timeout() {
     // RFC 7143 leaves the value to the target; CTL's ctld uses 60 s
     // (kern.cam.ctl.iscsi.login_timeout), duetd 30 s. We allow 90 s for a silent connection and
     // for one that sent half a BHS (a slowloris).
-    let mut d = Daemon::start("logintimeout", ip(65), |s| plain_config(s, 5));
-    let mut silent = connect(d.portal);
-    let mut half = connect(d.portal);
+    let mut d = Daemon::start("logintimeout", &[ip(65)], |s| plain_config(s, 5));
+    let mut silent = connect(d.portal());
+    let mut half = connect(d.portal());
     half.write_all(&[0x43, 0x87, 0, 0, 0, 0, 0, 0])
         .expect("send half a BHS");
     read_until_closed(&mut silent, Duration::from_secs(90))
@@ -456,30 +468,17 @@ const CHAP_USER: &str = "duetuser";
 const CHAP_SECRET: &str = "duetsecret12";
 
 fn chap_config(s: &Site) -> String {
-    format!(
-        r#"ping_timeout = 5
-
-[auth_group.chap0]
-chap = [{{ user = "{CHAP_USER}", secret = "{CHAP_SECRET}" }}]
-
-[portal_group.pg0]
-listen = ["{portal}"]
-discovery_auth_group = "none"
-
-[[target]]
-name = "{TARGET}"
-portal_group = "pg0"
-auth_group = "chap0"
-
-[[target.lun]]
-number = 1
-path = "{img}"
-size = "16MiB"
-create = true
-"#,
-        portal = s.portal,
-        img = s.dir.join("lun1.img").display()
-    )
+    TargetConfig {
+        discovery_auth_group: Some("none"),
+        chap: Some(Chap {
+            user: CHAP_USER,
+            secret: CHAP_SECRET,
+            mutual: None,
+            initiator_names: &[],
+        }),
+        ..TargetConfig::new(TARGET)
+    }
+    .render(s)
 }
 
 /// One login with a made-up CHAP response; returns the final Login Response status.
@@ -541,11 +540,11 @@ fn chap_guess(addr: SocketAddr, isid: u16, guess: &[u8]) -> Result<(u8, u8), Str
 
 #[test]
 fn fifty_wrong_chap_responses_are_refused_and_the_right_secret_still_works() {
-    let mut d = Daemon::start("chap", ip(66), chap_config);
+    let mut d = Daemon::start("chap", &[ip(66)], chap_config);
     let baseline = d.rss_kib();
     for i in 0..50u16 {
         let guess = pattern(i as u64 + 1, 16);
-        let status = chap_guess(d.portal, i, &guess)
+        let status = chap_guess(d.portal(), i, &guess)
             .unwrap_or_else(|e| panic!("wrong CHAP response {i}: {e}"));
         assert_eq!(
             status,
@@ -555,35 +554,36 @@ fn fifty_wrong_chap_responses_are_refused_and_the_right_secret_still_works() {
     }
     // Wrong lengths too: empty, one byte, a 1 KiB response.
     for (i, guess) in [vec![], vec![1u8], vec![0xaa; 1024]].iter().enumerate() {
-        let status = chap_guess(d.portal, 100 + i as u16, guess)
+        let status = chap_guess(d.portal(), 100 + i as u16, guess)
             .unwrap_or_else(|e| panic!("malformed CHAP response {i}: {e}"));
         assert_eq!(
             status.0, 0x02,
             "malformed CHAP response {i}: expected class 02"
         );
     }
-    if have("iscsi-inq") {
-        let url = format!("iscsi://{CHAP_USER}%{CHAP_SECRET}@{}/{TARGET}/1", d.portal);
-        let (ok, out) = run_bounded(
-            "iscsi-inq",
-            &["-i", "iqn.2026-11.test:init1", &url],
-            Duration::from_secs(60),
-        );
+    if have_program("iscsi-inq") {
+        let inq = |secret: &str| {
+            let url = format!("iscsi://{CHAP_USER}%{secret}@{}/{TARGET}/1", d.portal());
+            run_bounded(
+                &d.dir,
+                "iscsi-inq",
+                &["-i", "iqn.2026-11.test:init1", &url],
+                &[],
+                Duration::from_secs(60),
+            )
+        };
+        let r = inq(CHAP_SECRET);
         assert!(
-            ok,
-            "the right CHAP secret no longer works after 50 wrong ones:\n{out}"
+            r.ok(),
+            "the right CHAP secret no longer works after 50 wrong ones:\n{}",
+            r.all()
         );
-        let url = format!("iscsi://{CHAP_USER}%wrongsecret99@{}/{TARGET}/1", d.portal);
-        let (ok, _) = run_bounded(
-            "iscsi-inq",
-            &["-i", "iqn.2026-11.test:init1", &url],
-            Duration::from_secs(60),
-        );
-        assert!(!ok, "a wrong secret was accepted by libiscsi's login");
+        let r = inq("wrongsecret99");
+        assert!(!r.ok(), "a wrong secret was accepted by libiscsi's login");
     } else {
         eprintln!("SKIPPED the right-secret check: libiscsi-bin is not installed");
     }
-    d.assert_rss_bounded(baseline, "after CHAP guessing");
+    assert_rss_bounded(&d, baseline, "after CHAP guessing");
     d.assert_alive();
 }
 
@@ -597,26 +597,8 @@ const HA_SECRET: &str = "hostile-test-link-secret-0123456789";
 /// port), started alone; we play ctrl-b.
 fn ha_config(s: &Site) -> String {
     let dir = s.dir.display();
-    format!(
-        r#"ping_timeout = 5
-
-[portal_group.pg0]
-listen = ["{portal}"]
-discovery_auth_group = "none"
-
-[[target]]
-name = "{TARGET}"
-portal_group = "pg0"
-auth_group = "none"
-
-[[target.lun]]
-number = 1
-path = "{dir}/da0.img"
-size = "16MiB"
-block_size = {BLOCK}
-create = true
-
-[ha]
+    let ha = format!(
+        r#"[ha]
 id = 1
 mode = 1
 role = "primary"
@@ -636,20 +618,27 @@ margin_ms = 250
 heartbeat_ms = 200
 dead_after_ms = 1000
 "#,
-        portal = s.portal,
-        ip = s.portal.ip(),
+        ip = s.portal().ip(),
         link = s.spare_port,
-    )
+    );
+    TargetConfig {
+        image: "da0.img",
+        extra: &ha,
+        ..config(5)
+    }
+    .render(s)
 }
 
 fn ha_daemon(tag: &str, last: u8) -> Daemon {
-    let d = Daemon::start(tag, ip(last), ha_config);
-    let link = SocketAddr::new(d.portal.ip(), d.spare_port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&link, Duration::from_secs(1)).is_err() {
-        assert!(Instant::now() < deadline, "the HA link port never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let d = Daemon::start(tag, &[ip(last)], ha_config);
+    let link = link_addr(&d);
+    assert!(
+        wait_until(
+            || TcpStream::connect_timeout(&link, Duration::from_secs(1)).is_ok(),
+            Duration::from_secs(20)
+        ),
+        "the HA link port never listened"
+    );
     d
 }
 
@@ -734,7 +723,7 @@ fn expect_frame(s: &mut TcpStream, what: &str) -> (u8, Vec<u8>) {
 }
 
 fn link_addr(d: &Daemon) -> SocketAddr {
-    SocketAddr::new(d.portal.ip(), d.spare_port)
+    SocketAddr::new(d.portal().ip(), d.spare_port)
 }
 
 /// The link's state and the iSCSI service after an attack: link not up, LUN served, alive.
@@ -753,12 +742,12 @@ fn assert_ha_unharmed(d: &mut Daemon, baseline: u64, reason_in_log: &str) {
         !d.log_text().contains("HA link status changed from 1 to 2"),
         "the HA link came up with an impostor"
     );
-    let mut ini = Initiator::login(d.portal, GOOD_INIT, 0x0a11)
+    let mut ini = Initiator::login(d.portal(), GOOD_INIT, 0x0a11)
         .unwrap_or_else(|e| panic!("iSCSI login after the HA attack: {e}"));
     ini.write_read_verify(64, 8, 99)
         .unwrap_or_else(|e| panic!("iSCSI I/O after the HA attack: {e}"));
     ini.close();
-    d.assert_rss_bounded(baseline, "after the HA attack");
+    assert_rss_bounded(d, baseline, "after the HA attack");
     d.assert_alive();
 }
 
@@ -772,7 +761,7 @@ fn hello_exchange(s: &mut TcpStream, ours: Vec<u8>, what: &str) -> (u8, Vec<u8>)
 fn ha_peer_with_a_wrong_secret_is_refused() {
     let mut d = ha_daemon("ha-secret", 67);
     let baseline = d.rss_kib();
-    let good = GoodSession::start(d.portal);
+    let good = GoodSession::start(d.portal());
     for attempt in 0..20u8 {
         let mut s = connect(link_addr(&d));
         let (kind, _) = hello_exchange(
@@ -839,7 +828,7 @@ fn ha_peer_with_an_equal_or_invalid_id_is_refused() {
 fn ha_link_garbage_is_dropped_and_silent_connections_time_out() {
     let mut d = ha_daemon("ha-garbage", 70);
     let baseline = d.rss_kib();
-    let good = GoodSession::start(d.portal);
+    let good = GoodSession::start(d.portal());
     let addr = link_addr(&d);
     let mut oversized = frame(1, &[]);
     oversized[8..12].copy_from_slice(&(16u32 << 20).to_be_bytes());

@@ -10,184 +10,33 @@
 //! - Rolling blocks back behind the initiator's back (writing older contents into the LUN's
 //!   image file while the load runs; the target has no cache) must be caught by the oracle.
 
+mod support;
+
 use duet_verification::mpio::{self, MpioConfig, Report};
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::{Daemon, TargetConfig};
 
 const TARGET: &str = "iqn.2026-11.dev.duet:target0";
 const BLOCK: u64 = 512;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// The `duetd` binary to test.
-fn duetd() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("DUETD") {
-            return PathBuf::from(p);
-        }
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
-                let cand = profile_dir.join("duetd");
-                if cand.is_file() {
-                    return cand;
-                }
+/// Starts duetd with two portals (127.0.0.1 and 127.0.0.3, one portal group) serving an 8 MiB
+/// LUN 1 with 512-byte blocks.
+fn start(tag: &str) -> Daemon {
+    Daemon::start(
+        tag,
+        &[Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 3)],
+        |s| {
+            TargetConfig {
+                size: "8MiB",
+                block_size: Some(BLOCK as u32),
+                ..TargetConfig::new(TARGET)
             }
-        }
-        let release = !cfg!(debug_assertions);
-        let dir = workspace_root().join("build").join("conformance-duetd");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace_root())
-            .args(["build", "-p", "duet-target", "--bin", "duetd"])
-            .env("CARGO_TARGET_DIR", &dir);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build for duetd");
-        assert!(
-            st.success(),
-            "cargo build -p duet-target --bin duetd failed"
-        );
-        dir.join(if release { "release" } else { "debug" })
-            .join("duetd")
-    })
-}
-
-fn free_port(ip: &str) -> u16 {
-    let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn fresh_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let d = std::env::temp_dir().join(format!("duet-mpio-{}-{tag}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
-/// A running `duetd` with two portals; dropping it kills the process (by PID) and removes its
-/// directory.
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    portals: Vec<SocketAddr>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(tag: &str) -> Daemon {
-        let dir = fresh_dir(tag);
-        let portals: Vec<SocketAddr> = ["127.0.0.1", "127.0.0.3"]
-            .iter()
-            .map(|ip| {
-                format!("{ip}:{}", free_port(ip))
-                    .parse()
-                    .expect("socket address")
-            })
-            .collect();
-        let listen: Vec<String> = portals.iter().map(|p| format!("\"{p}\"")).collect();
-        let cfg = dir.join("duet.toml");
-        fs::write(
-            &cfg,
-            format!(
-                r#"ping_timeout = 5
-
-[portal_group.pg0]
-listen = [{listen}]
-
-[[target]]
-name = "{TARGET}"
-portal_group = "pg0"
-auth_group = "none"
-
-[[target.lun]]
-number = 1
-path = "{img}"
-size = "8MiB"
-block_size = 512
-create = true
-"#,
-                listen = listen.join(", "),
-                img = dir.join("lun1.img").display()
-            ),
-        )
-        .expect("write config");
-        let log = dir.join("duetd.log");
-        let logf = fs::File::create(&log).expect("log file");
-        let child = Command::new(duetd())
-            .arg("--config")
-            .arg(&cfg)
-            .env(
-                "RUST_LOG",
-                std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("log file"))
-            .stderr(logf)
-            .spawn()
-            .expect("start duetd");
-        let mut d = Daemon {
-            child: Some(child),
-            dir,
-            portals,
-            log,
-        };
-        d.wait_ready();
-        d
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for p in self.portals.clone() {
-            while TcpStream::connect(p).is_err() {
-                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    panic!("duetd exited early ({st}):\n{}", self.log_text());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "duetd did not listen on {p} within 20 s:\n{}",
-                    self.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    fn image(&self) -> PathBuf {
-        self.dir.join("lun1.img")
-    }
-
-    fn log_text(&self) -> String {
-        let t = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- duetd log ----\n{}", self.log_text());
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
+            .render(s)
+        },
+    )
 }
 
 fn config(portals: Vec<SocketAddr>, blocks: u64, duration: Duration) -> MpioConfig {
@@ -227,7 +76,7 @@ fn describe(r: &Report) -> String {
 
 #[test]
 fn two_portals_run_clean() {
-    let d = Daemon::start("clean");
+    let d = start("clean");
     let rt = runtime();
     let cfg = MpioConfig {
         init: true,
@@ -256,7 +105,7 @@ fn two_portals_run_clean() {
 
 #[test]
 fn one_portal_twice_and_a_second_run_on_written_blocks() {
-    let d = Daemon::start("twice");
+    let d = start("twice");
     let rt = runtime();
     let p = d.portals[0];
     let first = MpioConfig {
@@ -287,7 +136,7 @@ fn changed_blocks(image: &fs::File, snapshot: &[u8]) -> usize {
 
 #[test]
 fn oracle_catches_blocks_rolled_back_behind_its_back() {
-    let d = Daemon::start("rollback");
+    let d = start("rollback");
     let rt = runtime();
     let blocks = 256u64;
     let first = MpioConfig {
@@ -302,7 +151,7 @@ fn oracle_catches_blocks_rolled_back_behind_its_back() {
     let image = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(d.image())
+        .open(d.dir.join("lun1.img"))
         .expect("open the LUN image");
     let mut snapshot = vec![0u8; (blocks * BLOCK) as usize];
     image.read_exact_at(&mut snapshot, 0).expect("read image");

@@ -1,21 +1,21 @@
-//! Harness for the hostile-peer tests: a `duetd` started per test on its own loopback address,
-//! a raw iSCSI initiator built on `std::net::TcpStream` (PDUs assembled by hand, RFC 7143 §11),
-//! a well-behaved background session that writes, reads and verifies blocks, and probes of the
-//! daemon's memory (VmRSS) and admin socket.
+//! Harness for the hostile-peer tests (the daemon itself is `crate::support::Daemon`, started per
+//! test on its own loopback address): the test target's configuration, a raw iSCSI initiator
+//! built on `std::net::TcpStream` (PDUs assembled by hand, RFC 7143 §11), a well-behaved
+//! background session that writes, reads and verifies blocks, a bound on the daemon's memory
+//! (VmRSS) and its admin socket.
 //!
 //! Everything is bounded in time: sockets carry read and write timeouts, loops have deadlines,
 //! and the daemon is killed by PID when its guard is dropped.
 
 #![allow(dead_code)]
 
-use std::fs;
+use crate::support::{Daemon, Site, TargetConfig};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,259 +31,32 @@ pub const BLOCK: usize = 512;
 pub const RSS_BUDGET_KIB: u64 = 200 * 1024;
 
 // ------------------------------------------------------------------------------------------
-// The daemon
+// The daemon's configuration
 // ------------------------------------------------------------------------------------------
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// The `duetd` binary: `DUETD`, else the one next to this test binary, else built with cargo
-/// into a separate directory (as `conformance_single.rs` does).
-pub fn duetd() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("DUETD") {
-            return PathBuf::from(p);
-        }
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
-                let cand = profile_dir.join("duetd");
-                if cand.is_file() {
-                    return cand;
-                }
-            }
-        }
-        let release = !cfg!(debug_assertions);
-        let dir = workspace_root().join("build").join("conformance-duetd");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace_root())
-            .args(["build", "-p", "duet-target", "--bin", "duetd"])
-            .env("CARGO_TARGET_DIR", &dir);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build for duetd");
-        assert!(
-            st.success(),
-            "cargo build -p duet-target --bin duetd failed"
-        );
-        dir.join(if release { "release" } else { "debug" })
-            .join("duetd")
-    })
-}
-
-/// A free TCP port on `ip`.
-pub fn free_port(ip: Ipv4Addr) -> u16 {
-    let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn fresh_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let d = std::env::temp_dir().join(format!("duet-hostile-{}-{tag}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
-/// What a test's configuration needs to know.
-pub struct Site<'a> {
-    /// The test's own directory.
-    pub dir: &'a Path,
-    /// The portal address (its own 127.0.0.x).
-    pub portal: SocketAddr,
-    /// A second free port on the same address (the HA link, when there is one).
-    pub spare_port: u16,
-}
-
-/// A running `duetd`; dropping it kills the process (by PID) and removes its directory.
-pub struct Daemon {
-    child: Option<Child>,
-    /// The test's directory.
-    pub dir: PathBuf,
-    /// The iSCSI portal.
-    pub portal: SocketAddr,
-    /// The spare port handed to the configuration.
-    pub spare_port: u16,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts duetd on `ip` with the configuration `config` writes, and waits for the portal.
-    pub fn start(tag: &str, ip: Ipv4Addr, config: impl Fn(&Site) -> String) -> Daemon {
-        let dir = fresh_dir(tag);
-        let portal = SocketAddr::new(IpAddr::V4(ip), free_port(ip));
-        let spare_port = loop {
-            let p = free_port(ip);
-            if p != portal.port() {
-                break p;
-            }
-        };
-        let cfg = dir.join("duet.toml");
-        let text = config(&Site {
-            dir: &dir,
-            portal,
-            spare_port,
-        });
-        fs::write(&cfg, text).expect("write config");
-        let log = dir.join("duetd.log");
-        let logf = fs::File::create(&log).expect("log file");
-        let child = Command::new(duetd())
-            .arg("--config")
-            .arg(&cfg)
-            .env(
-                "RUST_LOG",
-                std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("log file"))
-            .stderr(logf)
-            .spawn()
-            .expect("start duetd");
-        let mut d = Daemon {
-            child: Some(child),
-            dir,
-            portal,
-            spare_port,
-            log,
-        };
-        d.wait_ready();
-        d
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if TcpStream::connect_timeout(&self.portal, Duration::from_secs(1)).is_ok() {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("duetd exited early ({st}):\n{}", self.log_tail(80));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "duetd did not listen on {} within 20 s:\n{}",
-                self.portal,
-                self.log_tail(80)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The whole log so far.
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The last `n` lines of the log.
-    pub fn log_tail(&self, n: usize) -> String {
-        let t = self.log_text();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// The daemon's PID.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// Panics (with the log) unless duetd is still running and its log shows no panic.
-    pub fn assert_alive(&mut self) {
-        if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-            panic!("duetd died ({st}):\n{}", self.log_tail(80));
-        }
-        assert!(self.child.is_some(), "duetd is not running");
-        let log = self.log_text();
-        assert!(
-            !log.contains("panicked"),
-            "duetd logged a panic:\n{}",
-            self.log_tail(80)
-        );
-    }
-
-    /// duetd's resident set size in KiB.
-    pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status of duetd");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-
-    /// Panics unless duetd's RSS is within [`RSS_BUDGET_KIB`] of `baseline`.
-    pub fn assert_rss_bounded(&self, baseline: u64, when: &str) {
-        let now = self.rss_kib();
-        assert!(
-            now <= baseline + RSS_BUDGET_KIB,
-            "duetd's memory grew from {baseline} KiB to {now} KiB {when}"
-        );
-    }
-
-    /// Waits (bounded) until the log contains `needle`.
-    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- duetd log ({}) ----\n{}",
-                self.log.display(),
-                self.log_tail(80)
-            );
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A single controller serving [`TARGET`] with LUN 1 (16 MiB, 512-byte blocks), no
-/// authentication, `ping_timeout` seconds of ping timeout.
+/// authentication, no discovery authentication, `ping_timeout` seconds of ping timeout.
+pub fn config(ping_timeout: u32) -> TargetConfig<'static> {
+    TargetConfig {
+        ping_timeout,
+        discovery_auth_group: Some("none"),
+        block_size: Some(BLOCK as u32),
+        ..TargetConfig::new(TARGET)
+    }
+}
+
+/// [`config`] rendered for `site`.
 pub fn plain_config(site: &Site, ping_timeout: u32) -> String {
-    format!(
-        r#"ping_timeout = {ping_timeout}
+    config(ping_timeout).render(site)
+}
 
-[portal_group.pg0]
-listen = ["{portal}"]
-discovery_auth_group = "none"
-
-[[target]]
-name = "{TARGET}"
-portal_group = "pg0"
-auth_group = "none"
-
-[[target.lun]]
-number = 1
-path = "{img}"
-size = "16MiB"
-block_size = {BLOCK}
-create = true
-"#,
-        portal = site.portal,
-        img = site.dir.join("lun1.img").display()
-    )
+/// Panics unless duetd's RSS is within [`RSS_BUDGET_KIB`] of `baseline`.
+pub fn assert_rss_bounded(d: &Daemon, baseline: u64, when: &str) {
+    let now = d.rss_kib();
+    assert!(
+        now <= baseline + RSS_BUDGET_KIB,
+        "duetd's memory grew from {baseline} KiB to {now} KiB {when}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -918,50 +691,6 @@ impl Drop for GoodSession {
 // ------------------------------------------------------------------------------------------
 // External tools and the admin socket
 // ------------------------------------------------------------------------------------------
-
-/// Whether a program is on PATH.
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Runs a program with a time bound; `(success, stdout+stderr)`, `success` false on timeout.
-pub fn run_bounded(prog: &str, args: &[&str], limit: Duration) -> (bool, String) {
-    let dir = fresh_dir("run");
-    let out_p = dir.join("out");
-    let out = fs::File::create(&out_p).expect("output file");
-    let mut child = match Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("output file"))
-        .stderr(out)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return (false, format!("start {prog}: {e}")),
-    };
-    let deadline = Instant::now() + limit;
-    let ok = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st.success(),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break false;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(_) => break false,
-        }
-    };
-    let text = fs::read_to_string(&out_p).unwrap_or_default();
-    let _ = fs::remove_dir_all(&dir);
-    (ok, text)
-}
 
 /// One request on duetd's admin socket; the answer's `data`.
 pub fn admin(socket: &Path, cmd: &str) -> Result<serde_json::Value, String> {

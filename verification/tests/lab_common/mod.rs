@@ -19,14 +19,17 @@
 
 #![allow(dead_code)]
 
+use crate::support::{
+    duetctl, duetd, have_program, read_lossy, tail, try_run_bounded, wait_bounded, wait_until,
+    workspace_root, Run,
+};
 use serde_json::Value;
 use std::fmt;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The lab's target name.
@@ -44,7 +47,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const SHORT_COMMAND: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------------
-// Serialization and binaries
+// Serialization, binaries and commands
 // ------------------------------------------------------------------------------------------
 
 /// Takes the process-wide lock that serializes lab tests (even if a previous test panicked
@@ -54,186 +57,15 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The workspace root (the parent of `verification/`).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn profile() -> &'static str {
-    if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    }
-}
-
-/// Finds one of duet-target's binaries: `$ENV`, else next to this test binary
-/// (`<target-dir>/<profile>/name`), else `<workspace>/build/<profile>/name`. Panics with the
-/// command that builds it when it is nowhere.
-fn target_binary(name: &str, env: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    // <target-dir>/<profile>/deps/ha_failover-HASH -> <target-dir>/<profile>/<name>
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
-            let cand = profile_dir.join(name);
-            if cand.is_file() {
-                return cand;
-            }
-        }
-    }
-    let cand = workspace_root().join("build").join(profile()).join(name);
-    if cand.is_file() {
-        return cand;
-    }
-    let flag = if profile() == "release" {
-        " --release"
-    } else {
-        ""
-    };
-    panic!(
-        "{name} not found (set {env}, or build duetd first: cargo build{flag} -p duet-target; \
-         looked next to this test binary and in {})",
-        cand.display()
-    );
-}
-
-/// The `duetd` binary under test (`DUETD`, or the build directory of this profile).
-pub fn duetd() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| target_binary("duetd", "DUETD"))
-}
-
-/// The `duetctl` binary (`DUETCTL`, or the build directory of this profile).
-pub fn duetctl() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| target_binary("duetctl", "DUETCTL"))
-}
-
 /// The `duet-mpio` binary built with this test.
 pub fn duet_mpio() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_duet-mpio"))
 }
 
-/// Whether a program is on `PATH`.
-pub fn have_program(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
-        .unwrap_or(false)
-}
-
-// ------------------------------------------------------------------------------------------
-// Bounded commands
-// ------------------------------------------------------------------------------------------
-
-/// What a bounded run of a program produced.
-#[derive(Debug)]
-pub struct Run {
-    /// `None` when it was killed for running past its time bound (or could not start).
-    pub status: Option<ExitStatus>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    /// Whether it exited with status 0.
-    pub fn ok(&self) -> bool {
-        self.status.map(|s| s.success()).unwrap_or(false)
-    }
-    /// Standard output and standard error together.
-    pub fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-fn read_lossy(p: &Path) -> String {
-    let mut b = Vec::new();
-    if let Ok(mut f) = fs::File::open(p) {
-        let _ = f.read_to_end(&mut b);
-    }
-    String::from_utf8_lossy(&b).into_owned()
-}
-
-/// Waits for `child` at most `limit`; kills it (SIGKILL) past that. `None` when killed.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
-/// Runs `prog args` with a time bound; output goes through files in `scratch` so that nothing
-/// blocks on a full pipe.
-pub fn run_bounded(scratch: &Path, prog: &Path, args: &[&str], limit: Duration) -> Run {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let out_p = scratch.join(format!(".run-{n}.out"));
-    let err_p = scratch.join(format!(".run-{n}.err"));
-    let failed = |why: String| Run {
-        status: None,
-        stdout: String::new(),
-        stderr: why,
-    };
-    let (out, err) = match (fs::File::create(&out_p), fs::File::create(&err_p)) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => {
-            return failed(format!(
-                "cannot create output files in {}: {e}",
-                scratch.display()
-            ))
-        }
-    };
-    let spawned = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return failed(format!("cannot start {}: {e}", prog.display())),
-    };
-    let status = wait_bounded(&mut child, limit);
-    let run = Run {
-        status,
-        stdout: read_lossy(&out_p),
-        stderr: read_lossy(&err_p),
-    };
-    let _ = fs::remove_file(&out_p);
-    let _ = fs::remove_file(&err_p);
-    run
-}
-
-/// The last `n` lines of `s`.
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls `pred` every 50 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(mut pred: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if pred() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Runs `prog args` with a time bound (see [`try_run_bounded`]); a program that cannot start
+/// gives a [`Run`] without status whose standard error says why.
+fn run_bounded(scratch: &Path, prog: &Path, args: &[&str], limit: Duration) -> Run {
+    try_run_bounded(scratch, prog, args, &[], limit).unwrap_or_else(Run::not_started)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -920,74 +752,4 @@ impl Drop for Load {
             let _ = c.wait();
         }
     }
-}
-
-// ------------------------------------------------------------------------------------------
-// CUnit output of iscsi-test-cu
-// ------------------------------------------------------------------------------------------
-
-/// What iscsi-test-cu reported.
-#[derive(Debug, Default)]
-pub struct CuSummary {
-    /// From CUnit's "Run Summary" table.
-    pub ran: Option<usize>,
-    pub passed: Option<usize>,
-    pub failed: Option<usize>,
-    /// `Suite.Test` of every failed test.
-    pub failed_tests: Vec<String>,
-    /// `Suite.Test` of every test that printed `[SKIPPED]`.
-    pub skipped_tests: Vec<String>,
-}
-
-/// Parses iscsi-test-cu's (CUnit's) output.
-pub fn parse_cunit(out: &str) -> CuSummary {
-    let mut s = CuSummary::default();
-    let mut suite = String::new();
-    let mut test: Option<String> = None;
-    let mut skipped_here = false;
-    let finish = |s: &mut CuSummary, test: &mut Option<String>, skipped: &mut bool, failed| {
-        if let Some(t) = test.take() {
-            if failed {
-                s.failed_tests.push(t);
-            } else if *skipped {
-                s.skipped_tests.push(t);
-            }
-        }
-        *skipped = false;
-    };
-    for line in out.lines() {
-        let trimmed = line.trim();
-        if let Some(rest) = trimmed.strip_prefix("Suite: ") {
-            suite = rest.trim().to_string();
-            continue;
-        }
-        if let Some(rest) = trimmed.strip_prefix("Test: ") {
-            finish(&mut s, &mut test, &mut skipped_here, false);
-            let name = rest.split(" ...").next().unwrap_or(rest).trim();
-            test = Some(format!("{suite}.{name}"));
-        }
-        if trimmed.contains("[SKIPPED]") {
-            skipped_here = true;
-        }
-        if test.is_some() {
-            if trimmed.ends_with("...FAILED") || trimmed == "FAILED" {
-                finish(&mut s, &mut test, &mut skipped_here, true);
-            } else if trimmed.ends_with("...passed") || trimmed == "passed" {
-                finish(&mut s, &mut test, &mut skipped_here, false);
-            }
-        }
-        if trimmed.starts_with("tests ") || trimmed.starts_with("tests\t") {
-            // tests  Total  Ran  Passed  Failed  Inactive
-            let nums: Vec<usize> = trimmed
-                .split_whitespace()
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            if nums.len() >= 4 {
-                s.ran = Some(nums[1]);
-                s.passed = Some(nums[2]);
-                s.failed = Some(nums[3]);
-            }
-        }
-    }
-    s
 }
