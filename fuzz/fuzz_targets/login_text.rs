@@ -7,6 +7,7 @@
 //! - 2: time passes by `a * 256 + b` milliseconds;
 //! - 3: the oldest outstanding SCSI command / TMF completes, with fields from a, b, c and bytes;
 //! - 4: a decoding error of kind `a` for a PDU made of the bytes.
+//!
 //! Before that, every data segment of kinds 0 and 1 also goes through `TextPairs::parse` and the
 //! value parsers on its own.
 //!
@@ -15,13 +16,12 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
+use duet_core::iscsi::pdu::Opcode;
 use duet_core::iscsi::text::{parse_binary, parse_bool, parse_list, parse_number};
 use duet_core::iscsi::{
-    Action, ChapConfig, ChapCredentials, Codec, Completion, Connection, IscsiConfig,
-    LoginEntropy, Pdu, PduError, PortalInfo, TargetConfig, TargetLimits, TextPairs, TmfResponse,
-    BHS_LEN,
+    Action, ChapConfig, ChapCredentials, Codec, Completion, Connection, IscsiConfig, LoginEntropy,
+    Pdu, PduError, PortalInfo, TargetConfig, TargetLimits, TextPairs, TmfResponse, BHS_LEN,
 };
-use duet_core::iscsi::pdu::Opcode;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 

@@ -81,7 +81,10 @@ fn decode_stream(codec: &Codec, buf: &mut BytesMut) {
                     assert!(e.reject_reason().is_none());
                     return;
                 }
-                assert!(e.reject_reason().is_some(), "non-fatal error without reason");
+                assert!(
+                    e.reject_reason().is_some(),
+                    "non-fatal error without reason"
+                );
                 assert!(buf.len() < before, "non-fatal error {e} consumed nothing");
                 if let Some(p) = e.pdu() {
                     touch(p);
