@@ -59,6 +59,23 @@ pub struct FileStore {
     block_device: bool,
     /// Cleared once the file system said it cannot punch holes; writes of zeros then stand in.
     can_punch: AtomicBool,
+    /// The file lives in memory (tmpfs, ramfs): reading and writing it never waits for a device.
+    in_memory: bool,
+}
+
+/// Whether `file` is on a memory file system (tmpfs, ramfs), where I/O never waits for a device.
+fn is_in_memory(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs writes into the zeroed struct we own; the descriptor is open.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
 impl FileStore {
@@ -157,6 +174,7 @@ impl FileStore {
                 message: format!("is smaller than one block ({bs} bytes)"),
             });
         }
+        let in_memory = !block_device && is_in_memory(&file);
         Ok(FileStore {
             file,
             path: path.to_path_buf(),
@@ -164,6 +182,7 @@ impl FileStore {
             read_only: spec.read_only,
             block_device,
             can_punch: AtomicBool::new(true),
+            in_memory,
         })
     }
 
@@ -173,6 +192,12 @@ impl FileStore {
 
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Whether reads and writes of this store never wait for a device (a file on tmpfs or
+    /// ramfs), so a short medium phase may run on the connection's own task.
+    pub fn never_blocks(&self) -> bool {
+        self.in_memory
     }
 
     pub fn is_block_device(&self) -> bool {

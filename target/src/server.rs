@@ -3,24 +3,27 @@
 //! Everything the protocol decides comes from `duet_core`: a connection task feeds received PDUs,
 //! command completions and timer expiries into [`duet_core::iscsi::Connection`] and performs the
 //! actions it returns, in order. SCSI commands are prepared by [`LogicalUnit::prepare`] under the
-//! LU's mutex (fast, no I/O) and their medium phase ([`run_io`]) runs on tokio's blocking pool
-//! with no LU lock held. COMPARE AND WRITE takes the LU's I/O lock exclusively, every other
-//! medium operation shares it, so C&W is atomic against concurrent writes.
+//! LU's mutex (fast, no I/O); their medium phase ([`run_io`]) runs with no LU lock held: in place
+//! when it cannot wait for a device (reads and writes on tmpfs), else on tokio's blocking pool.
+//! The connection task writes its own responses, batched into vectored writes, so a command
+//! that completes in place costs no thread hand-off at all. COMPARE AND WRITE takes the LU's I/O
+//! lock exclusively, every other medium operation shares it, so C&W is atomic against
+//! concurrent writes.
 //!
 //! The ALUA picture comes from `duet_core::alua::group_states` with the facts a stand-alone
 //! controller knows (primary here, HA off); an HA runtime only changes those inputs
 //! ([`Target::set_alua`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{IoSlice, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -31,8 +34,8 @@ use duet_core::iscsi::{
     SessionType, TargetConfig, TargetLimits, TmfFunction, TmfRequest, TmfResponse, TsihAllocator,
 };
 use duet_core::scsi::{
-    run_io, AluaPicture, BlockStore, CommandContext, Effect, IoPlan, LogicalUnit, LuConfig, Nexus,
-    Outcome, PortGroup, PrState, Prepared, ResetKind, Sense,
+    run_io, AluaPicture, BlockStore, CommandContext, Effect, IoOp, IoPlan, LogicalUnit, LuConfig,
+    Nexus, Outcome, PortGroup, PrState, Prepared, ResetKind, Sense,
 };
 use duet_core::sense::{status, SenseCode};
 
@@ -600,30 +603,87 @@ pub async fn serve(
     Ok(())
 }
 
-/// The writer half of a connection: sends encoded PDUs in order, then closes.
-enum Outgoing {
-    Pdu([Bytes; 3]),
-    Close,
+/// Encoded PDUs waiting for the socket, in order. The connection task writes them itself with
+/// vectored writes, as many PDUs per system call as the socket takes.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
 }
 
-async fn writer_task(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-) {
-    while let Some(m) = rx.recv().await {
-        match m {
-            Outgoing::Pdu(parts) => {
-                for p in parts.iter().filter(|p| !p.is_empty()) {
-                    if w.write_all(p).await.is_err() {
-                        return;
-                    }
-                }
+/// Buffers handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+/// While this many bytes wait for the socket, the connection reads no new PDUs (the initiator
+/// is not reading its responses; CmdSN windows bound the rest).
+const OUTBOX_HIGH_WATER: usize = 8 << 20;
+/// Receive buffer: grown by this much when less than [`READ_MIN_SPACE`] is free, so one read
+/// takes a large Data-Out or many small PDUs.
+const READ_CHUNK: usize = 256 << 10;
+const READ_MIN_SPACE: usize = 32 << 10;
+/// How long a closing connection waits for the initiator to take its last PDUs.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Outbox {
+    fn push_pdu(&mut self, parts: [Bytes; 3]) {
+        for p in parts {
+            if !p.is_empty() {
+                self.bytes += p.len();
+                self.queue.push_back(p);
             }
-            Outgoing::Close => break,
         }
     }
-    let _ = w.flush().await;
-    let _ = w.shutdown().await;
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Writes as much as the socket takes without waiting. `Ok(true)`: everything is written.
+    fn write_some(&mut self, sock: &TcpStream) -> std::io::Result<bool> {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = self.queue.len().min(MAX_IOVECS);
+            for (slot, b) in slices.iter_mut().zip(self.queue.iter()) {
+                *slot = IoSlice::new(b);
+            }
+            match sock.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(mut written) => {
+                    self.bytes -= written;
+                    while written > 0 {
+                        let Some(front) = self.queue.front_mut() else {
+                            break;
+                        };
+                        if written >= front.len() {
+                            written -= front.len();
+                            self.queue.pop_front();
+                        } else {
+                            front.advance(written);
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes everything, waiting for the socket (at most [`CLOSE_FLUSH_TIMEOUT`]).
+    async fn flush(&mut self, sock: &TcpStream) {
+        let deadline = tokio::time::Instant::now() + CLOSE_FLUSH_TIMEOUT;
+        loop {
+            match self.write_some(sock) {
+                Ok(true) | Err(_) => return,
+                Ok(false) => {}
+            }
+            match tokio::time::timeout_at(deadline, sock.writable()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
 }
 
 /// A command's result on its way back to the connection task.
@@ -636,12 +696,13 @@ struct ConnCtx {
     shared: Arc<Shared>,
     id: u64,
     codec: Codec,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: Outbox,
     done_tx: mpsc::UnboundedSender<Done>,
     msg_tx: mpsc::UnboundedSender<ConnMsg>,
     identity: Option<SessionIdentity>,
     target: Option<Arc<Target>>,
     nexus: Option<Nexus>,
+    /// Commands running off this task (blocking pool, HA link).
     in_flight: usize,
     closing: bool,
     peer: SocketAddr,
@@ -651,6 +712,26 @@ struct ConnCtx {
     peer_reset: Option<(Vec<u32>, bool)>,
 }
 
+impl ConnCtx {
+    /// Runs `work` off the connection task; its completion comes back through `done_tx`.
+    fn spawn_command(
+        &mut self,
+        itt: u32,
+        work: impl std::future::Future<Output = Completion> + Send + 'static,
+    ) {
+        self.in_flight += 1;
+        let done_tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let completion = work.await;
+            let _ = done_tx.send(Done { itt, completion });
+        });
+    }
+}
+
+/// One connection, run to completion on one task: it reads and decodes PDUs, feeds them to the
+/// core's [`Connection`], runs short medium phases in place ([`run_inline`]), and writes the
+/// responses itself in batches. Only medium phases that may wait for a device, and commands
+/// forwarded over the HA link, leave the task.
 async fn run_connection(
     shared: Arc<Shared>,
     sock: TcpStream,
@@ -692,16 +773,14 @@ async fn run_connection(
     if login_timeout > 0 {
         conn.set_login_deadline(shared.now().saturating_add(login_timeout));
     }
-    let (r, w) = sock.into_split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(writer_task(w, out_rx));
+    let mut sock = sock;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<ConnMsg>();
     let mut cx = ConnCtx {
         shared: shared.clone(),
         id,
         codec: Codec::new(),
-        out: out_tx,
+        out: Outbox::default(),
         done_tx,
         msg_tx,
         identity: None,
@@ -713,17 +792,35 @@ async fn run_connection(
         login_status: None,
         peer_reset: None,
     };
-    let mut reader = r;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut shutting_down = *stop.borrow();
     let mut read_open = true;
+    let mut write_open = true;
     'main: loop {
+        // Send what the last step produced before waiting for anything.
+        if write_open && !cx.out.is_empty() {
+            if let Err(e) = cx.out.write_some(&sock) {
+                tracing::debug!(conn = id, "write failed: {e}");
+                write_open = false;
+                read_open = false;
+                conn.shutdown(shared.now());
+                cx.closing = true;
+            }
+        }
         if cx.closing {
             break;
         }
         if shutting_down && cx.in_flight == 0 {
             break;
         }
+        let want_read = read_open && !shutting_down && cx.out.bytes < OUTBOX_HIGH_WATER;
+        let want_write = write_open && !cx.out.is_empty();
+        let interest = match (want_read, want_write) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        };
         let timeout = conn.next_timeout();
         let sleep_for = timeout.map(|t| Duration::from_millis(t.saturating_sub(shared.now())));
         tokio::select! {
@@ -749,15 +846,29 @@ async fn run_connection(
                 // Ask the initiator to log out; in-flight commands finish before we close.
                 conn.request_logout(0, shared.now());
             }
-            r = reader.read_buf(&mut buf), if read_open && !shutting_down => {
-                match r {
-                    Ok(0) | Err(_) => {
-                        read_open = false;
-                        conn.shutdown(shared.now());
-                        cx.closing = true;
+            r = async {
+                match interest {
+                    Some(i) => sock.ready(i).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let readable = match r {
+                    Ok(ready) => ready.is_readable() || ready.is_read_closed(),
+                    Err(_) => true,
+                };
+                if want_read && readable {
+                    if buf.capacity() - buf.len() < READ_MIN_SPACE {
+                        buf.reserve(READ_CHUNK);
                     }
-                    Ok(_) => {
-                        loop {
+                    match sock.try_read_buf(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Ok(0) | Err(_) => {
+                            read_open = false;
+                            conn.shutdown(shared.now());
+                            cx.closing = true;
+                        }
+                        Ok(_) => loop {
                             match cx.codec.decode(&mut buf) {
                                 Ok(Some(pdu)) => {
                                     conn.handle_pdu(pdu, shared.now());
@@ -773,9 +884,10 @@ async fn run_connection(
                                     if fatal || cx.closing { continue 'main; }
                                 }
                             }
-                        }
+                        },
                     }
                 }
+                // Writability is used at the top of the loop.
             }
             _ = async {
                 match sleep_for {
@@ -788,12 +900,14 @@ async fn run_connection(
         }
         drain(&mut conn, &mut cx);
     }
-    // Tear down: abort what is left, tell the LUs the nexus is gone, release the TSIH.
+    // Tear down: abort what is left, send the last PDUs, tell the LUs the nexus is gone, release
+    // the TSIH.
     conn.shutdown(shared.now());
     drain(&mut conn, &mut cx);
-    let _ = cx.out.send(Outgoing::Close);
-    drop(cx.out);
-    let _ = writer.await;
+    if write_open {
+        cx.out.flush(&sock).await;
+        let _ = sock.shutdown().await;
+    }
     if let (Some(t), Some(n)) = (&cx.target, &cx.nexus) {
         for lu in t.luns.values() {
             lu.lock().nexus_lost(n);
@@ -842,7 +956,7 @@ fn drain(conn: &mut Connection, cx: &mut ConnCtx) {
                 if pdu.opcode() == Some(Opcode::LoginResponse) && pdu.status_class() != 0 {
                     cx.login_status = Some((pdu.status_class(), pdu.status_detail()));
                 }
-                let _ = cx.out.send(Outgoing::Pdu(cx.codec.encode_vectored(&pdu)));
+                cx.out.push_pdu(cx.codec.encode_vectored(&pdu));
             }
             Action::LoginComplete(done) => {
                 cx.codec.configure(&done.params);
@@ -879,7 +993,11 @@ fn drain(conn: &mut Connection, cx: &mut ConnCtx) {
                 }
                 cx.identity = Some(idn);
             }
-            Action::Execute(cmd) => execute(cx, cmd),
+            Action::Execute(cmd) => {
+                if let Some(d) = execute(cx, cmd) {
+                    conn.complete_command(d.itt, d.completion, cx.shared.now());
+                }
+            }
             Action::Abort { itts } => {
                 tracing::debug!(conn = cx.id, ?itts, "tasks aborted");
             }
@@ -993,18 +1111,40 @@ fn no_such_lun(target: &Target, cmd: &ScsiCommand, ctx: &CommandContext<'_>) -> 
     }
 }
 
-/// Runs one SCSI command: phase 1 here (under the LU lock), the medium phase on the blocking pool.
-/// On a controller of an HA pair that is not serving the LUN, the command goes to the primary.
-fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) {
+/// Counts a command in the statistics when it finishes.
+struct CommandTimer {
+    stats: Arc<Stats>,
+    lun: u32,
+    port: u16,
+    op: u8,
+    started: Instant,
+}
+
+impl CommandTimer {
+    fn finish(self, c: Completion) -> Completion {
+        let kind = op_kind(self.op);
+        let bytes = match kind {
+            OpKind::Read => c.data_in.len() as u64,
+            OpKind::Write => u64::from(c.wanted_len),
+            OpKind::Other => 0,
+        };
+        self.stats
+            .record(self.lun, self.port, kind, bytes, self.started.elapsed());
+        c
+    }
+}
+
+/// Runs one SCSI command: phase 1 here (under the LU lock), then the medium phase, in place when
+/// it cannot wait ([`run_inline`]) and on the blocking pool otherwise. On a controller of an HA
+/// pair that is not serving the LUN, the command goes to the primary. Returns the completion
+/// when the command finished here and now; otherwise it arrives later through `done_tx`.
+fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) -> Option<Done> {
     let itt = cmd.itt;
-    cx.in_flight += 1;
-    let done_tx = cx.done_tx.clone();
     let (Some(target), Some(nexus)) = (cx.target.clone(), cx.nexus.clone()) else {
-        let _ = done_tx.send(Done {
+        return Some(Done {
             itt,
             completion: check(SenseCode::LUN_NOT_SUPPORTED),
         });
-        return;
     };
     let lu = cmd.lun.number().and_then(|n| target.luns.get(&n)).cloned();
     let Some(lu) = lu else {
@@ -1016,51 +1156,83 @@ fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) {
             tpgt: target.tpgt,
             luns: &target.lun_list,
         };
-        let _ = done_tx.send(Done {
+        return Some(Done {
             itt,
             completion: no_such_lun(&target, &cmd, &ctx),
         });
-        return;
     };
-    let started = Instant::now();
-    let stats = cx.shared.stats.clone();
-    let (lun, port) = (u32::from(lu.number), target.rtpi);
-    let op = cmd.cdb.first().copied().unwrap_or(0xFF);
-    let reply = move |c: Completion| {
-        let bytes = match op_kind(op) {
-            OpKind::Read => c.data_in.len() as u64,
-            OpKind::Write => u64::from(c.wanted_len),
-            OpKind::Other => 0,
-        };
-        stats.record(lun, port, op_kind(op), bytes, started.elapsed());
-        let _ = done_tx.send(Done { itt, completion: c });
+    let lun = u32::from(lu.number);
+    let timer = CommandTimer {
+        stats: cx.shared.stats.clone(),
+        lun,
+        port: target.rtpi,
+        op: cmd.cdb.first().copied().unwrap_or(0xFF),
+        started: Instant::now(),
     };
     if let Some(ha) = cx.shared.ha.get() {
         if let Some(plan_only) = ha.forward_mode(lun) {
             let ha = ha.clone();
-            tokio::spawn(async move {
+            cx.spawn_command(itt, async move {
                 let c = ha
                     .forward(&lu, nexus, cmd.cdb, cmd.data_out, plan_only)
                     .await;
-                reply(c);
+                timer.finish(c)
             });
-            return;
+            return None;
         }
     }
     let prepared = prepare_local(&target, &lu, &nexus, &cmd.cdb, &cmd.data_out);
     match prepared {
         Prepared::Done(o) => {
             after_command(&cx.shared, &lu, &cmd.cdb, &o.effects);
-            reply(completion_of(o));
+            Some(Done {
+                itt,
+                completion: timer.finish(completion_of(o)),
+            })
         }
         Prepared::Io(plan) => {
-            let data_out = cmd.data_out.clone();
-            tokio::spawn(async move {
+            if let Some(c) = run_inline(&lu, &plan, &cmd.data_out) {
+                return Some(Done {
+                    itt,
+                    completion: timer.finish(c),
+                });
+            }
+            let data_out = cmd.data_out;
+            cx.spawn_command(itt, async move {
                 let c = run_medium(lu, plan, data_out).await;
-                reply(c);
+                timer.finish(c)
             });
+            None
         }
     }
+}
+
+/// Whether `plan` is a read or write of at most [`INLINE_MAX_BYTES`] on a store that never
+/// waits for a device: cheaper to run on the calling task than to hand to another thread.
+pub fn never_waits(lu: &Lu, plan: &IoPlan) -> bool {
+    lu.store.never_blocks()
+        && match plan.op {
+            IoOp::Read { len, .. } | IoOp::Write { len, .. } => len <= INLINE_MAX_BYTES,
+            _ => false,
+        }
+}
+
+/// The largest medium phase that [`run_inline`] runs in place.
+const INLINE_MAX_BYTES: u64 = 1 << 20;
+
+/// Runs a read or write of at most [`INLINE_MAX_BYTES`] on the calling task when the store never
+/// waits for a device (tmpfs), the I/O lock is free to share and the fencing gate is open: a
+/// copy to or from memory costs less than handing the work to another thread and back. Returns
+/// `None` (the caller takes the blocking pool) otherwise.
+pub fn run_inline(lu: &Lu, plan: &IoPlan, data_out: &Bytes) -> Option<Completion> {
+    if !never_waits(lu, plan) || plan.needs_exclusive() {
+        return None;
+    }
+    let _shared = lu.io_lock.try_read().ok()?;
+    let _pass = lu.gate.enter()?;
+    let o = run_io(plan, &*lu.store, data_out);
+    apply_effects(lu, &o.effects);
+    Some(completion_of(o))
 }
 
 /// How the statistics count an opcode.
@@ -1106,6 +1278,23 @@ pub async fn io_guard(lu: &Lu, plan: &IoPlan) -> IoGuard {
     }
 }
 
+/// [`io_guard`] if the lock is free now.
+pub fn try_io_guard(lu: &Lu, plan: &IoPlan) -> Option<IoGuard> {
+    if plan.needs_exclusive() {
+        lu.io_lock
+            .clone()
+            .try_write_owned()
+            .ok()
+            .map(IoGuard::Exclusive)
+    } else {
+        lu.io_lock
+            .clone()
+            .try_read_owned()
+            .ok()
+            .map(IoGuard::Shared)
+    }
+}
+
 /// The medium phase of a command on this controller's backend, through the fencing gate.
 pub async fn run_medium(lu: Arc<Lu>, plan: IoPlan, data_out: Bytes) -> Completion {
     let guard = io_guard(&lu, &plan).await;
@@ -1128,13 +1317,20 @@ pub async fn run_medium_locked(
     run_plan(lu, plan, data_out, (guard, pass)).await
 }
 
-/// Runs `plan` on the blocking pool, keeping `hold` (locks, gate pass) until it returns.
+/// Runs `plan` on the blocking pool (in place when it [never waits](never_waits)), keeping
+/// `hold` (locks, gate pass) until it returns.
 pub async fn run_plan(
     lu: Arc<Lu>,
     plan: IoPlan,
     data_out: Bytes,
     hold: impl Send + 'static,
 ) -> Completion {
+    if never_waits(&lu, &plan) {
+        let o = run_io(&plan, &*lu.store, &data_out);
+        drop(hold);
+        apply_effects(&lu, &o.effects);
+        return completion_of(o);
+    }
     let lu2 = lu.clone();
     let r = tokio::task::spawn_blocking(move || {
         let _hold = hold;

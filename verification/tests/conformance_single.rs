@@ -299,10 +299,50 @@ fn sigterm_stops_duetd_cleanly_with_a_session_open() {
     );
 }
 
+/// A LUN image on tmpfs, removed on drop. duetd runs the medium phase of reads and writes on a
+/// memory-backed LUN on the connection's own task instead of the blocking pool; a full
+/// conformance run on one covers that path. Where /dev/shm is missing the image stays in the
+/// daemon's directory.
+struct MemoryImage(Option<std::path::PathBuf>);
+
+impl MemoryImage {
+    fn new(tag: &str) -> MemoryImage {
+        let shm = std::path::Path::new("/dev/shm");
+        MemoryImage(
+            shm.is_dir()
+                .then(|| shm.join(format!("duet-e2e-{}-{tag}.img", std::process::id()))),
+        )
+    }
+
+    /// The `image` for [`TargetConfig`]: an absolute path, or a name in the daemon's directory.
+    fn image(&self) -> String {
+        match &self.0 {
+            Some(p) => p.display().to_string(),
+            None => "lun1.img".into(),
+        }
+    }
+}
+
+impl Drop for MemoryImage {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
 #[test]
 fn iscsi_test_cu_all_passes_with_multipath() {
     require_tools!();
-    let d = start("cu", 2, plain_config);
+    let mem = MemoryImage::new("cu");
+    let image = mem.image();
+    let d = start("cu", 2, |s| {
+        TargetConfig {
+            image: &image,
+            ..plain()
+        }
+        .render(s)
+    });
     let urls = [url(&d, 0, 1), url(&d, 1, 1)];
     let s = run_test_cu(&d, &["-t", "ALL"], &urls, Duration::from_secs(1500));
     assert!(s.passed.unwrap_or(0) > 0);

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use duet_core::alua::HaMode;
 use duet_core::ha::{self, AdminCmd, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role};
 use duet_core::iscsi::Completion;
-use duet_core::scsi::{Nexus, Prepared, ResetKind};
+use duet_core::scsi::{IoPlan, Nexus, Prepared, ResetKind};
 use duet_core::sense::SenseCode;
 
 use super::config::HaConfig;
@@ -30,8 +30,8 @@ use super::proto::{self, LinkMsg, PeerReply, PeerRequest};
 use super::quorum::Arbiter;
 use super::tables::{GrantTable, LunFacts, PendingTable, Published};
 use crate::server::{
-    after_command, check, completion_of, io_guard, prepare_local, run_medium, run_plan, IoGuard,
-    Lu, Shared, Target,
+    after_command, check, completion_of, io_guard, prepare_local, run_inline, run_medium, run_plan,
+    try_io_guard, IoGuard, Lu, Shared, Target,
 };
 
 /// How long a forwarded command waits for the primary's answer before the initiator is told to
@@ -51,6 +51,19 @@ enum DriverIn {
 struct Grant {
     _guard: IoGuard,
     _pass: GatePass,
+}
+
+/// A forwarded request that has to wait: for the blocking pool, or for the LU's I/O lock.
+enum Unfinished {
+    Medium {
+        lu: Arc<Lu>,
+        plan: IoPlan,
+        data: Bytes,
+    },
+    Grant {
+        lu: Arc<Lu>,
+        plan: IoPlan,
+    },
 }
 
 /// One controller's HA runtime. Create it with [`HaRuntime::start`].
@@ -433,12 +446,18 @@ impl HaRuntime {
                 }
             }
             LinkMsg::Request { id, req } => {
-                let me = self.clone();
                 let session = self.grants.session();
-                tokio::spawn(async move {
-                    let reply = me.serve_request(req, session).await;
-                    me.send(Channel::Data, &LinkMsg::Reply { id, reply });
-                });
+                // Answer at once what needs no waiting; only the rest leaves this task.
+                match self.serve_now(req, session) {
+                    Ok(reply) => self.send(Channel::Data, &LinkMsg::Reply { id, reply }),
+                    Err(rest) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let reply = me.serve_later(rest, session).await;
+                            me.send(Channel::Data, &LinkMsg::Reply { id, reply });
+                        });
+                    }
+                }
             }
             LinkMsg::Reply { id, reply } => {
                 if let Some(tx) = self.pending.take(id) {
@@ -537,8 +556,14 @@ impl HaRuntime {
         }
     }
 
-    /// The primary's side of a forwarded request.
-    async fn serve_request(self: &Arc<Self>, req: PeerRequest, session: u64) -> PeerReply {
+    /// The primary's side of a forwarded request, as far as it goes without waiting: phase 1,
+    /// and the medium phase when it [never waits](crate::server::never_waits). What must wait
+    /// (the blocking pool, a contended I/O lock) comes back as [`Unfinished`].
+    fn serve_now(
+        self: &Arc<Self>,
+        req: PeerRequest,
+        session: u64,
+    ) -> Result<PeerReply, Unfinished> {
         let unavailable = |reason: &str| PeerReply::Unavailable {
             reason: reason.to_string(),
         };
@@ -552,13 +577,13 @@ impl HaRuntime {
                 plan_only,
             } => {
                 let Some((target, lu)) = self.luns.get(&lun).cloned() else {
-                    return unavailable("no such LUN");
+                    return Ok(unavailable("no such LUN"));
                 };
                 if !self.serving(lun) {
-                    return unavailable("not primary");
+                    return Ok(unavailable("not primary"));
                 }
                 let Some(shared) = self.shared.upgrade() else {
-                    return unavailable("shutting down");
+                    return Ok(unavailable("shutting down"));
                 };
                 let data = if data_out.len() as u64 == u64::from(data_len) {
                     data_out
@@ -569,25 +594,16 @@ impl HaRuntime {
                 match prepare_local(&target, &lu, &nexus, &cdb, &data) {
                     Prepared::Done(o) => {
                         after_command(&shared, &lu, &cdb, &o.effects);
-                        done(completion_of(o))
+                        Ok(done(completion_of(o)))
                     }
-                    Prepared::Io(plan) if plan_only => {
-                        let guard = io_guard(&lu, &plan).await;
-                        let Some(pass) = lu.gate.enter() else {
-                            return done(check(SenseCode::ALUA_TRANSITIONING));
-                        };
-                        match self.grants.insert(
-                            session,
-                            Grant {
-                                _guard: guard,
-                                _pass: pass,
-                            },
-                        ) {
-                            Ok(grant) => PeerReply::Plan { grant, plan },
-                            Err(e) => unavailable(&e.to_string()),
-                        }
-                    }
-                    Prepared::Io(plan) => done(run_medium(lu, plan, data).await),
+                    Prepared::Io(plan) if plan_only => match try_io_guard(&lu, &plan) {
+                        Some(guard) => Ok(self.grant(&lu, plan, guard, session)),
+                        None => Err(Unfinished::Grant { lu, plan }),
+                    },
+                    Prepared::Io(plan) => match run_inline(&lu, &plan, &data) {
+                        Some(c) => Ok(done(c)),
+                        None => Err(Unfinished::Medium { lu, plan, data }),
+                    },
                 }
             }
             PeerRequest::Reset { lun, cold } => {
@@ -598,14 +614,45 @@ impl HaRuntime {
                         ResetKind::LunReset
                     });
                 }
-                PeerReply::Ack
+                Ok(PeerReply::Ack)
             }
             PeerRequest::NexusLost { lun, nexus } => {
                 if let Some((_, lu)) = self.luns.get(&lun) {
                     lu.lock().nexus_lost(&nexus);
                 }
-                PeerReply::Ack
+                Ok(PeerReply::Ack)
             }
+        }
+    }
+
+    /// The rest of a forwarded request that [`HaRuntime::serve_now`] could not finish.
+    async fn serve_later(self: &Arc<Self>, rest: Unfinished, session: u64) -> PeerReply {
+        match rest {
+            Unfinished::Medium { lu, plan, data } => done(run_medium(lu, plan, data).await),
+            Unfinished::Grant { lu, plan } => {
+                let guard = io_guard(&lu, &plan).await;
+                self.grant(&lu, plan, guard, session)
+            }
+        }
+    }
+
+    /// Lends the peer (mode 1) the LU's I/O lock and a pass through its fencing gate for `plan`,
+    /// until it releases the grant.
+    fn grant(&self, lu: &Lu, plan: IoPlan, guard: IoGuard, session: u64) -> PeerReply {
+        let Some(pass) = lu.gate.enter() else {
+            return done(check(SenseCode::ALUA_TRANSITIONING));
+        };
+        match self.grants.insert(
+            session,
+            Grant {
+                _guard: guard,
+                _pass: pass,
+            },
+        ) {
+            Ok(grant) => PeerReply::Plan { grant, plan },
+            Err(e) => PeerReply::Unavailable {
+                reason: e.to_string(),
+            },
         }
     }
 

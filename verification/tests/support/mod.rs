@@ -529,7 +529,7 @@ pub struct TargetConfig<'a> {
     pub discovery_auth_group: Option<&'a str>,
     /// CHAP for the target (auth group `chap0`); no authentication when `None`.
     pub chap: Option<Chap<'a>>,
-    /// LUN 1's image file name in the site's directory.
+    /// LUN 1's image: a file name in the site's directory, or an absolute path.
     pub image: &'a str,
     /// LUN 1's size, e.g. "16MiB".
     pub size: &'a str,
