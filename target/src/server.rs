@@ -1171,12 +1171,11 @@ fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) -> Option<Done> {
     };
     if let Some(ha) = cx.shared.ha.get() {
         if let Some(plan_only) = ha.forward_mode(lun) {
-            let ha = ha.clone();
-            cx.spawn_command(itt, async move {
-                let c = ha
-                    .forward(&lu, nexus, cmd.cdb, cmd.data_out, plan_only)
-                    .await;
-                timer.finish(c)
+            cx.in_flight += 1;
+            let done_tx = cx.done_tx.clone();
+            ha.forward(&lu, nexus, cmd.cdb, cmd.data_out, plan_only, move |c| {
+                let completion = timer.finish(c);
+                let _ = done_tx.send(Done { itt, completion });
             });
             return None;
         }
@@ -1230,9 +1229,7 @@ pub fn run_inline(lu: &Lu, plan: &IoPlan, data_out: &Bytes) -> Option<Completion
     }
     let _shared = lu.io_lock.try_read().ok()?;
     let _pass = lu.gate.enter()?;
-    let o = run_io(plan, &*lu.store, data_out);
-    apply_effects(lu, &o.effects);
-    Some(completion_of(o))
+    Some(run_plan_now(lu, plan, data_out))
 }
 
 /// How the statistics count an opcode.
@@ -1317,6 +1314,14 @@ pub async fn run_medium_locked(
     run_plan(lu, plan, data_out, (guard, pass)).await
 }
 
+/// Runs `plan` on the calling thread; for plans that [never wait](never_waits), with whatever
+/// locks and gate pass they need already held.
+pub fn run_plan_now(lu: &Lu, plan: &IoPlan, data_out: &[u8]) -> Completion {
+    let o = run_io(plan, &*lu.store, data_out);
+    apply_effects(lu, &o.effects);
+    completion_of(o)
+}
+
 /// Runs `plan` on the blocking pool (in place when it [never waits](never_waits)), keeping
 /// `hold` (locks, gate pass) until it returns.
 pub async fn run_plan(
@@ -1326,10 +1331,9 @@ pub async fn run_plan(
     hold: impl Send + 'static,
 ) -> Completion {
     if never_waits(&lu, &plan) {
-        let o = run_io(&plan, &*lu.store, &data_out);
+        let c = run_plan_now(&lu, &plan, &data_out);
         drop(hold);
-        apply_effects(&lu, &o.effects);
-        return completion_of(o);
+        return c;
     }
     let lu2 = lu.clone();
     let r = tokio::task::spawn_blocking(move || {

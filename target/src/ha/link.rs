@@ -39,11 +39,11 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -427,6 +427,9 @@ enum ConnError {
 }
 
 /// Reads frames from one socket into a growing buffer, without copying payloads.
+/// What a frame reader asks the socket for when it waits for a header.
+const READ_CHUNK: usize = 64 * 1024;
+
 struct FrameReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
@@ -461,7 +464,8 @@ impl FrameReader {
                 // `total` is bounded by `max` (checked above) before anything is reserved.
                 self.buf.reserve(total - self.buf.len());
             } else {
-                self.buf.reserve(8 * 1024);
+                // Room for many small frames per read.
+                self.buf.reserve(READ_CHUNK);
             }
             if self.rd.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {
@@ -857,7 +861,13 @@ struct Shared {
     refused_logins: AtomicU64,
     /// The last warning logged about failed attempts: repeats are logged at debug level only.
     last_warning: Mutex<Option<String>>,
+    /// Takes the data channel's messages on the reader task (see [`LinkHandle::handle_data`]).
+    data_handler: OnceLock<DataHandler>,
 }
+
+/// A handler of the data channel's messages: called on the link's reader task, in order; it
+/// must not block.
+pub type DataHandler = Box<dyn Fn(Bytes) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -874,7 +884,13 @@ impl Shared {
     fn deliver(&self, generation: u64, channel: Channel, payload: Bytes) {
         let gate = lock(&self.gate);
         if gate.live == generation {
-            let _ = gate.events.send(LinkEvent::Message { channel, payload });
+            match (channel, self.data_handler.get()) {
+                // Under the gate's lock, like the events: nothing is handled after the `Down`.
+                (Channel::Data, Some(handle)) => handle(payload),
+                _ => {
+                    let _ = gate.events.send(LinkEvent::Message { channel, payload });
+                }
+            }
         }
     }
 
@@ -940,6 +956,14 @@ impl LinkHandle {
             .map_err(|_| LinkDown)
     }
 
+    /// Delivers the data channel's messages to `handler`, on the reader task, instead of as
+    /// [`LinkEvent::Message`]s: one task hand-off less on the forwarded-command path. The same
+    /// guarantees hold: in order, none after the `Down` that ended their connection. Set once;
+    /// later calls are ignored.
+    pub fn handle_data(&self, handler: DataHandler) {
+        let _ = self.shared.data_handler.set(handler);
+    }
+
     /// Whether the link is up (state 2).
     pub fn is_up(&self) -> bool {
         self.state() == STATE_ONLINE
@@ -982,6 +1006,7 @@ pub fn spawn(
         ups: AtomicU64::new(0),
         refused_logins: AtomicU64::new(0),
         last_warning: Mutex::new(None),
+        data_handler: OnceLock::new(),
     });
     let handle = LinkHandle {
         shared: shared.clone(),
@@ -1265,6 +1290,7 @@ async fn write_loop(
     channel: Channel,
 ) -> TaskEnd {
     let counters = &shared.channels[channel.index()];
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
     loop {
         let next = match heartbeat {
             Some(hb) => match timeout(hb, rx.recv()).await {
@@ -1276,16 +1302,56 @@ async fn write_loop(
         let Some(out) = next else {
             return TaskEnd::other(format!("{channel} channel: session closed"));
         };
-        let kind = out.kind;
-        match write_frame(&mut w, out).await {
-            Ok(n) => counters.sent(n),
+        // Everything queued meanwhile goes out with the same system call, up to a bye.
+        let mut bye = out.kind == FrameKind::Bye;
+        batch.push(out);
+        while !bye && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(o) => {
+                    bye = o.kind == FrameKind::Bye;
+                    batch.push(o);
+                }
+                Err(_) => break,
+            }
+        }
+        match write_frames(&mut w, &batch).await {
+            Ok(()) => {
+                for o in &batch {
+                    counters.sent(HEADER_LEN + o.payload.len());
+                }
+            }
             Err(e) => return TaskEnd::other(format!("{channel} channel: write failed: {e}")),
         }
-        if kind == FrameKind::Bye {
+        batch.clear();
+        if bye {
             let _ = w.shutdown().await;
             return TaskEnd::other(format!("{channel} channel: closed by us"));
         }
     }
+}
+
+/// Frames one writer task sends with one vectored write.
+const MAX_BATCH: usize = 32;
+
+/// Writes `frames` (headers and payloads, not copied) with as few system calls as the socket
+/// allows.
+async fn write_frames(w: &mut OwnedWriteHalf, frames: &[Outgoing]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    for f in frames {
+        slices.push(IoSlice::new(&f.header));
+        if !f.payload.is_empty() {
+            slices.push(IoSlice::new(&f.payload));
+        }
+    }
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = w.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 async fn read_loop(

@@ -30,8 +30,8 @@ use super::proto::{self, LinkMsg, PeerReply, PeerRequest};
 use super::quorum::Arbiter;
 use super::tables::{GrantTable, LunFacts, PendingTable, Published};
 use crate::server::{
-    after_command, check, completion_of, io_guard, prepare_local, run_inline, run_medium, run_plan,
-    try_io_guard, IoGuard, Lu, Shared, Target,
+    after_command, check, completion_of, io_guard, never_waits, prepare_local, run_inline,
+    run_medium, run_plan, run_plan_now, try_io_guard, IoGuard, Lu, Shared, Target,
 };
 
 /// How long a forwarded command waits for the primary's answer before the initiator is told to
@@ -51,6 +51,37 @@ enum DriverIn {
 struct Grant {
     _guard: IoGuard,
     _pass: GatePass,
+}
+
+/// Where the answer to a request sent to the peer goes. The callback runs exactly once: with
+/// the reply, or with `None` when the request is cancelled (link down, timeout, never sent),
+/// which is what dropping an unanswered `ReplyTo` does.
+struct ReplyTo {
+    callback: Option<Box<dyn FnOnce(Option<PeerReply>) + Send>>,
+    sent: Instant,
+}
+
+impl ReplyTo {
+    fn new(callback: impl FnOnce(Option<PeerReply>) + Send + 'static) -> ReplyTo {
+        ReplyTo {
+            callback: Some(Box::new(callback)),
+            sent: Instant::now(),
+        }
+    }
+
+    fn answer(mut self, reply: PeerReply) {
+        if let Some(f) = self.callback.take() {
+            f(Some(reply));
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(f) = self.callback.take() {
+            f(None);
+        }
+    }
 }
 
 /// A forwarded request that has to wait: for the blocking pool, or for the LU's I/O lock.
@@ -79,7 +110,7 @@ pub struct HaRuntime {
     published: Published,
     events: Mutex<VecDeque<String>>,
     /// Forwarded requests waiting for the primary's answer.
-    pending: PendingTable<oneshot::Sender<PeerReply>>,
+    pending: PendingTable<ReplyTo>,
     /// Mode 1: grants held for the peer, per link session.
     grants: GrantTable<Grant>,
     start: Instant,
@@ -147,8 +178,17 @@ impl HaRuntime {
         if shared.ha.set(rt.clone()).is_err() {
             return Err(HaStartError::Config("HA runtime started twice".into()));
         }
+        // The data channel (forwarded commands and their answers) is handled on the link's
+        // reader task: no hand-off to the receive task.
+        let weak = Arc::downgrade(&rt);
+        rt.link.handle_data(Box::new(move |payload| {
+            if let Some(rt) = weak.upgrade() {
+                rt.on_payload(&payload);
+            }
+        }));
         tokio::spawn(rt.clone().drive(node, rx, shutdown.clone()));
         tokio::spawn(rt.clone().receive(link_rx));
+        tokio::spawn(rt.clone().expire_requests(shutdown.clone()));
         Ok(rt)
     }
 
@@ -425,11 +465,15 @@ impl HaRuntime {
                     // is fenced, so its writes in flight cannot race ours.
                     self.grants.clear();
                 }
-                LinkEvent::Message { payload, .. } => match proto::decode(&payload) {
-                    Ok(msg) => self.on_message(msg),
-                    Err(e) => tracing::warn!("HA link: undecodable message dropped: {e}"),
-                },
+                LinkEvent::Message { payload, .. } => self.on_payload(&payload),
             }
+        }
+    }
+
+    fn on_payload(self: &Arc<Self>, payload: &[u8]) {
+        match proto::decode(payload) {
+            Ok(msg) => self.on_message(msg),
+            Err(e) => tracing::warn!("HA link: undecodable message dropped: {e}"),
         }
     }
 
@@ -460,8 +504,8 @@ impl HaRuntime {
                 }
             }
             LinkMsg::Reply { id, reply } => {
-                if let Some(tx) = self.pending.take(id) {
-                    let _ = tx.send(reply);
+                if let Some(reply_to) = self.pending.take(id) {
+                    reply_to.answer(reply);
                 }
             }
             LinkMsg::Release { grant } => {
@@ -480,36 +524,63 @@ impl HaRuntime {
         self.send(Channel::Control, &LinkMsg::LuSync { lun, state });
     }
 
-    async fn request(&self, req: PeerRequest) -> Option<PeerReply> {
-        let (tx, rx) = oneshot::channel();
-        let Ok(id) = self.pending.register(tx) else {
-            return None;
+    /// Sends `req` to the peer; `reply_to` gets the answer, or `None` when the request could not
+    /// be sent, the link went down or no answer came within [`FORWARD_TIMEOUT`].
+    fn send_request(&self, req: PeerRequest, reply_to: ReplyTo) {
+        let Ok(id) = self.pending.register(reply_to) else {
+            return;
         };
         let sent = proto::encode(&LinkMsg::Request { id, req })
             .ok()
             .is_some_and(|b| self.link.send(Channel::Data, b).is_ok());
         if !sent {
-            self.pending.take(id);
-            return None;
+            drop(self.pending.take(id));
         }
-        match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
-            Ok(Ok(r)) => Some(r),
-            _ => {
-                self.pending.take(id);
-                None
+    }
+
+    async fn request(&self, req: PeerRequest) -> Option<PeerReply> {
+        let (tx, rx) = oneshot::channel();
+        self.send_request(
+            req,
+            ReplyTo::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.ok().flatten()
+    }
+
+    /// Cancels the forwarded requests that waited longer than [`FORWARD_TIMEOUT`] (their
+    /// initiators are told to retry).
+    async fn expire_requests(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(FORWARD_TIMEOUT / 10);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let expired = self.pending.expire(|w| w.sent.elapsed() > FORWARD_TIMEOUT);
+            if !expired.is_empty() {
+                tracing::warn!(
+                    "{} forwarded request(s) unanswered for {} s: told to retry",
+                    expired.len(),
+                    FORWARD_TIMEOUT.as_secs()
+                );
             }
         }
     }
 
-    /// Runs a command received here for a LUN the peer serves, through the peer.
-    pub async fn forward(
-        &self,
+    /// Runs a command received here for a LUN the peer serves, through the peer, and gives its
+    /// completion to `done` (called exactly once, on whichever task the answer arrives).
+    pub fn forward(
+        self: &Arc<Self>,
         lu: &Arc<Lu>,
         nexus: Nexus,
         cdb: Bytes,
         data_out: Bytes,
         plan_only: bool,
-    ) -> Completion {
+        done: impl FnOnce(Completion) + Send + 'static,
+    ) {
         let lun = u32::from(lu.number);
         let data_len = u32::try_from(data_out.len()).unwrap_or(u32::MAX);
         // Mode 1 keeps bulk write data off the link: the plan comes back and runs here.
@@ -520,40 +591,50 @@ impl HaRuntime {
         } else {
             data_out.clone()
         };
-        let reply = self
-            .request(PeerRequest::Execute {
+        let (me, lu) = (self.clone(), lu.clone());
+        let reply_to = ReplyTo::new(move |reply| match reply {
+            Some(PeerReply::Done {
+                status,
+                sense,
+                data_in,
+                wanted_len,
+            }) => done(Completion {
+                status,
+                sense,
+                data_in,
+                wanted_len,
+            }),
+            Some(PeerReply::Plan { grant, plan }) => {
+                // The primary holds the LU's I/O lock and its gate for us until we release.
+                if never_waits(&lu, &plan) {
+                    let c = run_plan_now(&lu, &plan, &data_out);
+                    me.send(Channel::Control, &LinkMsg::Release { grant });
+                    done(c);
+                } else {
+                    tokio::spawn(async move {
+                        let c = run_plan(lu, plan, data_out, ()).await;
+                        me.send(Channel::Control, &LinkMsg::Release { grant });
+                        done(c);
+                    });
+                }
+            }
+            Some(PeerReply::Unavailable { reason }) => {
+                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
+                done(check(SenseCode::ALUA_TRANSITIONING))
+            }
+            Some(PeerReply::Ack) | None => done(check(SenseCode::ALUA_TRANSITIONING)),
+        });
+        self.send_request(
+            PeerRequest::Execute {
                 lun,
                 nexus,
                 cdb,
                 data_out: send_data,
                 data_len,
                 plan_only,
-            })
-            .await;
-        match reply {
-            Some(PeerReply::Done {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }) => Completion {
-                status,
-                sense,
-                data_in,
-                wanted_len,
             },
-            Some(PeerReply::Plan { grant, plan }) => {
-                // The primary holds the LU's I/O lock and its gate for us until we release.
-                let c = run_plan(lu.clone(), plan, data_out, ()).await;
-                self.send(Channel::Control, &LinkMsg::Release { grant });
-                c
-            }
-            Some(PeerReply::Unavailable { reason }) => {
-                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
-                check(SenseCode::ALUA_TRANSITIONING)
-            }
-            Some(PeerReply::Ack) | None => check(SenseCode::ALUA_TRANSITIONING),
-        }
+            reply_to,
+        );
     }
 
     /// The primary's side of a forwarded request, as far as it goes without waiting: phase 1,

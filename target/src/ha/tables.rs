@@ -247,6 +247,19 @@ impl<T> PendingTable<T> {
         gone.len()
     }
 
+    /// Removes the waiters for which `expired` holds and returns them, so that the caller drops
+    /// (cancels) them outside the table's lock.
+    pub fn expire(&self, mut expired: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut s = sync::lock(&self.state);
+        let ids: Vec<u64> = s
+            .waiters
+            .iter()
+            .filter(|(_, w)| expired(w))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.iter().filter_map(|id| s.waiters.remove(id)).collect()
+    }
+
     /// The link is up: accepts new waiters again.
     pub fn open(&self) {
         sync::lock(&self.state).open = true;
