@@ -1007,9 +1007,11 @@ impl Node {
                             self.luns[i].handing_over = false;
                             let epoch = self.luns[i].epoch;
                             if self.link == 2 {
-                                self.push_state(now);
+                                // Handover first: a peer that saw the step-down before it could
+                                // start an ordinary claim (and fence) before the Handover came.
                                 self.out
                                     .push_back(Output::SendPeer(HaMsg::Handover { lun, epoch }));
+                                self.push_state(now);
                             }
                             self.log(Event::HandoverSent { lun, epoch });
                         }

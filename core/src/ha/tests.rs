@@ -446,6 +446,44 @@ fn a_switchover_hands_over_without_waiting_or_fencing() {
 }
 
 #[test]
+fn a_switchover_tells_the_handover_before_any_state_without_the_lun() {
+    // Messages of one link channel arrive in order, but the receiver's quorum I/O does not wait
+    // for the next message: a State showing the step-down, read first, would start an ordinary
+    // claim that can reach its fencing step before the Handover is read.
+    for mode in [HaMode::ActiveActiveShared, HaMode::ActiveActiveForward] {
+        let mut p = Pair::new(mode, Policy::Automatic, Fencing::Agent);
+        p.advance(300);
+        let t0 = p.now;
+        p.feed(0, Input::Admin(AdminCmd::Switchover { lun: LUN }));
+        p.pump();
+        let sent: Vec<&HaMsg> = p
+            .out
+            .iter()
+            .filter(|(n, t, _)| *n == 0 && *t >= t0)
+            .filter_map(|(_, _, o)| match o {
+                Output::SendPeer(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let handover = sent
+            .iter()
+            .position(|m| matches!(m, HaMsg::Handover { .. }))
+            .expect("a Handover was sent");
+        let stepped_down = sent.iter().position(|m| {
+            matches!(m, HaMsg::State { luns, .. } if luns.iter().any(|l| l.lun == LUN && !l.primary))
+        });
+        if let Some(s) = stepped_down {
+            assert!(
+                handover < s,
+                "the step-down was told before the Handover: {sent:?}"
+            );
+        }
+        assert!(p.first(1, t0, |o| *o == Output::FencePeer).is_none());
+        assert!(p.node(1).is_primary(LUN));
+    }
+}
+
+#[test]
 fn messages_of_an_older_epoch_are_ignored() {
     let mut p = Pair::new(
         HaMode::ActiveActiveForward,
