@@ -164,6 +164,9 @@ pub struct Target {
     pub luns: Vec<Lun>,
 }
 
+/// The most threads `io_threads` may ask for.
+pub const MAX_IO_THREADS: usize = 256;
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -173,6 +176,8 @@ pub struct Config {
     /// Seconds of silence after which a NOP-In ping is sent and, after as many again without an
     /// answer, the connection is dropped. 0 = off.
     pub ping_timeout: u64,
+    /// Threads that run iSCSI connections (`io_threads`); 0 = one per CPU.
+    pub io_threads: usize,
     pub portal_groups: Vec<PortalGroup>,
     pub auth_groups: Vec<AuthGroup>,
     pub targets: Vec<Target>,
@@ -425,6 +430,7 @@ struct Builder {
     file: String,
     syntax: Syntax,
     ping_timeout: u64,
+    io_threads: usize,
     portal_groups: Vec<Located<PortalGroup>>,
     auth_groups: Vec<Located<AuthGroup>>,
     targets: Vec<Located<Target>>,
@@ -436,6 +442,7 @@ impl Builder {
             file: file.to_string(),
             syntax,
             ping_timeout: DEFAULT_PING_TIMEOUT,
+            io_threads: 0,
             portal_groups: Vec::new(),
             auth_groups: Vec::new(),
             targets: Vec::new(),
@@ -572,6 +579,7 @@ impl Builder {
             source: self.file,
             syntax: self.syntax,
             ping_timeout: self.ping_timeout,
+            io_threads: self.io_threads,
             portal_groups,
             auth_groups,
             targets,
@@ -676,6 +684,7 @@ fn infer_auth_type(chap: &[ChapCredential]) -> AuthType {
 #[serde(deny_unknown_fields)]
 struct RawToml {
     ping_timeout: Option<Spanned<i64>>,
+    io_threads: Option<Spanned<i64>>,
     #[serde(default)]
     portal_group: BTreeMap<String, Spanned<RawPortalGroup>>,
     #[serde(default)]
@@ -779,6 +788,16 @@ fn parse_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
             ));
         }
         b.ping_timeout = v as u64;
+    }
+    if let Some(t) = &raw.io_threads {
+        let v = *t.get_ref();
+        if !(0..=MAX_IO_THREADS as i64).contains(&v) {
+            return Err(fail(
+                at(t.span()),
+                format!("`io_threads`: expected 0 (one per CPU) to {MAX_IO_THREADS}, got {v}"),
+            ));
+        }
+        b.io_threads = v as usize;
     }
 
     for (name, ag) in &raw.auth_group {
@@ -1768,6 +1787,9 @@ mod tests {
         assert!(e.contains("nmae"), "{e}");
         let e = err_of("x.toml", "ping_timeout = \n");
         assert!(e.starts_with("x.toml:1: "), "{e}");
+        let e = err_of("x.toml", "ping_timeout = 5\nio_threads = 1000\n");
+        assert!(e.starts_with("x.toml:2: "), "{e}");
+        assert!(e.contains("io_threads"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{IoSlice, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ pub enum StartError {
         lun: u16,
         message: String,
     },
+    #[error("cannot start the connection threads: {0}")]
+    Threads(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -560,10 +562,14 @@ pub async fn serve(
             listeners.push((l, pg.name.clone(), pg.tag));
         }
     }
+    let threads =
+        Arc::new(ConnThreads::start(shared.config.io_threads).map_err(StartError::Threads)?);
+    tracing::info!(threads = threads.len(), "connection threads started");
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, pg, tag) in listeners {
         let shared = shared.clone();
         let mut stop = shutdown.clone();
+        let threads = threads.clone();
         tasks.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -574,9 +580,9 @@ pub async fn serve(
                             let shared = shared.clone();
                             let pg = pg.clone();
                             let stop = stop.clone();
-                            conns.spawn(async move {
+                            conns.spawn_on(async move {
                                 run_connection(shared, sock, peer, pg, tag, stop).await;
-                            });
+                            }, threads.next());
                         }
                         Err(e) => {
                             tracing::warn!("accept failed: {e}");
@@ -601,6 +607,70 @@ pub async fn serve(
     shared.flush_all();
     tracing::info!("backends flushed; exiting");
     Ok(())
+}
+
+/// The threads that run iSCSI connections, each a single-threaded runtime. A connection lives
+/// on one of them (round-robin), so a request wakes one thread, which reads, executes and
+/// answers it before it sleeps again: no hand-off between worker threads, the lowest latency at
+/// queue depth 1, and connections spread over the CPUs. Stopping (on drop) ends the threads;
+/// their connections must have finished first.
+struct ConnThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    joins: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ConnThreads {
+    /// Starts `n` threads (0: one per CPU).
+    fn start(n: usize) -> std::io::Result<ConnThreads> {
+        let n = if n == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            n
+        };
+        let mut t = ConnThreads {
+            handles: Vec::with_capacity(n),
+            next: AtomicUsize::new(0),
+            stops: Vec::with_capacity(n),
+            joins: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            t.handles.push(rt.handle().clone());
+            t.stops.push(stop_tx);
+            t.joins.push(
+                std::thread::Builder::new()
+                    .name(format!("duetd-conn-{i}"))
+                    .spawn(move || {
+                        let _ = rt.block_on(stop_rx);
+                    })?,
+            );
+        }
+        Ok(t)
+    }
+
+    fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// The runtime of the thread whose turn it is.
+    fn next(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        &self.handles[i]
+    }
+}
+
+impl Drop for ConnThreads {
+    fn drop(&mut self) {
+        self.stops.clear();
+        for j in self.joins.drain(..) {
+            let _ = j.join();
+        }
+    }
 }
 
 /// Encoded PDUs waiting for the socket, in order. The connection task writes them itself with
@@ -740,6 +810,11 @@ async fn run_connection(
     tag: u16,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The listener accepted the socket on the main runtime; register it with this thread's own
+    // runtime, so that its readiness wakes this thread directly.
+    let Ok(sock) = sock.into_std().and_then(TcpStream::from_std) else {
+        return;
+    };
     let _ = sock.set_nodelay(true);
     let local = match sock.local_addr() {
         Ok(a) => a,
@@ -796,7 +871,7 @@ async fn run_connection(
     let mut shutting_down = *stop.borrow();
     let mut read_open = true;
     let mut write_open = true;
-    'main: loop {
+    loop {
         // Send what the last step produced before waiting for anything.
         if write_open && !cx.out.is_empty() {
             if let Err(e) = cx.out.write_some(&sock) {
@@ -857,34 +932,8 @@ async fn run_connection(
                     Err(_) => true,
                 };
                 if want_read && readable {
-                    if buf.capacity() - buf.len() < READ_MIN_SPACE {
-                        buf.reserve(READ_CHUNK);
-                    }
-                    match sock.try_read_buf(&mut buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Ok(0) | Err(_) => {
-                            read_open = false;
-                            conn.shutdown(shared.now());
-                            cx.closing = true;
-                        }
-                        Ok(_) => loop {
-                            match cx.codec.decode(&mut buf) {
-                                Ok(Some(pdu)) => {
-                                    conn.handle_pdu(pdu, shared.now());
-                                    drain(&mut conn, &mut cx);
-                                    if cx.closing { continue 'main; }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    let fatal = e.is_fatal();
-                                    tracing::debug!(conn = id, "bad PDU: {e}");
-                                    conn.handle_decode_error(e, shared.now());
-                                    drain(&mut conn, &mut cx);
-                                    if fatal || cx.closing { continue 'main; }
-                                }
-                            }
-                        },
+                    if read_pdus(&sock, &mut buf, &mut conn, &mut cx) == Received::Closed {
+                        read_open = false;
                     }
                 }
                 // Writability is used at the top of the loop.
@@ -922,6 +971,66 @@ async fn run_connection(
     }
     if let Some(idn) = &cx.identity {
         tracing::info!(conn = id, initiator = %idn.initiator_name, peer = %cx.peer, "session ended");
+    }
+}
+
+/// What [`read_pdus`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Received {
+    /// Nothing to read now.
+    Nothing,
+    /// Bytes arrived; every complete PDU among them was handled.
+    Pdus,
+    /// The initiator closed the connection (or it failed): the connection is shutting down.
+    Closed,
+}
+
+/// Reads what the socket holds, without waiting, and hands every complete PDU to `conn`.
+fn read_pdus(
+    sock: &TcpStream,
+    buf: &mut BytesMut,
+    conn: &mut Connection,
+    cx: &mut ConnCtx,
+) -> Received {
+    if buf.capacity() - buf.len() < READ_MIN_SPACE {
+        buf.reserve(READ_CHUNK);
+    }
+    match sock.try_read_buf(buf) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::Interrupted =>
+        {
+            Received::Nothing
+        }
+        Ok(0) | Err(_) => {
+            conn.shutdown(cx.shared.now());
+            cx.closing = true;
+            Received::Closed
+        }
+        Ok(_) => {
+            loop {
+                match cx.codec.decode(buf) {
+                    Ok(Some(pdu)) => {
+                        conn.handle_pdu(pdu, cx.shared.now());
+                        drain(conn, cx);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let fatal = e.is_fatal();
+                        tracing::debug!(conn = cx.id, "bad PDU: {e}");
+                        conn.handle_decode_error(e, cx.shared.now());
+                        drain(conn, cx);
+                        if fatal {
+                            break;
+                        }
+                    }
+                }
+                if cx.closing {
+                    break;
+                }
+            }
+            Received::Pdus
+        }
     }
 }
 

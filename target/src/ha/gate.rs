@@ -20,6 +20,9 @@ use crate::sync::{self, Condvar, Mutex, MutexGuard};
 struct GateState {
     open: bool,
     in_flight: usize,
+    /// Closers waiting for `in_flight` to reach 0 (only then is the condition variable
+    /// signalled: the I/O path pays no wake-up system call).
+    waiters: usize,
 }
 
 /// See the [module documentation](self).
@@ -39,7 +42,7 @@ impl Drop for GatePass {
     fn drop(&mut self) {
         let mut s = self.gate.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        if s.in_flight == 0 {
+        if s.in_flight == 0 && s.waiters > 0 {
             self.gate.drained.notify_all();
         }
     }
@@ -49,7 +52,11 @@ impl IoGate {
     /// A gate, open or closed.
     pub fn new(open: bool) -> Arc<IoGate> {
         Arc::new(IoGate {
-            state: Mutex::new(GateState { open, in_flight: 0 }),
+            state: Mutex::new(GateState {
+                open,
+                in_flight: 0,
+                waiters: 0,
+            }),
             drained: Condvar::new(),
         })
     }
@@ -111,14 +118,18 @@ impl IoGate {
     }
 
     fn drain(&self, mut s: MutexGuard<'_, GateState>, deadline: Instant) -> bool {
+        let mut drained = true;
+        s.waiters += 1;
         while s.in_flight > 0 {
             let (g, timed_out) = sync::wait_until(&self.drained, s, deadline);
             s = g;
             if timed_out && s.in_flight > 0 {
-                return false;
+                drained = false;
+                break;
             }
         }
-        true
+        s.waiters -= 1;
+        drained
     }
 }
 
