@@ -32,6 +32,9 @@ def parse_value(text):
         v = json.loads(text)
     except ValueError:
         return text
+    # A short git revision such as 325e81 is JSON for a huge float: keep exponents out.
+    if isinstance(v, float) and ("e" in text or "E" in text):
+        return text
     return v if not isinstance(v, str) else text
 
 

@@ -261,9 +261,17 @@ pub struct Shared {
     pub ha: crate::ha::runtime::HaSlot,
     /// Per-LUN and per-port I/O statistics (`duetctl stat`).
     pub stats: Arc<Stats>,
+    /// The threads that run connections (and the HA link: see [`Shared::link_thread`]).
+    threads: ConnThreads,
 }
 
 impl Shared {
+    /// The runtime of the connection thread that also runs the HA link: a command forwarded
+    /// from a connection of that thread, and its answer, pass between tasks of one thread.
+    pub fn link_thread(&self) -> &tokio::runtime::Handle {
+        &self.threads.handles[0]
+    }
+
     fn now(&self) -> Millis {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -486,6 +494,7 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
             }),
         );
     }
+    let threads = ConnThreads::start(config.io_threads).map_err(StartError::Threads)?;
     Ok(Shared {
         config,
         targets,
@@ -496,6 +505,7 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
         epoch: Instant::now(),
         ha: crate::ha::runtime::HaSlot::new(),
         stats: Arc::new(Stats::new()),
+        threads,
     })
 }
 
@@ -562,14 +572,11 @@ pub async fn serve(
             listeners.push((l, pg.name.clone(), pg.tag));
         }
     }
-    let threads =
-        Arc::new(ConnThreads::start(shared.config.io_threads).map_err(StartError::Threads)?);
-    tracing::info!(threads = threads.len(), "connection threads started");
+    tracing::info!(threads = shared.threads.len(), "connection threads");
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, pg, tag) in listeners {
         let shared = shared.clone();
         let mut stop = shutdown.clone();
-        let threads = threads.clone();
         tasks.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -580,9 +587,10 @@ pub async fn serve(
                             let shared = shared.clone();
                             let pg = pg.clone();
                             let stop = stop.clone();
+                            let thread = shared.threads.next().clone();
                             conns.spawn_on(async move {
                                 run_connection(shared, sock, peer, pg, tag, stop).await;
-                            }, threads.next());
+                            }, &thread);
                         }
                         Err(e) => {
                             tracing::warn!("accept failed: {e}");
@@ -612,13 +620,11 @@ pub async fn serve(
 /// The threads that run iSCSI connections, each a single-threaded runtime. A connection lives
 /// on one of them (round-robin), so a request wakes one thread, which reads, executes and
 /// answers it before it sleeps again: no hand-off between worker threads, the lowest latency at
-/// queue depth 1, and connections spread over the CPUs. Stopping (on drop) ends the threads;
-/// their connections must have finished first.
+/// queue depth 1, and connections spread over the CPUs. Dropping it ends the threads.
 struct ConnThreads {
     handles: Vec<tokio::runtime::Handle>,
     next: AtomicUsize,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    joins: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ConnThreads {
@@ -633,7 +639,6 @@ impl ConnThreads {
             handles: Vec::with_capacity(n),
             next: AtomicUsize::new(0),
             stops: Vec::with_capacity(n),
-            joins: Vec::with_capacity(n),
         };
         for i in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -642,13 +647,11 @@ impl ConnThreads {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             t.handles.push(rt.handle().clone());
             t.stops.push(stop_tx);
-            t.joins.push(
-                std::thread::Builder::new()
-                    .name(format!("duetd-conn-{i}"))
-                    .spawn(move || {
-                        let _ = rt.block_on(stop_rx);
-                    })?,
-            );
+            std::thread::Builder::new()
+                .name(format!("duetd-conn-{i}"))
+                .spawn(move || {
+                    let _ = rt.block_on(stop_rx);
+                })?;
         }
         Ok(t)
     }
@@ -666,10 +669,9 @@ impl ConnThreads {
 
 impl Drop for ConnThreads {
     fn drop(&mut self) {
+        // Each thread ends (dropping what still runs there) once told; it is not joined, as the
+        // last owner may be a task on one of them.
         self.stops.clear();
-        for j in self.joins.drain(..) {
-            let _ = j.join();
-        }
     }
 }
 
