@@ -933,10 +933,11 @@ async fn run_connection(
                     Ok(ready) => ready.is_readable() || ready.is_read_closed(),
                     Err(_) => true,
                 };
-                if want_read && readable {
-                    if read_pdus(&sock, &mut buf, &mut conn, &mut cx) == Received::Closed {
-                        read_open = false;
-                    }
+                if want_read
+                    && readable
+                    && read_pdus(&sock, &mut buf, &mut conn, &mut cx) == Received::Closed
+                {
+                    read_open = false;
                 }
                 // Writability is used at the top of the loop.
             }
