@@ -176,8 +176,7 @@ pub fn prepare(opts: &LabOptions) -> Result<[LabNode; 2], LabError> {
             r#"# {name} of the Duet lab (written by `duetd lab`; start by hand with
 #   duetd --config {config}
 ping_timeout = 5
-# Both controllers of the lab share this machine: one connection thread each (the HA link
-# runs on it too, so a command forwarded by this controller never changes threads).
+# Both controllers of the lab share this machine: one connection thread each.
 io_threads = 1
 
 [portal_group.pg0]

@@ -261,17 +261,11 @@ pub struct Shared {
     pub ha: crate::ha::runtime::HaSlot,
     /// Per-LUN and per-port I/O statistics (`duetctl stat`).
     pub stats: Arc<Stats>,
-    /// The threads that run connections (and the HA link: see [`Shared::link_thread`]).
+    /// The threads that run connections.
     threads: ConnThreads,
 }
 
 impl Shared {
-    /// The runtime of the connection thread that also runs the HA link: a command forwarded
-    /// from a connection of that thread, and its answer, pass between tasks of one thread.
-    pub fn link_thread(&self) -> &tokio::runtime::Handle {
-        &self.threads.handles[0]
-    }
-
     fn now(&self) -> Millis {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -891,6 +885,8 @@ async fn run_connection(
             break;
         }
         let want_read = read_open && !shutting_down && cx.out.bytes < OUTBOX_HIGH_WATER;
+        // Connections share their thread: a busy one gives way now and then.
+        tokio::task::consume_budget().await;
         let want_write = write_open && !cx.out.is_empty();
         let interest = match (want_read, want_write) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),

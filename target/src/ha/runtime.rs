@@ -156,11 +156,9 @@ impl HaRuntime {
             .validate()
             .map_err(|e| HaStartError::Config(e.to_string()))?;
         let mode = core_cfg.mode;
-        // The link's tasks run on the first connection thread (see `Shared::link_thread`).
-        let (link, link_rx) = {
-            let _on = shared.link_thread().enter();
-            link::spawn(cfg.link_config(), shutdown.clone())
-        };
+        // The link runs on the main runtime, apart from the connection threads: heartbeats must
+        // not wait behind I/O.
+        let (link, link_rx) = link::spawn(cfg.link_config(), shutdown.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         let rt = Arc::new(HaRuntime {
             peer_id: 3 - cfg.id,
