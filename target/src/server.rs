@@ -779,18 +779,14 @@ struct ConnCtx {
 }
 
 impl ConnCtx {
-    /// Runs `work` off the connection task; its completion comes back through `done_tx`.
-    fn spawn_command(
-        &mut self,
-        itt: u32,
-        work: impl std::future::Future<Output = Completion> + Send + 'static,
-    ) {
+    /// Counts command `itt` as running off this task and returns what completes it: its
+    /// completion comes back through `done_tx`.
+    fn reply_later(&mut self, itt: u32) -> impl FnOnce(Completion) + Send + 'static {
         self.in_flight += 1;
         let done_tx = self.done_tx.clone();
-        tokio::spawn(async move {
-            let completion = work.await;
+        move |completion| {
             let _ = done_tx.send(Done { itt, completion });
-        });
+        }
     }
 }
 
@@ -884,9 +880,9 @@ async fn run_connection(
         if shutting_down && cx.in_flight == 0 {
             break;
         }
-        let want_read = read_open && !shutting_down && cx.out.bytes < OUTBOX_HIGH_WATER;
         // Connections share their thread: a busy one gives way now and then.
         tokio::task::consume_budget().await;
+        let want_read = read_open && !shutting_down && cx.out.bytes < OUTBOX_HIGH_WATER;
         let want_write = write_open && !cx.out.is_empty();
         let interest = match (want_read, want_write) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
@@ -929,10 +925,7 @@ async fn run_connection(
                     Ok(ready) => ready.is_readable() || ready.is_read_closed(),
                     Err(_) => true,
                 };
-                if want_read
-                    && readable
-                    && read_pdus(&sock, &mut buf, &mut conn, &mut cx) == Received::Closed
-                {
+                if want_read && readable && !read_pdus(&sock, &mut buf, &mut conn, &mut cx) {
                     read_open = false;
                 }
                 // Writability is used at the top of the loop.
@@ -973,24 +966,15 @@ async fn run_connection(
     }
 }
 
-/// What [`read_pdus`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Received {
-    /// Nothing to read now.
-    Nothing,
-    /// Bytes arrived; every complete PDU among them was handled.
-    Pdus,
-    /// The initiator closed the connection (or it failed): the connection is shutting down.
-    Closed,
-}
-
 /// Reads what the socket holds, without waiting, and hands every complete PDU to `conn`.
+/// Returns `false` when the initiator closed the connection (or it failed): the connection is
+/// then shutting down.
 fn read_pdus(
     sock: &TcpStream,
     buf: &mut BytesMut,
     conn: &mut Connection,
     cx: &mut ConnCtx,
-) -> Received {
+) -> bool {
     if buf.capacity() - buf.len() < READ_MIN_SPACE {
         buf.reserve(READ_CHUNK);
     }
@@ -999,12 +983,12 @@ fn read_pdus(
             if e.kind() == std::io::ErrorKind::WouldBlock
                 || e.kind() == std::io::ErrorKind::Interrupted =>
         {
-            Received::Nothing
+            true
         }
         Ok(0) | Err(_) => {
             conn.shutdown(cx.shared.now());
             cx.closing = true;
-            Received::Closed
+            false
         }
         Ok(_) => {
             loop {
@@ -1028,7 +1012,7 @@ fn read_pdus(
                     break;
                 }
             }
-            Received::Pdus
+            true
         }
     }
 }
@@ -1277,13 +1261,11 @@ fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) -> Option<Done> {
         op: cmd.cdb.first().copied().unwrap_or(0xFF),
         started: Instant::now(),
     };
-    if let Some(ha) = cx.shared.ha.get() {
+    if let Some(ha) = cx.shared.ha.get().cloned() {
         if let Some(plan_only) = ha.forward_mode(lun) {
-            cx.in_flight += 1;
-            let done_tx = cx.done_tx.clone();
+            let reply = cx.reply_later(itt);
             ha.forward(&lu, nexus, cmd.cdb, cmd.data_out, plan_only, move |c| {
-                let completion = timer.finish(c);
-                let _ = done_tx.send(Done { itt, completion });
+                reply(timer.finish(c))
             });
             return None;
         }
@@ -1304,10 +1286,9 @@ fn execute(cx: &mut ConnCtx, cmd: ScsiCommand) -> Option<Done> {
                     completion: timer.finish(c),
                 });
             }
-            let data_out = cmd.data_out;
-            cx.spawn_command(itt, async move {
-                let c = run_medium(lu, plan, data_out).await;
-                timer.finish(c)
+            let reply = cx.reply_later(itt);
+            tokio::spawn(async move {
+                reply(timer.finish(run_medium(lu, plan, cmd.data_out).await));
             });
             None
         }
@@ -1332,7 +1313,8 @@ const INLINE_MAX_BYTES: u64 = 1 << 20;
 /// copy to or from memory costs less than handing the work to another thread and back. Returns
 /// `None` (the caller takes the blocking pool) otherwise.
 pub fn run_inline(lu: &Lu, plan: &IoPlan, data_out: &Bytes) -> Option<Completion> {
-    if !never_waits(lu, plan) || plan.needs_exclusive() {
+    // (Reads and writes never need the I/O lock exclusively.)
+    if !never_waits(lu, plan) {
         return None;
     }
     let _shared = lu.io_lock.try_read().ok()?;

@@ -501,13 +501,6 @@ impl Outgoing {
     }
 }
 
-async fn write_frame(w: &mut OwnedWriteHalf, out: Outgoing) -> io::Result<usize> {
-    let len = HEADER_LEN + out.payload.len();
-    let mut buf = Buf::chain(&out.header[..], out.payload);
-    w.write_all_buf(&mut buf).await?;
-    Ok(len)
-}
-
 fn bye_text(payload: &[u8]) -> String {
     let cut = &payload[..payload.len().min(MAX_BYE_REASON)];
     String::from_utf8_lossy(cut)
@@ -659,7 +652,7 @@ fn proof(
 async fn send_login(w: &mut OwnedWriteHalf, msg: &LoginMsg) -> Result<(), LoginError> {
     let payload = postcard::to_stdvec(msg)
         .map_err(|e| LoginError::Protocol(format!("cannot encode login message: {e}")))?;
-    write_frame(w, Outgoing::new(FrameKind::Login, Bytes::from(payload)))
+    write_frames(w, &[Outgoing::new(FrameKind::Login, Bytes::from(payload))])
         .await
         .map_err(|e| LoginError::Conn(e.into()))?;
     Ok(())
@@ -680,7 +673,7 @@ async fn recv_login(r: &mut FrameReader) -> Result<LoginMsg, LoginError> {
 /// Sends a bye with `reason` (best effort) and returns the refusal.
 async fn refuse(w: &mut OwnedWriteHalf, refusal: Refusal) -> LoginError {
     let bye = Outgoing::new(FrameKind::Bye, Bytes::from(refusal.for_peer()));
-    let _ = write_frame(w, bye).await;
+    let _ = write_frames(w, &[bye]).await;
     let _ = w.shutdown().await;
     LoginError::Refused(refusal)
 }
