@@ -13,17 +13,18 @@
 #![no_main]
 
 use duet_target::ha::link::{FrameHeader, HEADER_LEN, MAX_PAYLOAD};
+use bytes::Bytes;
 use duet_target::ha::proto;
 use libfuzzer_sys::fuzz_target;
 
 fn check_message(payload: &[u8]) {
-    let Ok(msg) = proto::decode(payload) else {
+    let Ok(msg) = proto::decode(&Bytes::copy_from_slice(payload)) else {
         return;
     };
     let _ = format!("{msg:?}");
-    let bytes = proto::encode(&msg).expect("a decoded message encodes");
-    let again = proto::decode(&bytes).expect("a re-encoded message decodes");
-    let bytes2 = proto::encode(&again).expect("a decoded message encodes");
+    let bytes = proto::encode(msg).expect("a decoded message encodes").to_vec();
+    let again = proto::decode(&Bytes::from(bytes.clone())).expect("a re-encoded message decodes");
+    let bytes2 = proto::encode(again).expect("a decoded message encodes").to_vec();
     assert_eq!(bytes, bytes2, "message does not survive re-encoding");
 }
 

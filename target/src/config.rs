@@ -167,6 +167,13 @@ pub struct Target {
 /// The most threads `io_threads` may ask for.
 pub const MAX_IO_THREADS: usize = 256;
 
+/// The default `poll_us`: long enough to catch the next command of a host that answers at once
+/// (a queue-depth-1 round trip on loopback), short enough that an idle connection costs nothing.
+pub const DEFAULT_POLL_US: u64 = 50;
+
+/// The longest `poll_us` accepted (1 ms).
+pub const MAX_POLL_US: u64 = 1000;
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -178,6 +185,9 @@ pub struct Config {
     pub ping_timeout: u64,
     /// Threads that run iSCSI connections (`io_threads`); 0 = one per CPU.
     pub io_threads: usize,
+    /// Microseconds a connection's thread keeps polling its socket after the connection was last
+    /// busy, before it sleeps (`poll_us`); 0 = sleep at once.
+    pub poll_us: u64,
     pub portal_groups: Vec<PortalGroup>,
     pub auth_groups: Vec<AuthGroup>,
     pub targets: Vec<Target>,
@@ -431,6 +441,7 @@ struct Builder {
     syntax: Syntax,
     ping_timeout: u64,
     io_threads: usize,
+    poll_us: u64,
     portal_groups: Vec<Located<PortalGroup>>,
     auth_groups: Vec<Located<AuthGroup>>,
     targets: Vec<Located<Target>>,
@@ -443,6 +454,7 @@ impl Builder {
             syntax,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             io_threads: 0,
+            poll_us: DEFAULT_POLL_US,
             portal_groups: Vec::new(),
             auth_groups: Vec::new(),
             targets: Vec::new(),
@@ -580,6 +592,7 @@ impl Builder {
             syntax: self.syntax,
             ping_timeout: self.ping_timeout,
             io_threads: self.io_threads,
+            poll_us: self.poll_us,
             portal_groups,
             auth_groups,
             targets,
@@ -685,6 +698,7 @@ fn infer_auth_type(chap: &[ChapCredential]) -> AuthType {
 struct RawToml {
     ping_timeout: Option<Spanned<i64>>,
     io_threads: Option<Spanned<i64>>,
+    poll_us: Option<Spanned<i64>>,
     #[serde(default)]
     portal_group: BTreeMap<String, Spanned<RawPortalGroup>>,
     #[serde(default)]
@@ -798,6 +812,16 @@ fn parse_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
             ));
         }
         b.io_threads = v as usize;
+    }
+    if let Some(t) = &raw.poll_us {
+        let v = *t.get_ref();
+        if !(0..=MAX_POLL_US as i64).contains(&v) {
+            return Err(fail(
+                at(t.span()),
+                format!("`poll_us`: expected 0 (off) to {MAX_POLL_US} microseconds, got {v}"),
+            ));
+        }
+        b.poll_us = v as u64;
     }
 
     for (name, ag) in &raw.auth_group {
@@ -1734,6 +1758,15 @@ mod tests {
     }
 
     #[test]
+    fn connections_poll_50_us_by_default_and_poll_us_0_turns_it_off() {
+        assert_eq!(Config::parse("x.toml", SINGLE).unwrap().poll_us, 50);
+        let text = format!("poll_us = 0\n{SINGLE}");
+        assert_eq!(Config::parse("x.toml", &text).unwrap().poll_us, 0);
+        let e = err_of("x.toml", &format!("poll_us = 5000\n{SINGLE}"));
+        assert!(e.starts_with("x.toml:1: ") && e.contains("poll_us"), "{e}");
+    }
+
+    #[test]
     fn the_shipped_toml_example_describes_one_lun_without_authentication() {
         let c = Config::parse("examples/single.toml", SINGLE).expect("valid");
         assert_eq!(c.syntax, Syntax::Toml);
@@ -1787,6 +1820,8 @@ mod tests {
         assert!(e.contains("nmae"), "{e}");
         let e = err_of("x.toml", "ping_timeout = \n");
         assert!(e.starts_with("x.toml:1: "), "{e}");
+        let e = err_of("x.toml", "ping_timeout = 5\npoll_us = -1\n");
+        assert!(e.contains("x.toml:2") && e.contains("poll_us"), "{e}");
         let e = err_of("x.toml", "ping_timeout = 5\nio_threads = 1000\n");
         assert!(e.starts_with("x.toml:2: "), "{e}");
         assert!(e.contains("io_threads"), "{e}");

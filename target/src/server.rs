@@ -266,6 +266,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The runtime of the first connection thread.
+    pub(crate) fn first_conn_thread(&self) -> tokio::runtime::Handle {
+        self.threads.handles[0].clone()
+    }
+
     fn now(&self) -> Millis {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -863,6 +868,11 @@ async fn run_connection(
     let mut shutting_down = *stop.borrow();
     let mut read_open = true;
     let mut write_open = true;
+    // After the connection was busy, its thread polls the socket for a moment before it sleeps:
+    // the next command of a host that answers at once then costs no wake-up of this thread.
+    // `idle_since` is when polling began (none while busy): no clock read on the busy path.
+    let poll_window = Duration::from_micros(shared.config.poll_us);
+    let mut idle_since: Option<Instant> = None;
     loop {
         // Send what the last step produced before waiting for anything.
         if write_open && !cx.out.is_empty() {
@@ -895,8 +905,14 @@ async fn run_connection(
         tokio::select! {
             biased;
             Some(d) = done_rx.recv() => {
-                cx.in_flight = cx.in_flight.saturating_sub(1);
-                conn.complete_command(d.itt, d.completion, shared.now());
+                // Everything completed meanwhile is answered together: one write for the batch.
+                let mut next = Some(d);
+                while let Some(d) = next {
+                    cx.in_flight = cx.in_flight.saturating_sub(1);
+                    conn.complete_command(d.itt, d.completion, shared.now());
+                    drain(&mut conn, &mut cx);
+                    next = done_rx.try_recv().ok();
+                }
             }
             Some(m) = msg_rx.recv() => match m {
                 ConnMsg::AbortTasks(lun) => {
@@ -938,7 +954,20 @@ async fn run_connection(
             } => {
                 conn.handle_timeout(shared.now());
             }
+            // Lowest priority: polls the runtime's I/O driver without sleeping (other
+            // connections on this thread keep running) and looks again. The CPU is offered to
+            // other threads meanwhile: on a busy machine the host may need it to send the next
+            // command.
+            _ = tokio::task::yield_now(), if want_read
+                && !poll_window.is_zero()
+                && idle_since.is_none_or(|t| t.elapsed() < poll_window) =>
+            {
+                idle_since.get_or_insert_with(Instant::now);
+                std::thread::yield_now();
+                continue;
+            }
         }
+        idle_since = None;
         drain(&mut conn, &mut cx);
     }
     // Tear down: abort what is left, send the last PDUs, tell the LUs the nexus is gone, release

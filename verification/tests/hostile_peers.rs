@@ -646,10 +646,14 @@ fn admin_socket(d: &Daemon) -> PathBuf {
     d.dir.join("ctrl-a.sock")
 }
 
+/// The HA link's version, as a peer that speaks the wire protocol knows it (duetd's
+/// `LINK_VERSION`).
+const LINK_VERSION: u8 = 2;
+
 /// A link frame: magic, version, kind, flags, length, payload.
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = b"DUET".to_vec();
-    f.extend_from_slice(&1u16.to_be_bytes());
+    f.extend_from_slice(&u16::from(LINK_VERSION).to_be_bytes());
     f.push(kind);
     f.push(0);
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -660,7 +664,7 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 /// A postcard-encoded `LoginMsg::Hello` (variant 0: version varint, ha_id, mode, channel
 /// varint, attempt varint, 32-byte nonce).
 fn hello(ha_id: u8, mode: u8, channel: u8, attempt: u8, nonce_seed: u64) -> Vec<u8> {
-    let mut p = vec![0u8, 1, ha_id, mode, channel, attempt & 0x7f];
+    let mut p = vec![0u8, LINK_VERSION, ha_id, mode, channel, attempt & 0x7f];
     p.extend_from_slice(&pattern(nonce_seed, 32));
     p
 }

@@ -734,7 +734,7 @@ fn ha_seeds(out: &Out) -> std::io::Result<()> {
         ("release", LinkMsg::Release { grant: 11 }),
     ];
     for (name, msg) in &msgs {
-        let payload = proto::encode(msg).expect("message encodes");
+        let payload = proto::encode(msg.clone()).expect("message encodes").to_vec();
         let mut bare = vec![0u8];
         bare.extend_from_slice(&payload);
         out.put("ha_frame", &format!("msg-{name}"), &bare)?;

@@ -291,6 +291,8 @@ impl HaConfig {
             heartbeat: self.heartbeat(),
             dead_after: self.dead_after(),
             reconnect: self.reconnect(),
+            // Set from the controller's `poll_us` by the runtime.
+            data_poll: Duration::ZERO,
         }
     }
 }

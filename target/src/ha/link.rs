@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
@@ -58,8 +58,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
 
-/// Version of the HA link's framing and login, checked on every frame and at login.
-pub const LINK_VERSION: u16 = 1;
+/// Version of the HA link's framing, login and message layout, checked on every frame and at
+/// login (2: a message's bulk data follows its encoding, see [`crate::ha::proto`]).
+pub const LINK_VERSION: u16 = 2;
 
 /// The first four bytes of every frame: `"DUET"`.
 pub const FRAME_MAGIC: u32 = u32::from_be_bytes(*b"DUET");
@@ -154,6 +155,9 @@ pub struct LinkConfig {
     pub dead_after: Duration,
     /// Delay between connection attempts.
     pub reconnect: Duration,
+    /// How long the data channel's thread keeps polling its socket after a frame before it
+    /// sleeps (the controller's `poll_us`); zero = sleep at once.
+    pub data_poll: Duration,
 }
 
 impl LinkConfig {
@@ -168,6 +172,7 @@ impl LinkConfig {
             heartbeat: Duration::from_millis(200),
             dead_after: Duration::from_secs(1),
             reconnect: Duration::from_millis(200),
+            data_poll: Duration::ZERO,
         }
     }
 
@@ -478,26 +483,36 @@ impl FrameReader {
     }
 }
 
-/// One frame queued for a writer task: header and payload are written with one vectored write,
-/// the payload is not copied.
+/// One frame queued for a writer task: header and payload (in two parts, the second often
+/// empty) are written with one vectored write, the payload is not copied.
 struct Outgoing {
     header: [u8; HEADER_LEN],
     payload: Bytes,
+    more: Bytes,
     kind: FrameKind,
 }
 
 impl Outgoing {
     fn new(kind: FrameKind, payload: Bytes) -> Self {
+        Self::in_parts(kind, payload, Bytes::new())
+    }
+
+    fn in_parts(kind: FrameKind, payload: Bytes, more: Bytes) -> Self {
         let header = FrameHeader {
             kind,
-            len: payload.len() as u32,
+            len: (payload.len() + more.len()) as u32,
         }
         .encode();
         Outgoing {
             header,
             payload,
+            more,
             kind,
         }
+    }
+
+    fn wire_len(&self) -> usize {
+        HEADER_LEN + self.payload.len() + self.more.len()
     }
 }
 
@@ -856,6 +871,37 @@ struct Shared {
     last_warning: Mutex<Option<String>>,
     /// Takes the data channel's messages on the reader task (see [`LinkHandle::handle_data`]).
     data_handler: OnceLock<DataHandler>,
+    /// The thread that runs the data channel (`None`: it could not be started, and the data
+    /// channel runs on the main runtime).
+    data_thread: Option<DataThread>,
+}
+
+/// Where the data channel runs: a single-threaded runtime apart from the control channel, so
+/// that forwarded commands neither wait behind heartbeats nor delay them, and whose `yield_now`
+/// lets its reader poll the socket. Either a thread of the link's own (ended when this is
+/// dropped) or a runtime given by the caller ([`spawn_on`]).
+struct DataThread {
+    handle: tokio::runtime::Handle,
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl DataThread {
+    fn start() -> io::Result<DataThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("duetd-ha-data".to_string())
+            .spawn(move || {
+                let _ = rt.block_on(stopped);
+            })?;
+        Ok(DataThread {
+            handle,
+            _stop: Some(stop),
+        })
+    }
 }
 
 /// A handler of the data channel's messages: called on the link's reader task, in order; it
@@ -930,11 +976,15 @@ impl LinkHandle {
     /// never kept across a reconnect (the protocol above tolerates loss). A payload longer than
     /// [`MAX_PAYLOAD`] is not sent either (it is logged and refused with `Err(LinkDown)`).
     pub fn send(&self, channel: Channel, payload: Bytes) -> Result<(), LinkDown> {
-        if payload.len() > MAX_PAYLOAD {
-            warn!(
-                "HA link: refused to send a {}-byte message (the maximum is {MAX_PAYLOAD})",
-                payload.len()
-            );
+        self.send_parts(channel, payload, Bytes::new())
+    }
+
+    /// Queues one message whose payload is `head` followed by `bulk`, both sent as they are
+    /// (one vectored write, no copy); the peer receives them as one payload.
+    pub fn send_parts(&self, channel: Channel, head: Bytes, bulk: Bytes) -> Result<(), LinkDown> {
+        let len = head.len() + bulk.len();
+        if len > MAX_PAYLOAD {
+            warn!("HA link: refused to send a {len}-byte message (the maximum is {MAX_PAYLOAD})");
             return Err(LinkDown);
         }
         let session = lock(&self.shared.session);
@@ -945,7 +995,7 @@ impl LinkHandle {
             Channel::Control => &tx.control,
             Channel::Data => &tx.data,
         };
-        tx.send(Outgoing::new(FrameKind::Message, payload))
+        tx.send(Outgoing::in_parts(FrameKind::Message, head, bulk))
             .map_err(|_| LinkDown)
     }
 
@@ -985,10 +1035,38 @@ impl LinkHandle {
 /// its sender is dropped). An invalid configuration (`ha_id` not 1 or 2, `ha_mode` over 2, zero
 /// timings) is logged and leaves the link offline (state 0) with the event stream closed.
 ///
+/// The data channel gets a thread of its own (see [`spawn_on`] to give it a runtime instead).
+///
 /// Must be called from within a tokio runtime.
 pub fn spawn(
     cfg: LinkConfig,
     shutdown: watch::Receiver<bool>,
+) -> (LinkHandle, mpsc::UnboundedReceiver<LinkEvent>) {
+    let data_thread = DataThread::start()
+        .map_err(|e| warn!("HA link: no thread of its own for the data channel ({e}); it shares the main runtime"))
+        .ok();
+    spawn_inner(cfg, shutdown, data_thread)
+}
+
+/// As [`spawn`], with the data channel on `data_rt`, which must be a single-threaded runtime
+/// (`data_poll` relies on it). duetd puts it on a connection thread: a forwarded command and
+/// its answer then cross no thread.
+pub fn spawn_on(
+    cfg: LinkConfig,
+    shutdown: watch::Receiver<bool>,
+    data_rt: tokio::runtime::Handle,
+) -> (LinkHandle, mpsc::UnboundedReceiver<LinkEvent>) {
+    let data_thread = DataThread {
+        handle: data_rt,
+        _stop: None,
+    };
+    spawn_inner(cfg, shutdown, Some(data_thread))
+}
+
+fn spawn_inner(
+    cfg: LinkConfig,
+    shutdown: watch::Receiver<bool>,
+    data_thread: Option<DataThread>,
 ) -> (LinkHandle, mpsc::UnboundedReceiver<LinkEvent>) {
     let (events, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -1000,6 +1078,7 @@ pub fn spawn(
         refused_logins: AtomicU64::new(0),
         last_warning: Mutex::new(None),
         data_handler: OnceLock::new(),
+        data_thread,
     });
     let handle = LinkHandle {
         shared: shared.clone(),
@@ -1310,7 +1389,7 @@ async fn write_loop(
         match write_frames(&mut w, &batch).await {
             Ok(()) => {
                 for o in &batch {
-                    counters.sent(HEADER_LEN + o.payload.len());
+                    counters.sent(o.wire_len());
                 }
             }
             Err(e) => return TaskEnd::other(format!("{channel} channel: write failed: {e}")),
@@ -1329,11 +1408,13 @@ const MAX_BATCH: usize = 32;
 /// Writes `frames` (headers and payloads, not copied) with as few system calls as the socket
 /// allows.
 async fn write_frames(w: &mut OwnedWriteHalf, frames: &[Outgoing]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
     for f in frames {
         slices.push(IoSlice::new(&f.header));
-        if !f.payload.is_empty() {
-            slices.push(IoSlice::new(&f.payload));
+        for part in [&f.payload, &f.more] {
+            if !part.is_empty() {
+                slices.push(IoSlice::new(part));
+            }
         }
     }
     let mut rest = &mut slices[..];
@@ -1347,14 +1428,64 @@ async fn write_frames(w: &mut OwnedWriteHalf, frames: &[Outgoing]) -> io::Result
     Ok(())
 }
 
+/// Runs the data channel (writer and reader, one task) on the data thread, its socket moved to
+/// that thread's reactor; on the current runtime, without polling, when there is no such thread.
+fn spawn_data(
+    shared: &Arc<Shared>,
+    data: Authed,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    generation: u64,
+    poll: Duration,
+    done: mpsc::UnboundedSender<TaskEnd>,
+) -> JoinHandle<()> {
+    let sh = shared.clone();
+    let Some(thread) = &shared.data_thread else {
+        let run = data_loops(data.reader, data.writer, rx, sh, generation, Duration::ZERO);
+        return tokio::spawn(async move {
+            let _ = done.send(run.await);
+        });
+    };
+    let FrameReader { rd, buf, max } = data.reader;
+    let moved = rd
+        .reunite(data.writer)
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|s| s.into_std());
+    thread.handle.spawn(async move {
+        let end = match moved.and_then(TcpStream::from_std) {
+            Ok(s) => {
+                let (rd, wr) = s.into_split();
+                let reader = FrameReader { rd, buf, max };
+                data_loops(reader, wr, rx, sh, generation, poll).await
+            }
+            Err(e) => TaskEnd::other(format!("data channel: cannot move it to its thread: {e}")),
+        };
+        let _ = done.send(end);
+    })
+}
+
+async fn data_loops(
+    reader: FrameReader,
+    writer: OwnedWriteHalf,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    shared: Arc<Shared>,
+    generation: u64,
+    poll: Duration,
+) -> TaskEnd {
+    tokio::select! {
+        end = write_loop(writer, rx, None, shared.clone(), Channel::Data) => end,
+        end = read_loop(reader, None, shared, Channel::Data, generation, poll) => end,
+    }
+}
+
 async fn read_loop(
     mut r: FrameReader,
     dead_after: Option<Duration>,
     shared: Arc<Shared>,
     channel: Channel,
     generation: u64,
+    poll: Duration,
 ) -> TaskEnd {
-    let (reason, bye) = read_frames(&mut r, dead_after, &shared, channel, generation).await;
+    let (reason, bye) = read_frames(&mut r, dead_after, &shared, channel, generation, poll).await;
     TaskEnd {
         reason,
         control_reader: channel == Channel::Control,
@@ -1369,10 +1500,12 @@ async fn read_frames(
     shared: &Shared,
     channel: Channel,
     generation: u64,
+    poll: Duration,
 ) -> (String, bool) {
     let counters = &shared.channels[channel.index()];
     loop {
         let next = match dead_after {
+            None if !poll.is_zero() => next_polling(r, poll).await,
             Some(d) => match timeout(d, r.next()).await {
                 Ok(next) => next,
                 Err(_) => {
@@ -1400,6 +1533,25 @@ async fn read_frames(
             FrameKind::Login => {
                 let text = format!("{channel} channel: unexpected login frame after the login");
                 return (text, false);
+            }
+        }
+    }
+}
+
+/// The next frame; for `poll` after the call, the thread keeps polling the socket (and runs its
+/// other tasks) instead of sleeping, so that a frame that follows soon costs no wake-up. Only on
+/// a single-threaded runtime, whose `yield_now` polls the I/O driver without blocking.
+async fn next_polling(r: &mut FrameReader, poll: Duration) -> Result<Frame, ConnError> {
+    // When polling began: a frame already buffered costs no clock read.
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            f = r.next() => return f,
+            // Other threads get the CPU meanwhile (see the connection threads' polling).
+            _ = tokio::task::yield_now(), if idle_since.is_none_or(|t| t.elapsed() < poll) => {
+                idle_since.get_or_insert_with(Instant::now);
+                std::thread::yield_now();
             }
         }
     }
@@ -1475,27 +1627,22 @@ async fn run_session(
         Channel::Control,
     )));
     let others = AbortOnDrop(vec![
-        task(Box::pin(write_loop(
-            data.writer,
-            data_rx,
-            None,
-            shared.clone(),
-            Channel::Data,
-        ))),
         task(Box::pin(read_loop(
             control.reader,
             Some(cfg.dead_after),
             shared.clone(),
             Channel::Control,
             generation,
+            Duration::ZERO,
         ))),
-        task(Box::pin(read_loop(
-            data.reader,
-            None,
-            shared.clone(),
-            Channel::Data,
+        spawn_data(
+            shared,
+            data,
+            data_rx,
             generation,
-        ))),
+            cfg.data_poll,
+            done_tx.clone(),
+        ),
     ]);
 
     let (reason, stopping) = loop {
@@ -1569,11 +1716,12 @@ mod tests {
             FrameHeader::decode(&b, MAX_PAYLOAD),
             Err(FrameError::BadMagic(_))
         ));
+        // A peer of the previous version (messages without a separate bulk part) is refused.
         let mut b = good;
-        b[5] = 2;
+        b[5] = 1;
         assert_eq!(
             FrameHeader::decode(&b, MAX_PAYLOAD),
-            Err(FrameError::UnsupportedVersion(2))
+            Err(FrameError::UnsupportedVersion(1))
         );
         let mut b = good;
         b[6] = 9;

@@ -156,9 +156,14 @@ impl HaRuntime {
             .validate()
             .map_err(|e| HaStartError::Config(e.to_string()))?;
         let mode = core_cfg.mode;
-        // The link runs on the main runtime, apart from the connection threads: heartbeats must
-        // not wait behind I/O.
-        let (link, link_rx) = link::spawn(cfg.link_config(), shutdown.clone());
+        // The link's control channel runs on the main runtime, apart from the connection threads:
+        // heartbeats must not wait behind I/O. Its data channel (forwarded commands, which have
+        // no heartbeats) runs on the first connection thread and polls like the connections do:
+        // a command forwarded from a connection on that thread, and its answer, cross no thread.
+        let mut link_cfg = cfg.link_config();
+        link_cfg.data_poll = Duration::from_micros(shared.config.poll_us);
+        let (link, link_rx) =
+            link::spawn_on(link_cfg, shutdown.clone(), shared.first_conn_thread());
         let (tx, rx) = mpsc::unbounded_channel();
         let rt = Arc::new(HaRuntime {
             peer_id: 3 - cfg.id,
@@ -299,7 +304,7 @@ impl HaRuntime {
     fn carry_out(self: &Arc<Self>, node: &mut Node) {
         while let Some(out) = node.poll_output() {
             match out {
-                Output::SendPeer(msg) => self.send(Channel::Control, &LinkMsg::Ha(msg)),
+                Output::SendPeer(msg) => self.send(Channel::Control, LinkMsg::Ha(msg)),
                 Output::Quorum(op) => self.quorum_io(op),
                 Output::SetTimer { .. } => {}
                 Output::AluaChanged { lun, .. } => {
@@ -434,10 +439,10 @@ impl HaRuntime {
 
     // ---- the link ---------------------------------------------------------------------------
 
-    fn send(&self, channel: Channel, msg: &LinkMsg) {
+    fn send(&self, channel: Channel, msg: LinkMsg) {
         match proto::encode(msg) {
-            Ok(b) => {
-                let _ = self.link.send(channel, b);
+            Ok(e) => {
+                let _ = self.link.send_parts(channel, e.head, e.bulk);
             }
             Err(e) => tracing::error!("HA link: cannot encode a message: {e}"),
         }
@@ -472,7 +477,7 @@ impl HaRuntime {
         }
     }
 
-    fn on_payload(self: &Arc<Self>, payload: &[u8]) {
+    fn on_payload(self: &Arc<Self>, payload: &Bytes) {
         match proto::decode(payload) {
             Ok(msg) => self.on_message(msg),
             Err(e) => tracing::warn!("HA link: undecodable message dropped: {e}"),
@@ -495,12 +500,12 @@ impl HaRuntime {
                 let session = self.grants.session();
                 // Answer at once what needs no waiting; only the rest leaves this task.
                 match self.serve_now(req, session) {
-                    Ok(reply) => self.send(Channel::Data, &LinkMsg::Reply { id, reply }),
+                    Ok(reply) => self.send(Channel::Data, LinkMsg::Reply { id, reply }),
                     Err(rest) => {
                         let me = self.clone();
                         tokio::spawn(async move {
                             let reply = me.serve_later(rest, session).await;
-                            me.send(Channel::Data, &LinkMsg::Reply { id, reply });
+                            me.send(Channel::Data, LinkMsg::Reply { id, reply });
                         });
                     }
                 }
@@ -523,7 +528,7 @@ impl HaRuntime {
             return;
         }
         let state = lu.lock().shared_state();
-        self.send(Channel::Control, &LinkMsg::LuSync { lun, state });
+        self.send(Channel::Control, LinkMsg::LuSync { lun, state });
     }
 
     /// Sends `req` to the peer; `reply_to` gets the answer, or `None` when the request could not
@@ -532,9 +537,9 @@ impl HaRuntime {
         let Ok(id) = self.pending.register(reply_to) else {
             return;
         };
-        let sent = proto::encode(&LinkMsg::Request { id, req })
+        let sent = proto::encode(LinkMsg::Request { id, req })
             .ok()
-            .is_some_and(|b| self.link.send(Channel::Data, b).is_ok());
+            .is_some_and(|e| self.link.send_parts(Channel::Data, e.head, e.bulk).is_ok());
         if !sent {
             drop(self.pending.take(id));
         }
@@ -610,12 +615,12 @@ impl HaRuntime {
                 // The primary holds the LU's I/O lock and its gate for us until we release.
                 if never_waits(&lu, &plan) {
                     let c = run_plan_now(&lu, &plan, &data_out);
-                    me.send(Channel::Control, &LinkMsg::Release { grant });
+                    me.send(Channel::Control, LinkMsg::Release { grant });
                     done(c);
                 } else {
                     tokio::spawn(async move {
                         let c = run_plan(lu, plan, data_out, ()).await;
-                        me.send(Channel::Control, &LinkMsg::Release { grant });
+                        me.send(Channel::Control, LinkMsg::Release { grant });
                         done(c);
                     });
                 }
