@@ -167,9 +167,10 @@ pub struct Target {
 /// The most threads `io_threads` may ask for.
 pub const MAX_IO_THREADS: usize = 256;
 
-/// The default `poll_us`: long enough to catch the next command of a host that answers at once
-/// (a queue-depth-1 round trip on loopback), short enough that an idle connection costs nothing.
-pub const DEFAULT_POLL_US: u64 = 50;
+/// The default `poll_us`: long enough to bridge the gaps of a forwarding pipeline (secondary,
+/// link, primary) and to catch the next command of a host that answers at once, short enough
+/// that an idle connection costs nothing (the same order as Linux's guest halt-polling).
+pub const DEFAULT_POLL_US: u64 = 200;
 
 /// The longest `poll_us` accepted (1 ms).
 pub const MAX_POLL_US: u64 = 1000;
@@ -1758,8 +1759,8 @@ mod tests {
     }
 
     #[test]
-    fn connections_poll_50_us_by_default_and_poll_us_0_turns_it_off() {
-        assert_eq!(Config::parse("x.toml", SINGLE).unwrap().poll_us, 50);
+    fn connections_poll_200_us_by_default_and_poll_us_0_turns_it_off() {
+        assert_eq!(Config::parse("x.toml", SINGLE).unwrap().poll_us, 200);
         let text = format!("poll_us = 0\n{SINGLE}");
         assert_eq!(Config::parse("x.toml", &text).unwrap().poll_us, 0);
         let e = err_of("x.toml", &format!("poll_us = 5000\n{SINGLE}"));
