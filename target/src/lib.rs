@@ -15,6 +15,7 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod ha;
+mod idle_poll;
 pub mod lab;
 pub mod server;
 pub mod stats;

@@ -42,6 +42,7 @@ use duet_core::sense::{status, SenseCode};
 use crate::backend::{pr_state_path, write_file_atomically, FileStore, OpenSpec};
 use crate::config::{AuthGroup, AuthType, Config};
 use crate::ha::gate::IoGate;
+use crate::idle_poll::IdlePoll;
 use crate::stats::{OpKind, Stats};
 
 /// This controller's HA id while HA is off (DESIGN §2.3: a stand-alone controller is node 1).
@@ -870,9 +871,7 @@ async fn run_connection(
     let mut write_open = true;
     // After the connection was busy, its thread polls the socket for a moment before it sleeps:
     // the next command of a host that answers at once then costs no wake-up of this thread.
-    // `idle_since` is when polling began (none while busy): no clock read on the busy path.
-    let poll_window = Duration::from_micros(shared.config.poll_us);
-    let mut idle_since: Option<Instant> = None;
+    let mut idle = IdlePoll::new(Duration::from_micros(shared.config.poll_us));
     loop {
         // Send what the last step produced before waiting for anything.
         if write_open && !cx.out.is_empty() {
@@ -954,20 +953,10 @@ async fn run_connection(
             } => {
                 conn.handle_timeout(shared.now());
             }
-            // Lowest priority: polls the runtime's I/O driver without sleeping (other
-            // connections on this thread keep running) and looks again. The CPU is offered to
-            // other threads meanwhile: on a busy machine the host may need it to send the next
-            // command.
-            _ = tokio::task::yield_now(), if want_read
-                && !poll_window.is_zero()
-                && idle_since.is_none_or(|t| t.elapsed() < poll_window) =>
-            {
-                idle_since.get_or_insert_with(Instant::now);
-                std::thread::yield_now();
-                continue;
-            }
+            // Lowest priority: one polling round, then look again.
+            _ = idle.round(), if want_read && idle.active() => continue,
         }
-        idle_since = None;
+        idle.busy();
         drain(&mut conn, &mut cx);
     }
     // Tear down: abort what is left, send the last PDUs, tell the LUs the nexus is gone, release

@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
@@ -57,6 +57,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
+
+use crate::idle_poll::IdlePoll;
 
 /// Version of the HA link's framing, login and message layout, checked on every frame and at
 /// login (2: a message's bulk data follows its encoding, see [`crate::ha::proto`]).
@@ -1542,17 +1544,12 @@ async fn read_frames(
 /// other tasks) instead of sleeping, so that a frame that follows soon costs no wake-up. Only on
 /// a single-threaded runtime, whose `yield_now` polls the I/O driver without blocking.
 async fn next_polling(r: &mut FrameReader, poll: Duration) -> Result<Frame, ConnError> {
-    // When polling began: a frame already buffered costs no clock read.
-    let mut idle_since: Option<Instant> = None;
+    let mut idle = IdlePoll::new(poll);
     loop {
         tokio::select! {
             biased;
             f = r.next() => return f,
-            // Other threads get the CPU meanwhile (see the connection threads' polling).
-            _ = tokio::task::yield_now(), if idle_since.is_none_or(|t| t.elapsed() < poll) => {
-                idle_since.get_or_insert_with(Instant::now);
-                std::thread::yield_now();
-            }
+            _ = idle.round(), if idle.active() => {}
         }
     }
 }
