@@ -11,9 +11,9 @@ source "$(dirname "$0")/lib/common.sh"
 usage() {
     cat <<EOF
 usage: bench/run.sh [options]
-  --duration S   seconds measured per run (default 8)
+  --duration S   seconds measured per run (default 5)
   --warmup S     seconds of warm-up per duet-load run, not measured (default 1)
-  --rounds R     runs per target and workload, alternating; medians reported (default 2)
+  --rounds R     runs per target and workload, alternating; medians reported (default 3)
   --quick        --duration 3 --rounds 1
   --only REGEX   only workloads whose name matches (e.g. 'randread', '4k-.*qd32', '128k')
   --sessions L   session counts, comma-separated (default 1,4)
@@ -36,9 +36,11 @@ WORKLOADS=(
     "128k-seqwrite-qd32|128K sequential write QD32|write|seq|131072|32"
 )
 
-DURATION=8
+# Three rounds, so that the median is one round's result: tgt's single-session QD1 latency
+# comes in two modes on some machines (see README), and the mean of two rounds would mix them.
+DURATION=5
 WARMUP=1
-ROUNDS=2
+ROUNDS=3
 ONLY=""
 SESSIONS="1,4"
 LUN_MIB=1024
