@@ -21,6 +21,9 @@ usage: bench/run.sh [options]
   --no-perf      skip the iscsi-perf rows
   --out FILE     JSON output (default bench/results/single-<date>.json)
   --no-build     use the binaries already built
+  --pin-target CPUS  run both targets on these CPUs (taskset list, e.g. 0)
+  --pin-client CPUS  run the clients on these CPUs (e.g. 1); with --pin-target, takes the
+                 scheduler's placement out of the comparison (QD1 above all)
 Environment: DUET_BIN_DIR (default build/release), DUET_LOAD (a duet-load binary).
 Workloads: ${WORKLOADS[*]%%|*}
 EOF
@@ -47,6 +50,8 @@ LUN_MIB=1024
 PERF=1
 OUT=""
 NO_BUILD=0
+PIN_TARGET=""
+PIN_CLIENT=""
 while [[ $# -gt 0 ]]; do
     case $1 in
     --duration) DURATION=$2; shift ;;
@@ -59,6 +64,8 @@ while [[ $# -gt 0 ]]; do
     --no-perf) PERF=0 ;;
     --out) OUT=$2; shift ;;
     --no-build) NO_BUILD=1 ;;
+    --pin-target) PIN_TARGET=$2; shift ;;
+    --pin-client) PIN_CLIENT=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option $1" ;;
     esac
@@ -70,6 +77,15 @@ done
 [[ $LUN_MIB =~ ^[0-9]+$ && $LUN_MIB -ge 16 ]] || die "--lun-mib: at least 16"
 [[ $SESSIONS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--sessions: e.g. 1,4"
 IFS=, read -r -a SESSION_LIST <<<"$SESSIONS"
+TARGET_TASKSET=()
+for pin in target client; do
+    cpus=$([[ $pin == target ]] && echo "$PIN_TARGET" || echo "$PIN_CLIENT")
+    [[ -z $cpus || $cpus =~ ^[0-9]+([,-][0-9]+)*$ ]] || die "--pin-$pin: a CPU list such as 0 or 0,1"
+    [[ -z $cpus ]] || taskset -c "$cpus" true 2>/dev/null ||
+        die "--pin-$pin: CPUs $cpus are not available here"
+done
+[[ -n $PIN_TARGET ]] && TARGET_TASKSET=(taskset -c "$PIN_TARGET")
+[[ -n $PIN_CLIENT ]] && CLIENT_TASKSET=(taskset -c "$PIN_CLIENT")
 OUT=${OUT:-$(default_out single)}
 
 need_root
@@ -112,7 +128,7 @@ block_size = 512
 create = false
 EOF
 say "starting duetd on 127.0.0.1:$PORT_D"
-RUST_LOG=${RUST_LOG:-warn} "$BIN_DIR/duetd" --config "$WORK/duetd.toml" 2>"$WORK/duetd.log" &
+RUST_LOG=${RUST_LOG:-warn} "${TARGET_TASKSET[@]}" "$BIN_DIR/duetd" --config "$WORK/duetd.toml" 2>"$WORK/duetd.log" &
 DUET_PID=$!
 track_pid "$DUET_PID"
 wait_port 127.0.0.1 "$PORT_D" 30 "$DUET_PID" || {
@@ -145,7 +161,7 @@ cleanup_hook() {
     return 0
 }
 say "starting tgtd on 127.0.0.1:$PORT_T (control port $TGT_CTRL)"
-tgtd -f -C "$TGT_CTRL" --iscsi "portal=127.0.0.1:$PORT_T" >"$WORK/tgtd.log" 2>&1 &
+"${TARGET_TASKSET[@]}" tgtd -f -C "$TGT_CTRL" --iscsi "portal=127.0.0.1:$PORT_T" >"$WORK/tgtd.log" 2>&1 &
 TGT_PID=$!
 track_pid "$TGT_PID"
 for _ in $(seq 100); do
@@ -202,7 +218,7 @@ measure_perf() {
     c1=$(cpu_seconds "$pid")
     for ((i = 1; i <= sessions; i++)); do
         outs+=("$WORK/perf-$RUN_NO-$i.out")
-        timeout --kill-after=5 $((DURATION + 30)) iscsi-perf -i "iqn.2026-11.dev.duet:bench-perf-$i" \
+        timeout --kill-after=5 $((DURATION + 30)) "${CLIENT_TASKSET[@]}" iscsi-perf -i "iqn.2026-11.dev.duet:bench-perf-$i" \
             -m "$qd" -b $((bs / 512)) "${rflag[@]}" -t "$DURATION" "iscsi://$portal/$iqn/$lun" \
             >"${outs[-1]}" 2>&1 &
         pids+=($!)
@@ -290,7 +306,8 @@ fi
 machine_facts >"$WORK/facts.json"
 python3 "$REPORT" kv duration_s="$DURATION" warmup_s="$WARMUP" rounds="$ROUNDS" lun_mib="$LUN_MIB" \
     "only=$ONLY" "sessions=[$SESSIONS]" "duet_load=$DUET_LOAD_BIN" block_size=512 \
-    "duet_portal=127.0.0.1:$PORT_D" "tgt_portal=127.0.0.1:$PORT_T" >"$WORK/params.json"
+    "duet_portal=127.0.0.1:$PORT_D" "tgt_portal=127.0.0.1:$PORT_T" "pin_target=$PIN_TARGET" \
+    "pin_client=$PIN_CLIENT" >"$WORK/params.json"
 mkdir -p "$(dirname "$OUT")"
 python3 "$REPORT" single "$RAW" "$WORK/facts.json" "$WORK/params.json" "$OUT"
 say "results: $OUT"

@@ -216,10 +216,12 @@ shm_dir() {
 # run_load OUTFILE ARGS... &: duet-load under a timeout, its JSON to OUTFILE, stderr to OUTFILE.err.
 # Start it in the background only: it execs, so $! is the timeout process (which passes SIGTERM
 # on to duet-load). Uses the globals DUET_LOAD_BIN, DURATION, WARMUP.
+# CLIENT_TASKSET (an array, empty by default) prefixes the client, e.g. (taskset -c 1).
+CLIENT_TASKSET=()
 run_load() {
     local out=$1
     shift
-    exec timeout --kill-after=5 $((DURATION + WARMUP + 30)) \
+    exec timeout --kill-after=5 $((DURATION + WARMUP + 30)) "${CLIENT_TASKSET[@]}" \
         "$DUET_LOAD_BIN" "$@" --duration "${DURATION}s" --warmup "${WARMUP}s" --json --quiet \
         >"$out" 2>"$out.err"
 }

@@ -237,6 +237,19 @@ def check_line(c):
     return f"- {c['check']} {shown} {op} {c['bound']}: **{verdict}**"
 
 
+def pinning(params):
+    """The sentence on CPU pinning for a report's header; empty when nothing was pinned."""
+    t, c = (str(params.get(k) if params.get(k) is not None else "") for k in ("pin_target", "pin_client"))
+    if not t and not c:
+        return ""
+    parts = []
+    if t:
+        parts.append(f"targets on CPU {t}")
+    if c:
+        parts.append(f"clients on CPU {c}")
+    return " Pinned: " + ", ".join(parts) + "."
+
+
 def render_single(summary, checks, facts, params):
     out = []
     out.append(
@@ -249,6 +262,7 @@ def render_single(summary, checks, facts, params):
         f"after {params.get('warmup_s')} s warm-up; {params.get('rounds')} round(s) per target, alternating; "
         "medians. Latencies in µs (duet-load). Ratios are Duet / tgt. CPU = the target process's "
         "user+system seconds per GiB moved."
+        + pinning(params)
     )
     out.append("")
     headers = [
