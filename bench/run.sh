@@ -78,12 +78,13 @@ done
 [[ $SESSIONS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--sessions: e.g. 1,4"
 IFS=, read -r -a SESSION_LIST <<<"$SESSIONS"
 TARGET_TASKSET=()
-for pin in target client; do
-    cpus=$([[ $pin == target ]] && echo "$PIN_TARGET" || echo "$PIN_CLIENT")
-    [[ -z $cpus || $cpus =~ ^[0-9]+([,-][0-9]+)*$ ]] || die "--pin-$pin: a CPU list such as 0 or 0,1"
-    [[ -z $cpus ]] || taskset -c "$cpus" true 2>/dev/null ||
-        die "--pin-$pin: CPUs $cpus are not available here"
-done
+# check_pin OPTION CPUS: a CPU list taskset accepts on this machine (or nothing).
+check_pin() {
+    [[ -z $2 || $2 =~ ^[0-9]+([,-][0-9]+)*$ ]] || die "$1: a CPU list such as 0 or 0,1"
+    [[ -z $2 ]] || taskset -c "$2" true 2>/dev/null || die "$1: CPUs $2 are not available here"
+}
+check_pin --pin-target "$PIN_TARGET"
+check_pin --pin-client "$PIN_CLIENT"
 [[ -n $PIN_TARGET ]] && TARGET_TASKSET=(taskset -c "$PIN_TARGET")
 [[ -n $PIN_CLIENT ]] && CLIENT_TASKSET=(taskset -c "$PIN_CLIENT")
 OUT=${OUT:-$(default_out single)}

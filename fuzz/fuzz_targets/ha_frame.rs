@@ -12,8 +12,8 @@
 //! module and cannot be reached from here.
 #![no_main]
 
-use duet_target::ha::link::{FrameHeader, HEADER_LEN, MAX_PAYLOAD};
 use bytes::Bytes;
+use duet_target::ha::link::{FrameHeader, HEADER_LEN, MAX_PAYLOAD};
 use duet_target::ha::proto;
 use libfuzzer_sys::fuzz_target;
 

@@ -873,37 +873,9 @@ struct Shared {
     last_warning: Mutex<Option<String>>,
     /// Takes the data channel's messages on the reader task (see [`LinkHandle::handle_data`]).
     data_handler: OnceLock<DataHandler>,
-    /// The thread that runs the data channel (`None`: it could not be started, and the data
-    /// channel runs on the main runtime).
-    data_thread: Option<DataThread>,
-}
-
-/// Where the data channel runs: a single-threaded runtime apart from the control channel, so
-/// that forwarded commands neither wait behind heartbeats nor delay them, and whose `yield_now`
-/// lets its reader poll the socket. Either a thread of the link's own (ended when this is
-/// dropped) or a runtime given by the caller ([`spawn_on`]).
-struct DataThread {
-    handle: tokio::runtime::Handle,
-    _stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl DataThread {
-    fn start() -> io::Result<DataThread> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("duetd-ha-data".to_string())
-            .spawn(move || {
-                let _ = rt.block_on(stopped);
-            })?;
-        Ok(DataThread {
-            handle,
-            _stop: Some(stop),
-        })
-    }
+    /// The single-threaded runtime that runs the data channel (`None`: the data channel runs on
+    /// the runtime that started the link, without polling).
+    data_rt: Option<tokio::runtime::Handle>,
 }
 
 /// A handler of the data channel's messages: called on the link's reader task, in order; it
@@ -1037,17 +1009,15 @@ impl LinkHandle {
 /// its sender is dropped). An invalid configuration (`ha_id` not 1 or 2, `ha_mode` over 2, zero
 /// timings) is logged and leaves the link offline (state 0) with the event stream closed.
 ///
-/// The data channel gets a thread of its own (see [`spawn_on`] to give it a runtime instead).
+/// The data channel runs on the calling runtime, without polling (see [`spawn_on`] to give it a
+/// runtime of its own).
 ///
 /// Must be called from within a tokio runtime.
 pub fn spawn(
     cfg: LinkConfig,
     shutdown: watch::Receiver<bool>,
 ) -> (LinkHandle, mpsc::UnboundedReceiver<LinkEvent>) {
-    let data_thread = DataThread::start()
-        .map_err(|e| warn!("HA link: no thread of its own for the data channel ({e}); it shares the main runtime"))
-        .ok();
-    spawn_inner(cfg, shutdown, data_thread)
+    spawn_inner(cfg, shutdown, None)
 }
 
 /// As [`spawn`], with the data channel on `data_rt`, which must be a single-threaded runtime
@@ -1058,17 +1028,13 @@ pub fn spawn_on(
     shutdown: watch::Receiver<bool>,
     data_rt: tokio::runtime::Handle,
 ) -> (LinkHandle, mpsc::UnboundedReceiver<LinkEvent>) {
-    let data_thread = DataThread {
-        handle: data_rt,
-        _stop: None,
-    };
-    spawn_inner(cfg, shutdown, Some(data_thread))
+    spawn_inner(cfg, shutdown, Some(data_rt))
 }
 
 fn spawn_inner(
     cfg: LinkConfig,
     shutdown: watch::Receiver<bool>,
-    data_thread: Option<DataThread>,
+    data_rt: Option<tokio::runtime::Handle>,
 ) -> (LinkHandle, mpsc::UnboundedReceiver<LinkEvent>) {
     let (events, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -1080,7 +1046,7 @@ fn spawn_inner(
         refused_logins: AtomicU64::new(0),
         last_warning: Mutex::new(None),
         data_handler: OnceLock::new(),
-        data_thread,
+        data_rt,
     });
     let handle = LinkHandle {
         shared: shared.clone(),
@@ -1430,8 +1396,8 @@ async fn write_frames(w: &mut OwnedWriteHalf, frames: &[Outgoing]) -> io::Result
     Ok(())
 }
 
-/// Runs the data channel (writer and reader, one task) on the data thread, its socket moved to
-/// that thread's reactor; on the current runtime, without polling, when there is no such thread.
+/// Runs the data channel (writer and reader, one task) on the data runtime, its socket moved to
+/// that runtime's reactor; on the current runtime, without polling, when there is none.
 fn spawn_data(
     shared: &Arc<Shared>,
     data: Authed,
@@ -1441,7 +1407,7 @@ fn spawn_data(
     done: mpsc::UnboundedSender<TaskEnd>,
 ) -> JoinHandle<()> {
     let sh = shared.clone();
-    let Some(thread) = &shared.data_thread else {
+    let Some(rt) = &shared.data_rt else {
         let run = data_loops(data.reader, data.writer, rx, sh, generation, Duration::ZERO);
         return tokio::spawn(async move {
             let _ = done.send(run.await);
@@ -1452,7 +1418,7 @@ fn spawn_data(
         .reunite(data.writer)
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|s| s.into_std());
-    thread.handle.spawn(async move {
+    rt.spawn(async move {
         let end = match moved.and_then(TcpStream::from_std) {
             Ok(s) => {
                 let (rd, wr) = s.into_split();
