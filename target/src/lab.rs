@@ -92,6 +92,8 @@ pub enum LabError {
     Quorum(String),
     #[error("{0}")]
     Usage(String),
+    #[error("cannot make a link secret: {0}")]
+    Random(std::io::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
@@ -102,15 +104,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
 }
 
 /// A fresh link secret from the operating system's randomness.
-fn random_secret() -> String {
-    let mut buf = [0u8; 24];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut buf);
-    }
-    buf.iter().fold(String::new(), |mut s, b| {
+fn random_secret() -> Result<String, LabError> {
+    let buf: [u8; 24] = crate::entropy::bytes().map_err(LabError::Random)?;
+    Ok(buf.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
-    })
+    }))
 }
 
 /// Creates the LUN file, the quorum area and both configuration files; returns the two nodes.
@@ -143,7 +142,7 @@ pub fn prepare(opts: &LabOptions) -> Result<[LabNode; 2], LabError> {
     }
     let quorum = dir.join("quorum.img");
     FileQuorum::open(&quorum, true).map_err(|e| LabError::Quorum(e.to_string()))?;
-    let secret = random_secret();
+    let secret = random_secret()?;
     let nodes = [
         LabNode {
             name: "ctrl-a",

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod entropy;
 pub mod ha;
 mod idle_poll;
 pub mod lab;
