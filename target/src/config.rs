@@ -377,38 +377,7 @@ fn printable_ascii(s: &str) -> bool {
     s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-/// A stable 64-bit FNV-1a hash, used to derive default serials and NAA identifiers.
-fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// The default serial of a LUN: derived from the target name and LUN number, so that it is stable
-/// across restarts and the same on both controllers.
-pub fn default_serial(target: &str, lun: u16) -> String {
-    let h = fnv1a(format!("{}/{}", target.to_ascii_lowercase(), lun).as_bytes());
-    format!("DUET{:012X}", h & 0xFFFF_FFFF_FFFF)
-}
-
-/// Duet's 24-bit IEEE company id slot in NAA 6 designators: a locally administered value (the
-/// project owns no OUI), kept constant so designators stay stable.
-const NAA_COMPANY_ID: u32 = 0x00_14_05;
-
-/// The default NAA 6 designator of a LUN, derived from its serial.
-pub fn default_naa(serial: &str) -> [u8; 16] {
-    let a = fnv1a(serial.as_bytes());
-    let b = fnv1a(format!("naa:{serial}").as_bytes());
-    let mut out = [0u8; 16];
-    // NAA (4 bits) = 6, IEEE company id (24 bits), vendor specific id (36 bits), extension (64).
-    let hi: u64 = (6u64 << 60) | (u64::from(NAA_COMPANY_ID) << 36) | (a & 0xF_FFFF_FFFF);
-    out[..8].copy_from_slice(&hi.to_be_bytes());
-    out[8..].copy_from_slice(&b.to_be_bytes());
-    out
-}
+pub use duet_core::scsi::ident::{default_naa, default_serial};
 
 /// Parses a device id given as an NAA designator: `naa.` or `0x` followed by 16 or 32 hex digits
 /// (an 8-byte NAA is widened into the 16-byte form with a zero extension).

@@ -13,6 +13,12 @@ pub type Time = u64;
 /// A logical unit number.
 pub type Lun = u32;
 
+/// The HA id of the other controller of a pair (ids are 1 and 2; anything else is taken as the
+/// nearer of the two).
+pub fn peer_of(ha_id: u8) -> u8 {
+    3 - ha_id.clamp(1, 2)
+}
+
 /// Version of the HA link protocol, checked at link login.
 pub const PROTOCOL_VERSION: u16 = 1;
 

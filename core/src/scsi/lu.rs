@@ -149,15 +149,6 @@ pub struct LogicalUnit {
     stpg_pending: Option<(Nexus, Vec<(u16, AluaState)>)>,
 }
 
-fn derive_naa(serial: &str) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(format!("duet-naa:{serial}").as_bytes());
-    let mut n = [0u8; 16];
-    n.copy_from_slice(&h[..16]);
-    n[0] = 0x60 | (n[0] & 0x0F);
-    n
-}
-
 fn alloc_cut(mut data: Vec<u8>, alloc: u32) -> Vec<u8> {
     data.truncate(alloc as usize);
     data
@@ -190,7 +181,7 @@ impl LogicalUnit {
         let naa = match cfg.naa {
             Some(n) if n[0] >> 4 == 6 => n,
             Some(_) => return Err(ConfigError::Naa),
-            None => derive_naa(&cfg.serial),
+            None => super::ident::default_naa(&cfg.serial),
         };
         Ok(LogicalUnit {
             cfg,

@@ -14,6 +14,7 @@
 //! [`LogicalUnit::execute`] does both in one call, for tests and the model.
 
 mod cdb;
+pub mod ident;
 mod inquiry;
 mod io;
 mod lu;
