@@ -204,188 +204,21 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                     value: ag,
                 });
             }
-            "portal-group" => {
-                let name = arg(s, 1, kw, "a name").map_err(|m| err(s.line, m))?;
-                let block = block_of(s).map_err(|m| err(s.line, m))?;
-                let mut listen = Vec::new();
-                let mut dag = "default".to_string();
-                for st in block {
-                    let k = st.words[0].as_str();
-                    match k {
-                        "listen" | "listen-iser" => {
-                            let v = arg(st, 1, k, "an address").map_err(|m| err(st.line, m))?;
-                            let a = parse_listen(v).ok_or_else(|| {
-                                err(
-                                    st.line,
-                                    format!(
-                                        "portal-group {name}: `listen`: expected an address like 127.0.0.1:3260, got `{v}`"
-                                    ),
-                                )
-                            })?;
-                            listen.push(a);
-                        }
-                        "discovery-auth-group" => {
-                            dag = arg(st, 1, k, "an auth-group name")
-                                .map_err(|m| err(st.line, m))?
-                                .to_string();
-                        }
-                        "discovery-filter" | "offload" | "redirect" | "tag" | "foreign"
-                        | "option" | "dscp" | "pcp" => {
-                            tracing::warn!(
-                                "{file}:{}: portal-group {name}: `{k}` is not supported by duetd; ignored",
-                                st.line
-                            );
-                        }
-                        _ => {
-                            return Err(err(
-                                st.line,
-                                format!("portal-group {name}: unknown keyword `{k}`"),
-                            ))
-                        }
-                    }
-                }
-                if listen.is_empty() {
-                    return Err(err(
-                        s.line,
-                        format!("portal-group {name}: `listen`: give at least one address"),
-                    ));
-                }
-                b.portal_groups.push(Located {
-                    line: Some(s.line),
-                    value: PortalGroup {
-                        name: name.to_string(),
-                        tag: 0,
-                        listen,
-                        discovery_auth_group: dag,
-                    },
-                });
-            }
+            "portal-group" => b.portal_groups.push(Located {
+                line: Some(s.line),
+                value: ctl_portal_group(file, s)?,
+            }),
             "target" => {
-                let name = arg(s, 1, kw, "an iSCSI name").map_err(|m| err(s.line, m))?;
-                if !valid_iscsi_name(name) {
-                    return Err(err(
-                        s.line,
-                        format!("target: `{name}` is not an iSCSI name (iqn.…, eui.… or naa.…)"),
-                    ));
-                }
-                let block = block_of(s).map_err(|m| err(s.line, m))?;
-                let mut alias = None;
-                let mut pg = None;
-                let mut ag: Option<String> = None;
-                let mut own_auth: Vec<&Stmt> = Vec::new();
-                let mut luns: Vec<Lun> = Vec::new();
-                for st in block {
-                    let k = st.words[0].as_str();
-                    match k {
-                        "alias" => {
-                            alias = Some(
-                                arg(st, 1, k, "a text")
-                                    .map_err(|m| err(st.line, m))?
-                                    .to_string(),
-                            )
-                        }
-                        "portal-group" => {
-                            pg = Some(
-                                arg(st, 1, k, "a portal-group name")
-                                    .map_err(|m| err(st.line, m))?
-                                    .to_string(),
-                            )
-                        }
-                        "auth-group" => {
-                            ag = Some(
-                                arg(st, 1, k, "an auth-group name")
-                                    .map_err(|m| err(st.line, m))?
-                                    .to_string(),
-                            )
-                        }
-                        "auth-type" | "chap" | "chap-mutual" | "initiator-name"
-                        | "initiator-portal" => own_auth.push(st),
-                        "lun" => {
-                            let n = arg(st, 1, k, "a number").map_err(|m| err(st.line, m))?;
-                            let number: u16 = n
-                                .parse::<i64>()
-                                .ok()
-                                .and_then(|v| in_range(v, &LUN_NUMBERS))
-                                .ok_or_else(|| {
-                                    range_error(
-                                        file,
-                                        Some(st.line),
-                                        &format!("target {name}: lun"),
-                                        format_args!("`{n}`"),
-                                        &LUN_NUMBERS,
-                                        "",
-                                    )
-                                })?;
-                            if luns.iter().any(|l| l.number == number) {
-                                return Err(err(
-                                    st.line,
-                                    format!("target {name}: lun {number}: defined twice"),
-                                ));
-                            }
-                            let fields = if st.block.is_some() {
-                                ctl_lun_block(file, st)?
-                            } else {
-                                let lname = arg(st, 2, "lun", "a block or a lun name")
-                                    .map_err(|m| err(st.line, m))?;
-                                named_luns.get(lname).cloned().ok_or_else(|| {
-                                    err(st.line, format!("lun {number}: no lun named `{lname}`"))
-                                })?
-                            };
-                            let lun = make_lun(name, number, fields)
-                                .map_err(|m| err(st.line, format!("target {name}: {m}")))?;
-                            luns.push(lun);
-                        }
-                        "redirect" | "port" | "option" => {
-                            tracing::warn!(
-                                "{file}:{}: target {name}: `{k}` is not supported by duetd; ignored",
-                                st.line
-                            );
-                        }
-                        _ => {
-                            return Err(err(
-                                st.line,
-                                format!("target {name}: unknown keyword `{k}`"),
-                            ))
-                        }
-                    }
-                }
-                if !own_auth.is_empty() {
-                    if ag.is_some() {
-                        return Err(err(
-                            own_auth[0].line,
-                            format!(
-                                "target {name}: `{}` cannot be used together with `auth-group`",
-                                own_auth[0].words[0]
-                            ),
-                        ));
-                    }
-                    anon_ag += 1;
-                    let agname = format!("target:{name}:{anon_ag}");
-                    let stmts: Vec<Stmt> = own_auth
-                        .iter()
-                        .map(|s| Stmt {
-                            line: s.line,
-                            words: s.words.clone(),
-                            block: None,
-                        })
-                        .collect();
-                    let group = ctl_auth_block(file, &agname, &stmts)?;
+                let (target, own_group) = ctl_target(file, s, &named_luns, &mut anon_ag)?;
+                if let Some(group) = own_group {
                     b.auth_groups.push(Located {
                         line: Some(s.line),
                         value: group,
                     });
-                    ag = Some(agname);
                 }
-                luns.sort_by_key(|l| l.number);
                 b.targets.push(Located {
                     line: Some(s.line),
-                    value: Target {
-                        name: name.to_string(),
-                        alias,
-                        portal_group: pg.unwrap_or_else(|| "default".to_string()),
-                        auth_group: ag.unwrap_or_else(|| "default".to_string()),
-                        luns,
-                    },
+                    value: target,
                 });
             }
             "lun" => {} // named LUNs were read above
@@ -414,6 +247,198 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
     }
     b.finish()
+}
+
+/// A `portal-group NAME { … }` block.
+fn ctl_portal_group(file: &str, s: &Stmt) -> Result<PortalGroup, ConfigError> {
+    let err = |line: usize, m: String| ConfigError::new(file, Some(line), m);
+    let kw = s.words[0].as_str();
+    let name = arg(s, 1, kw, "a name").map_err(|m| err(s.line, m))?;
+    let block = block_of(s).map_err(|m| err(s.line, m))?;
+    let mut listen = Vec::new();
+    let mut dag = "default".to_string();
+    for st in block {
+        let k = st.words[0].as_str();
+        match k {
+            "listen" | "listen-iser" => {
+                let v = arg(st, 1, k, "an address").map_err(|m| err(st.line, m))?;
+                let a = parse_listen(v).ok_or_else(|| {
+                    err(
+                        st.line,
+                        format!(
+                            "portal-group {name}: `listen`: expected an address like 127.0.0.1:3260, got `{v}`"
+                        ),
+                    )
+                })?;
+                listen.push(a);
+            }
+            "discovery-auth-group" => {
+                dag = arg(st, 1, k, "an auth-group name")
+                    .map_err(|m| err(st.line, m))?
+                    .to_string();
+            }
+            "discovery-filter" | "offload" | "redirect" | "tag" | "foreign" | "option" | "dscp"
+            | "pcp" => {
+                tracing::warn!(
+                    "{file}:{}: portal-group {name}: `{k}` is not supported by duetd; ignored",
+                    st.line
+                );
+            }
+            _ => {
+                return Err(err(
+                    st.line,
+                    format!("portal-group {name}: unknown keyword `{k}`"),
+                ))
+            }
+        }
+    }
+    if listen.is_empty() {
+        return Err(err(
+            s.line,
+            format!("portal-group {name}: `listen`: give at least one address"),
+        ));
+    }
+    Ok(PortalGroup {
+        name: name.to_string(),
+        tag: 0,
+        listen,
+        discovery_auth_group: dag,
+    })
+}
+
+/// A `target NAME { … }` block: the target and, when it names its own auth statements rather
+/// than an `auth-group`, the group they make (named after the target and `anon_ag`, the count
+/// of such groups so far).
+fn ctl_target(
+    file: &str,
+    s: &Stmt,
+    named_luns: &BTreeMap<String, LunFields>,
+    anon_ag: &mut usize,
+) -> Result<(Target, Option<AuthGroup>), ConfigError> {
+    let err = |line: usize, m: String| ConfigError::new(file, Some(line), m);
+    let kw = s.words[0].as_str();
+    let name = arg(s, 1, kw, "an iSCSI name").map_err(|m| err(s.line, m))?;
+    if !valid_iscsi_name(name) {
+        return Err(err(
+            s.line,
+            format!("target: `{name}` is not an iSCSI name (iqn.…, eui.… or naa.…)"),
+        ));
+    }
+    let block = block_of(s).map_err(|m| err(s.line, m))?;
+    let mut alias = None;
+    let mut pg = None;
+    let mut ag: Option<String> = None;
+    let mut own_auth: Vec<&Stmt> = Vec::new();
+    let mut own_group = None;
+    let mut luns: Vec<Lun> = Vec::new();
+    for st in block {
+        let k = st.words[0].as_str();
+        match k {
+            "alias" => {
+                alias = Some(
+                    arg(st, 1, k, "a text")
+                        .map_err(|m| err(st.line, m))?
+                        .to_string(),
+                )
+            }
+            "portal-group" => {
+                pg = Some(
+                    arg(st, 1, k, "a portal-group name")
+                        .map_err(|m| err(st.line, m))?
+                        .to_string(),
+                )
+            }
+            "auth-group" => {
+                ag = Some(
+                    arg(st, 1, k, "an auth-group name")
+                        .map_err(|m| err(st.line, m))?
+                        .to_string(),
+                )
+            }
+            "auth-type" | "chap" | "chap-mutual" | "initiator-name" | "initiator-portal" => {
+                own_auth.push(st)
+            }
+            "lun" => {
+                let n = arg(st, 1, k, "a number").map_err(|m| err(st.line, m))?;
+                let number: u16 = n
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|v| in_range(v, &LUN_NUMBERS))
+                    .ok_or_else(|| {
+                        range_error(
+                            file,
+                            Some(st.line),
+                            &format!("target {name}: lun"),
+                            format_args!("`{n}`"),
+                            &LUN_NUMBERS,
+                            "",
+                        )
+                    })?;
+                if luns.iter().any(|l| l.number == number) {
+                    return Err(err(
+                        st.line,
+                        format!("target {name}: lun {number}: defined twice"),
+                    ));
+                }
+                let fields = if st.block.is_some() {
+                    ctl_lun_block(file, st)?
+                } else {
+                    let lname =
+                        arg(st, 2, "lun", "a block or a lun name").map_err(|m| err(st.line, m))?;
+                    named_luns.get(lname).cloned().ok_or_else(|| {
+                        err(st.line, format!("lun {number}: no lun named `{lname}`"))
+                    })?
+                };
+                let lun = make_lun(name, number, fields)
+                    .map_err(|m| err(st.line, format!("target {name}: {m}")))?;
+                luns.push(lun);
+            }
+            "redirect" | "port" | "option" => {
+                tracing::warn!(
+                    "{file}:{}: target {name}: `{k}` is not supported by duetd; ignored",
+                    st.line
+                );
+            }
+            _ => {
+                return Err(err(
+                    st.line,
+                    format!("target {name}: unknown keyword `{k}`"),
+                ))
+            }
+        }
+    }
+    if !own_auth.is_empty() {
+        if ag.is_some() {
+            return Err(err(
+                own_auth[0].line,
+                format!(
+                    "target {name}: `{}` cannot be used together with `auth-group`",
+                    own_auth[0].words[0]
+                ),
+            ));
+        }
+        *anon_ag += 1;
+        let agname = format!("target:{name}:{anon_ag}");
+        let stmts: Vec<Stmt> = own_auth
+            .iter()
+            .map(|s| Stmt {
+                line: s.line,
+                words: s.words.clone(),
+                block: None,
+            })
+            .collect();
+        own_group = Some(ctl_auth_block(file, &agname, &stmts)?);
+        ag = Some(agname);
+    }
+    luns.sort_by_key(|l| l.number);
+    let target = Target {
+        name: name.to_string(),
+        alias,
+        portal_group: pg.unwrap_or_else(|| "default".to_string()),
+        auth_group: ag.unwrap_or_else(|| "default".to_string()),
+        luns,
+    };
+    Ok((target, own_group))
 }
 
 /// The `i`th word of a statement (`what` it should be, for the error).
