@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -48,7 +48,7 @@ use duet_core::ha::{self, peer_of, Fencing, LunConfig, Policy, Role, Timing};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::{in_range, range_error, ConfigError, Source};
-use super::values::{LUN_NUMBERS, MAX_LUN};
+use super::values::{parse_host_port, LUN_NUMBERS, MAX_LUN};
 use crate::ha::fence::FenceAgent;
 
 /// Default path of duetctl's admin socket.
@@ -103,13 +103,7 @@ impl FromStr for HaPeer {
             format!("expected \"listen ADDR:PORT\" or \"connect ADDR:PORT\", got `{s}`")
         })?;
         let addr = addr.trim();
-        let parsed = addr.parse::<SocketAddr>().ok().or_else(|| {
-            let (host, port) = addr.rsplit_once(':')?;
-            let port = port.parse::<u16>().ok()?;
-            host.eq_ignore_ascii_case("localhost")
-                .then(|| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
-        });
-        let Some(a) = parsed else {
+        let Some(a) = parse_host_port(addr) else {
             return Err(format!(
                 "`{addr}` is not an address with a port, like 127.0.0.1:7777"
             ));

@@ -55,7 +55,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// `*`/`0.0.0.0` for every IPv4 address.
 pub fn parse_listen(s: &str) -> Option<SocketAddr> {
     let s = s.trim();
-    if let Ok(a) = s.parse::<SocketAddr>() {
+    if let Some(a) = parse_host_port(s) {
         return Some(a);
     }
     if s == "*" {
@@ -77,14 +77,23 @@ pub fn parse_listen(s: &str) -> Option<SocketAddr> {
         if host == "*" {
             return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
         }
-        if host.eq_ignore_ascii_case("localhost") {
-            return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-        }
     }
     if s.eq_ignore_ascii_case("localhost") {
         return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ISCSI_PORT));
     }
     None
+}
+
+/// Parses an address with a port: `host:port` or `[v6]:port`, where the host is an IP address or
+/// `localhost` (127.0.0.1).
+pub fn parse_host_port(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    host.eq_ignore_ascii_case("localhost")
+        .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
 }
 
 /// Whether `s` is a well-formed iSCSI name (RFC 7143 §4.2.7): `iqn.YYYY-MM.reversed.domain[:x]`,
