@@ -1,11 +1,10 @@
-//! `Config::parse` and `ha::config::parse_ha` on arbitrary text, seeded with TOML files.
+//! `Config::parse` and `config::parse_ha` on arbitrary text, seeded with TOML files.
 //!
 //! Properties: nothing panics; every error names the file it was given (and `Display` starts with
 //! it); an accepted configuration's line numbers, when given, are within the text.
 #![no_main]
 
-use duet_target::config::{detect_syntax, Config, ConfigError, Syntax};
-use duet_target::ha::config::parse_ha;
+use duet_target::config::{detect_syntax, parse_ha, Config, ConfigError, Syntax};
 use libfuzzer_sys::fuzz_target;
 
 const FILE: &str = "fuzz/ctrl.toml";
