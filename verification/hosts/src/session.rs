@@ -167,6 +167,18 @@ struct State {
     last_rx: Instant,
 }
 
+impl State {
+    /// A task tag that is not the reserved one and not in use.
+    fn take_itt(&mut self) -> u32 {
+        let mut itt = self.next_itt;
+        while itt == RESERVED_TAG || self.pending.contains_key(&itt) {
+            itt = itt.wrapping_add(1);
+        }
+        self.next_itt = itt.wrapping_add(1);
+        itt
+    }
+}
+
 struct Inner {
     addr: SocketAddr,
     limits: WriteLimits,
@@ -562,11 +574,7 @@ impl Session {
         data_out: Bytes,
         data_in_len: u32,
     ) -> oneshot::Receiver<Result<ScsiResult, InitError>> {
-        let mut itt = st.next_itt;
-        while itt == RESERVED_TAG || st.pending.contains_key(&itt) {
-            itt = itt.wrapping_add(1);
-        }
-        st.next_itt = itt.wrapping_add(1);
+        let itt = st.take_itt();
         let cmd_sn = st.seq.take_cmd_sn();
         let limits = self.inner.limits;
         let l = limits.layout(data_out.len(), data_in_len);
@@ -601,11 +609,7 @@ impl Session {
             if st.closed {
                 return Err(InitError::Disconnected);
             }
-            let mut itt = st.next_itt;
-            while itt == RESERVED_TAG || st.pending.contains_key(&itt) {
-                itt = itt.wrapping_add(1);
-            }
-            st.next_itt = itt.wrapping_add(1);
+            let itt = st.take_itt();
             let (tx, rx) = oneshot::channel();
             st.logout = Some((itt, tx));
             let mut req = Pdu::logout_request(itt, st.seq.cmd_sn, 0, 0);
@@ -800,15 +804,7 @@ async fn pinger_task(inner: std::sync::Weak<Inner>, interval: Duration, timeout:
             return;
         }
         if pinged_at.is_none_or(|t| t.elapsed() >= interval) {
-            let itt = {
-                let mut st = inner.lock();
-                let mut itt = st.next_itt;
-                while itt == RESERVED_TAG || st.pending.contains_key(&itt) {
-                    itt = itt.wrapping_add(1);
-                }
-                st.next_itt = itt.wrapping_add(1);
-                itt
-            };
+            let itt = inner.lock().take_itt();
             let mut p = Pdu::nop_out(itt, RESERVED_TAG, cmd_sn, Bytes::new());
             p.set_immediate(true);
             inner.send(p);
