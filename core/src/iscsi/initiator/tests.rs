@@ -252,6 +252,36 @@ fn answers_a_digest_we_did_not_offer_with_an_error() {
 }
 
 #[test]
+fn settled_values_follow_the_answers() {
+    let mut a = TextPairs::new();
+    a.push("InitialR2T", "Yes");
+    a.push("ImmediateData", "No");
+    a.push("MaxRecvDataSegmentLength", "8192");
+    a.push("FirstBurstLength", "65536");
+    a.push("MaxBurstLength", "32768");
+    a.push("MaxOutstandingR2T", "Reject");
+    let p = OperationalOffer::default().settle(&a).unwrap();
+    assert!(p.initial_r2t && !p.immediate_data);
+    assert_eq!(p.max_recv_data_segment_length, 8192);
+    assert_eq!((p.max_burst_length, p.first_burst_length), (32768, 32768));
+    assert_eq!(p.max_outstanding_r2t, 1, "a rejected key keeps its default");
+    // Our own offer bounds what the target may answer, and OR/AND apply to our side too.
+    let strict = OperationalOffer {
+        initial_r2t: true,
+        immediate_data: false,
+        first_burst_length: 4096,
+        ..OperationalOffer::default()
+    };
+    let mut yes = TextPairs::new();
+    yes.push("InitialR2T", "No");
+    yes.push("ImmediateData", "Yes");
+    yes.push("FirstBurstLength", "65536");
+    let q = strict.settle(&yes).unwrap();
+    assert!(q.initial_r2t && !q.immediate_data);
+    assert_eq!(q.first_burst_length, 4096);
+}
+
+#[test]
 fn anything_but_a_login_response_is_a_protocol_error() {
     let mut ini = InitiatorLogin::new(LoginPlan::normal(HOST, TARGET, ISID));
     let _ = ini.first_request();
