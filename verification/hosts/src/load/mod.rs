@@ -2,9 +2,9 @@
 //!
 //! It runs on the same cores as the target under test, so every session is one tokio task that
 //! owns its TCP socket outright: no locks, no channels, no per-command task or allocation. The
-//! task keeps `qd` commands in flight, frames PDUs itself (BHS taken from duet-core's [`Pdu`]
+//! task keeps `qd` commands in flight, frames PDUs itself (BHS taken from duet-core's [`Pdu`](duet_core::iscsi::Pdu)
 //! constructors, data segments shared with one write payload, sent with vectored writes) and
-//! parses answers with duet-core's [`Codec`]. It works with any RFC 7143 target: it negotiates
+//! parses answers with duet-core's [`Codec`](duet_core::iscsi::Codec). It works with any RFC 7143 target: it negotiates
 //! `InitialR2T=No`, `ImmediateData=Yes` and large bursts, and honours whatever the target answers
 //! (immediate data, unsolicited Data-Out, R2T, Data-In with the S bit or a SCSI Response, NOP-In
 //! pings, Reject).
@@ -13,7 +13,7 @@
 //! - [`run`]: logs in every session, runs the load and returns a [`Report`].
 //! - [`crate::histogram::Histogram`]: the latency buckets every session records into.
 //!
-//! Parts: [`args`] (the command line, errors), `conn` (one logged-in connection: framing,
+//! Parts: `args` (the command line, errors), `conn` (one logged-in connection: framing,
 //! setup commands, logout), `pipeline` (the offsets, the slots, one session's load loop); this
 //! file sets a run up and gathers its [`Report`].
 

@@ -69,7 +69,7 @@ impl Default for MpioConfig {
 }
 
 /// Why a run could not be carried out at all (as opposed to a run that found problems, which
-/// returns a [`Report`] that is not clean).
+/// returns a [`Report`](super::Report) that is not clean).
 #[derive(Debug)]
 pub enum MpioError {
     /// The configuration is unusable.

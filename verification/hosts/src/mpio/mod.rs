@@ -18,7 +18,7 @@
 //! ever written (else a *corrupt read*). After the load, every block is read once more: a version
 //! older than the newest acknowledged one is a *lost write*.
 //!
-//! Parts: [`config`] (what to run, errors), [`report`] (what comes out), [`block`] (the
+//! Parts: `config` (what to run, errors), `report` (what comes out), `block` (the
 //! self-describing blocks), `classify` (which outcome is retried how, path preference) and
 //! `shared` (the paths, the oracle and the workers); this file starts and ends a run.
 
