@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The end-to-end tests start duetd, duetctl and duet-mpio as separate processes: build them first.
-cargo build --release -p duet-target -p duet-verification --bins
+cargo build --release -p duet-target -p duet-verification -p duet-hosts --bins
 cargo test --workspace --release "$@"
 
 # The loom models of the runtime's shared structures (a separate build with --cfg duet_loom).

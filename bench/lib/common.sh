@@ -100,8 +100,8 @@ build_bins() {
         say "--no-build: using binaries in $BIN_DIR"
         return
     fi
-    say "building: cargo build --release -p duet-target -p duet-verification --bins"
-    (cd "$ROOT" && cargo build --release -p duet-target -p duet-verification --bins) >&2 ||
+    say "building: cargo build --release -p duet-target -p duet-hosts --bins"
+    (cd "$ROOT" && cargo build --release -p duet-target -p duet-hosts --bins) >&2 ||
         die "build failed"
 }
 

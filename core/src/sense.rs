@@ -119,10 +119,53 @@ impl SenseCode {
     pub fn is_unit_attention(&self) -> bool {
         self.key == key::UNIT_ATTENTION
     }
+
+    /// Decodes the key, ASC and ASCQ of sense data (SPC-4 §4.5) in fixed (response code 0x70,
+    /// 0x71) or descriptor (0x72, 0x73) format, as an initiator receives it (without the
+    /// iSCSI length prefix). A short fixed-format report lacks ASC/ASCQ: they read as 0. `None`
+    /// when the data is empty, too short for its key, or of another response code.
+    pub fn from_sense_data(sense: &[u8]) -> Option<SenseCode> {
+        let at = |i: usize| sense.get(i).copied().unwrap_or(0);
+        match *sense.first()? & 0x7f {
+            0x70 | 0x71 => Some(SenseCode::new(*sense.get(2)? & 0x0f, at(12), at(13))),
+            0x72 | 0x73 => Some(SenseCode::new(*sense.get(1)? & 0x0f, at(2), at(3))),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for SenseCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:02X}/{:02X}/{:02X}", self.key, self.asc, self.ascq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sense_data_in_both_formats() {
+        let mut fixed = [0u8; 18];
+        fixed[0] = 0xf0;
+        fixed[2] = 0x06;
+        fixed[12] = 0x29;
+        fixed[13] = 0x07;
+        assert_eq!(
+            SenseCode::from_sense_data(&fixed),
+            Some(SenseCode::UA_NEXUS_LOSS)
+        );
+        let descriptor = [0x72, 0x02, 0x04, 0x0a, 0, 0, 0, 0];
+        assert_eq!(
+            SenseCode::from_sense_data(&descriptor),
+            Some(SenseCode::ALUA_TRANSITIONING)
+        );
+        assert_eq!(
+            SenseCode::from_sense_data(&[0x70, 0, 0x05]),
+            Some(SenseCode::new(5, 0, 0))
+        );
+        assert_eq!(SenseCode::from_sense_data(&[]), None);
+        assert_eq!(SenseCode::from_sense_data(&[0x72]), None);
+        assert_eq!(SenseCode::from_sense_data(&[0x7f, 0, 5]), None);
     }
 }

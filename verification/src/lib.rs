@@ -15,6 +15,3 @@ pub mod report;
 
 pub use check::{check, Kind, Outcome, Progress, PropertyOutcome, RunSettings, Step, Verdict};
 pub use cluster::{ClusterCheck, ClusterConfig, FencingName, PolicyName};
-pub mod initiator;
-pub mod load;
-pub mod mpio;

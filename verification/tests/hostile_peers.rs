@@ -10,6 +10,8 @@
 mod hostile_common;
 mod support;
 
+use duet_core::iscsi::initiator::{InitiatorChap, LoginError, LoginPlan};
+use duet_hosts::login::ClientError;
 use hostile_common::*;
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
@@ -231,14 +233,6 @@ fn oversized_data_segments_are_refused_without_allocating_them() {
 // ------------------------------------------------------------------------------------------
 // Sequence numbers and Data-Out
 // ------------------------------------------------------------------------------------------
-
-/// Sense key and ASC/ASCQ of fixed-format sense data.
-fn sense_code(sense: &[u8]) -> (u8, u8, u8) {
-    if sense.len() < 14 {
-        return (0xff, 0xff, 0xff);
-    }
-    (sense[2] & 0x0f, sense[12], sense[13])
-}
 
 #[test]
 fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
@@ -581,7 +575,26 @@ fn fifty_wrong_chap_responses_are_refused_and_the_right_secret_still_works() {
         let r = inq("wrongsecret99");
         assert!(!r.ok(), "a wrong secret was accepted by libiscsi's login");
     } else {
-        eprintln!("SKIPPED the right-secret check: libiscsi-bin is not installed");
+        eprintln!("SKIPPED the libiscsi right-secret check: libiscsi-bin is not installed");
+    }
+    // duet-hosts' client: the right secret logs in, a wrong one is refused with 02/01.
+    let chap_login = |secret: &str, qualifier: u16| {
+        let mut s = connect(d.portal());
+        let plan = LoginPlan {
+            chap: Some(InitiatorChap::md5(CHAP_USER, secret.as_bytes())),
+            ..LoginPlan::normal(GOOD_INIT, TARGET, isid(qualifier))
+        };
+        duet_hosts::login::blocking::login(&mut s, plan)
+    };
+    if let Err(e) = chap_login(CHAP_SECRET, 200) {
+        panic!("the right CHAP secret no longer works after 50 wrong ones: {e}");
+    }
+    match chap_login("wrongsecret99", 201) {
+        Err(ClientError::Login(LoginError::Rejected {
+            class: 2,
+            detail: 1,
+        })) => {}
+        other => panic!("a wrong CHAP secret: expected a 02/01 refusal, got {other:?}"),
     }
     assert_rss_bounded(&d, baseline, "after CHAP guessing");
     d.assert_alive();

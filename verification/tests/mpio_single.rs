@@ -12,7 +12,7 @@
 
 mod support;
 
-use duet_verification::mpio::{self, MpioConfig, Report};
+use duet_hosts::mpio::{self, MpioConfig, Report};
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::FileExt;

@@ -9,6 +9,7 @@ pub mod chap;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod initiator;
 pub mod login;
 pub mod params;
 pub mod pdu;
@@ -25,6 +26,7 @@ pub use connection::{
     Action, CloseReason, Completion, Connection, LoginOutcome, Millis, ScsiCommand, TmfFunction,
     TmfRequest, TmfResponse,
 };
+pub use initiator::{InitiatorLogin, LoginError, LoginPlan, LoginResult};
 pub use login::Login;
 pub use params::{SessionParams, TargetLimits};
 pub use pdu::{Lun, Opcode, Pdu, TaskAttr, BHS_LEN, RESERVED_TAG};

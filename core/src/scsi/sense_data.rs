@@ -146,6 +146,13 @@ mod tests {
         assert_eq!(d[7] as usize, d.len() - 8);
         assert_eq!(&d[8..12], &[0, 0x0A, 0x80, 0]);
         assert_eq!(d[19], 7);
+        for bytes in [&f, &d] {
+            assert_eq!(
+                SenseCode::from_sense_data(bytes),
+                Some(SenseCode::MISCOMPARE),
+                "what is encoded here decodes to the same code"
+            );
+        }
         let p = Sense::cdb_field(1, Some(4)).to_bytes(false);
         assert_eq!(&p[15..18], &[0xCC, 0, 1]);
     }

@@ -9,13 +9,20 @@ use bytes::{Bytes, BytesMut};
 use duet_core::alua::{AluaState, HaMode};
 use duet_core::ha::{HaMsg, LunStatus};
 use duet_core::iscsi::pdu::Opcode;
-use duet_core::iscsi::text::format_hex;
-use duet_core::iscsi::{ChapAlgorithm, Codec, Lun, Pdu, TaskAttr, TextPairs};
+use duet_core::iscsi::initiator::{
+    InitiatorChap, InitiatorLogin, LoginPlan, MutualChap, OperationalOffer, Step,
+};
+use duet_core::iscsi::{
+    Action, ChapAlgorithm, ChapConfig, ChapCredentials, Codec, Connection, IscsiConfig,
+    LoginEntropy, Lun, Pdu, PortalInfo, TargetConfig, TargetLimits, TaskAttr, TextPairs,
+};
+use duet_hosts::scsi::{read10_cdb, write10_cdb};
 use duet_core::scsi::{AluaPicture, CommandContext, LogicalUnit, LuConfig, Nexus, Prepared};
 use duet_target::ha::link::{FrameHeader, FrameKind};
 use duet_target::ha::proto::{self, LinkMsg, PeerReply, PeerRequest};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn text(pairs: &[(&str, &str)]) -> Bytes {
     let mut t = TextPairs::new();
@@ -30,58 +37,118 @@ const PLAIN: &str = "iqn.2026-01.dev.duet:disk1";
 const CHAP: &str = "iqn.2026-01.dev.duet:disk2";
 const HOST: &str = "iqn.2026-01.dev.duet:host";
 
-fn operational() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("HeaderDigest", "None,CRC32C"),
-        ("DataDigest", "None"),
-        ("InitialR2T", "No"),
-        ("ImmediateData", "Yes"),
-        ("MaxBurstLength", "262144"),
-        ("FirstBurstLength", "65536"),
-        ("MaxRecvDataSegmentLength", "262144"),
-        ("MaxConnections", "1"),
-        ("DataPDUInOrder", "Yes"),
-        ("DataSequenceInOrder", "Yes"),
-        ("DefaultTime2Wait", "2"),
-        ("DefaultTime2Retain", "0"),
-        ("IFMarker", "No"),
-        ("OFMarker", "No"),
-        ("ErrorRecoveryLevel", "0"),
-        ("MaxOutstandingR2T", "1"),
-    ]
-}
-
+/// READ (10) and WRITE (10) CDBs, as the seeds store them.
 fn read10(lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = vec![0u8; 10];
-    c[0] = 0x28;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
+    read10_cdb(lba, blocks).to_vec()
 }
 
 fn write10(lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = read10(lba, blocks);
-    c[0] = 0x2a;
-    c
+    write10_cdb(lba, blocks).to_vec()
+}
+
+/// What the seeds' initiator offers in the operational stage.
+fn offer() -> OperationalOffer {
+    OperationalOffer {
+        first_burst_length: 65536,
+        max_burst_length: 262_144,
+        default_time2wait: 2,
+        ..OperationalOffer::default()
+    }
+}
+
+/// A login of `HOST` to `target` with ISID [`ISID`], ITT 0x10 and CmdSN 1000 (what the
+/// login_text harness puts in its Login requests).
+fn plan(target: Option<&str>) -> LoginPlan {
+    LoginPlan {
+        target_name: target.map(str::to_string),
+        itt: 0x10,
+        cmd_sn: 1000,
+        offer: offer(),
+        ..LoginPlan::normal(HOST, PLAIN, ISID)
+    }
+}
+
+/// The alice/duet credentials of the login_text harness's CHAP target.
+fn creds(user: &str, secret: &[u8]) -> ChapCredentials {
+    ChapCredentials {
+        user: user.into(),
+        secret: secret.to_vec(),
+    }
+}
+
+/// The Login requests of a whole login: duet-core's initiator machine against duet-core's
+/// target, configured and seeded as the login_text harness is (CHAP_I 42, challenge i*37+11).
+fn login_requests(plan: LoginPlan) -> Vec<Pdu> {
+    let mut chap_challenge = [0u8; 32];
+    for (i, b) in chap_challenge.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    let entropy = LoginEntropy {
+        chap_id: 42,
+        chap_challenge,
+        tsih: 1,
+    };
+    let config = Arc::new(IscsiConfig {
+        targets: vec![
+            TargetConfig {
+                name: PLAIN.into(),
+                ..TargetConfig::default()
+            },
+            TargetConfig {
+                name: CHAP.into(),
+                chap: vec![ChapConfig {
+                    initiator: creds("alice", b"alice-secret-12"),
+                    target: Some(creds("duet", b"target-secret-34")),
+                }],
+                ..TargetConfig::default()
+            },
+        ],
+        limits: TargetLimits {
+            queue_depth: 8,
+            ..TargetLimits::default()
+        },
+        ..IscsiConfig::default()
+    });
+    let portal = PortalInfo {
+        address: "127.0.0.1:3260,1".into(),
+        portal_group_tag: 1,
+    };
+    let mut conn = Connection::new(config, portal, entropy);
+    let mut ini = InitiatorLogin::new(plan);
+    let mut req = ini.first_request();
+    let mut sent = Vec::new();
+    loop {
+        sent.push(req.clone());
+        conn.handle_pdu(req, 0);
+        let mut rsp = None;
+        while let Some(a) = conn.poll_action() {
+            if let Action::Send(p) = a {
+                rsp = Some(p);
+            }
+        }
+        match rsp.map(|r| ini.handle_response(&r)) {
+            Some(Ok(Step::Send(next))) => req = next,
+            Some(Ok(Step::Done(_))) => return sent,
+            other => panic!("the seed login failed: {other:?}"),
+        }
+    }
+}
+
+/// The login_text records of Login requests: stage bits (T, CSG, NSG) and text.
+fn login_recs(reqs: &[Pdu]) -> Vec<u8> {
+    reqs.iter()
+        .flat_map(|p| rec(0, p.bhs[1], 0, 0, &p.data))
+        .collect()
 }
 
 /// PDUs an initiator and a target really exchange.
 fn sample_pdus() -> Vec<Pdu> {
     let mut v = Vec::new();
-    let mut keys = vec![
-        ("InitiatorName", HOST),
-        ("TargetName", PLAIN),
-        ("SessionType", "Normal"),
-    ];
-    keys.extend(operational());
-    v.push(Pdu::login_request(
-        ISID,
-        0,
-        0x10,
-        1000,
-        (true, 1, 3),
-        text(&keys),
-    ));
+    let straight = LoginPlan {
+        skip_security: true,
+        ..plan(Some(PLAIN))
+    };
+    v.push(InitiatorLogin::new(straight).first_request());
     v.push(Pdu::scsi_command(
         0x11,
         Lun::from_number(0),
@@ -219,10 +286,6 @@ fn rec(kind: u8, a: u8, b: u8, c: u8, body: &[u8]) -> Vec<u8> {
     v
 }
 
-fn stages(transit: bool, csg: u8, nsg: u8) -> u8 {
-    (u8::from(transit) << 7) | (csg << 2) | nsg
-}
-
 fn raw(p: &Pdu) -> Vec<u8> {
     let mut v = p.bhs.to_vec();
     v.extend_from_slice(&p.data);
@@ -231,13 +294,10 @@ fn raw(p: &Pdu) -> Vec<u8> {
 
 fn login_seeds(out: &Out) -> std::io::Result<()> {
     // One-shot operational login, then a session's worth of commands.
-    let mut keys = vec![
-        ("InitiatorName", HOST),
-        ("TargetName", PLAIN),
-        ("SessionType", "Normal"),
-    ];
-    keys.extend(operational());
-    let login = rec(0, stages(true, 1, 3), 0, 0, &text(&keys));
+    let login = login_recs(&login_requests(LoginPlan {
+        skip_security: true,
+        ..plan(Some(PLAIN))
+    }));
     let mut s = login.clone();
     let mut read = Pdu::scsi_command(
         0x11,
@@ -329,67 +389,30 @@ fn login_seeds(out: &Out) -> std::io::Result<()> {
     out.put("login_text", "operational-only", &login)?;
 
     // Security stage with AuthMethod=None, then operational.
-    let mut s = rec(
-        0,
-        stages(true, 0, 1),
-        0,
-        0,
-        &text(&[
-            ("InitiatorName", HOST),
-            ("TargetName", PLAIN),
-            ("SessionType", "Normal"),
-            ("AuthMethod", "None"),
-        ]),
-    );
-    s.extend(rec(0, stages(true, 1, 3), 0, 0, &text(&operational())));
+    let s = login_recs(&login_requests(plan(Some(PLAIN))));
     out.put("login_text", "security-none", &s)?;
 
-    // Mutual CHAP (the harness's entropy: id 42, challenge bytes i*37+11).
-    let mut challenge = [0u8; 32];
-    for (i, b) in challenge.iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(37).wrapping_add(11);
-    }
-    let r = ChapAlgorithm::Md5.response(42, b"alice-secret-12", &challenge[..16]);
-    let mut s = rec(
-        0,
-        stages(false, 0, 0),
-        0,
-        0,
-        &text(&[
-            ("InitiatorName", HOST),
-            ("TargetName", CHAP),
-            ("SessionType", "Normal"),
-            ("AuthMethod", "CHAP,None"),
-        ]),
-    );
-    s.extend(rec(0, stages(false, 0, 0), 0, 0, &text(&[("CHAP_A", "5")])));
-    s.extend(rec(
-        0,
-        stages(true, 0, 1),
-        0,
-        0,
-        &text(&[
-            ("CHAP_N", "alice"),
-            ("CHAP_R", &format_hex(&r)),
-            ("CHAP_I", "77"),
-            ("CHAP_C", "0x0102030405060708090a0b0c0d0e0f10"),
-        ]),
-    ));
-    s.extend(rec(0, stages(true, 1, 3), 0, 0, &text(&operational())));
+    // Mutual CHAP.
+    let mutual = LoginPlan {
+        chap: Some(InitiatorChap {
+            credentials: creds("alice", b"alice-secret-12"),
+            algorithms: vec![ChapAlgorithm::Md5],
+            mutual: Some(MutualChap {
+                target: creds("duet", b"target-secret-34"),
+                id: 77,
+                challenge: (1..=16).collect(),
+            }),
+        }),
+        ..plan(Some(CHAP))
+    };
+    let s = login_recs(&login_requests(mutual));
     out.put("login_text", "chap-mutual", &s)?;
 
     // Discovery.
-    let mut s = rec(
-        0,
-        stages(true, 1, 3),
-        0,
-        0,
-        &text(&[
-            ("InitiatorName", HOST),
-            ("SessionType", "Discovery"),
-            ("MaxRecvDataSegmentLength", "8192"),
-        ]),
-    );
+    let mut s = login_recs(&login_requests(LoginPlan {
+        skip_security: true,
+        ..plan(None)
+    }));
     s.extend(rec(
         1,
         0,

@@ -1,8 +1,9 @@
 //! Harness for the hostile-peer tests (the daemon itself is `crate::support::Daemon`, started per
 //! test on its own loopback address): the test target's configuration, a raw iSCSI initiator
-//! built on `std::net::TcpStream` (PDUs assembled by hand, RFC 7143 §11), a well-behaved
-//! background session that writes, reads and verifies blocks, a bound on the daemon's memory
-//! (VmRSS) and its admin socket.
+//! built on `std::net::TcpStream` (PDUs assembled by hand, RFC 7143 §11, so that they can be
+//! as malformed as a test wants; the login is duet-hosts' client, i.e. duet-core's initiator
+//! machine), a well-behaved background session that writes, reads and verifies blocks, a bound
+//! on the daemon's memory (VmRSS) and its admin socket.
 //!
 //! Everything is bounded in time: sockets carry read and write timeouts, loops have deadlines,
 //! and the daemon is killed by PID when its guard is dropped.
@@ -10,6 +11,10 @@
 #![allow(dead_code)]
 
 use crate::support::{Daemon, Site, TargetConfig};
+use duet_core::iscsi::initiator::{LoginPlan, OperationalOffer};
+use duet_core::iscsi::TextPairs;
+use duet_core::sense::SenseCode;
+use duet_hosts::login::blocking;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -224,24 +229,27 @@ pub fn text_segment(pairs: &[String]) -> Vec<u8> {
     data
 }
 
-/// Parses a text segment into `key=value` pairs.
+/// Parses a text segment into `key=value` pairs (none when it is not well-formed).
 pub fn parse_text(data: &[u8]) -> Vec<(String, String)> {
-    data.split(|b| *b == 0)
-        .filter(|kv| !kv.is_empty())
-        .filter_map(|kv| {
-            let s = String::from_utf8_lossy(kv);
-            s.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
+    TextPairs::parse(data).map(|t| t.0).unwrap_or_default()
+}
+
+/// The ISID of the tests' sessions: type 2 (random), qualifier `isid` in the last two bytes.
+pub fn isid(qualifier: u16) -> [u8; 6] {
+    let [hi, lo] = qualifier.to_be_bytes();
+    [0x80, 0x00, 0x4e, 0x11, hi, lo]
+}
+
+/// Sense key, ASC and ASCQ of sense data (all 0xff when there is none).
+pub fn sense_code(sense: &[u8]) -> (u8, u8, u8) {
+    SenseCode::from_sense_data(sense).map_or((0xff, 0xff, 0xff), |c| (c.key, c.asc, c.ascq))
 }
 
 /// A Login Request: `csg`/`nsg` stages, transit bit `t`, ISID qualifier `isid`.
 pub fn login_request(csg: u8, nsg: u8, t: bool, isid: u16, cmd_sn: u32, data: Vec<u8>) -> RawPdu {
     let mut p = RawPdu::new(0x40 | op::LOGIN_REQ);
     p.bhs[1] = if t { 0x80 } else { 0 } | (csg << 2) | if t { nsg } else { 0 };
-    // ISID: type 2 (random), qualifier in the last two bytes.
-    p.bhs[8..14].copy_from_slice(&[0x80, 0x00, 0x4e, 0x11, (isid >> 8) as u8, isid as u8]);
+    p.bhs[8..14].copy_from_slice(&self::isid(isid));
     p.set_u32(16, 0x1000 + isid as u32); // ITT
     p.set_u32(24, cmd_sn);
     p.data = data;
@@ -281,59 +289,36 @@ impl Initiator {
     /// Logs in to [`TARGET`] at `addr` as `initiator` (ISID qualifier `isid`), straight in the
     /// operational stage.
     pub fn login(addr: SocketAddr, initiator: &str, isid: u16) -> Result<Initiator, String> {
-        let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         sock.set_read_timeout(Some(Duration::from_secs(20)))
             .map_err(|e| e.to_string())?;
         sock.set_write_timeout(Some(Duration::from_secs(20)))
             .map_err(|e| e.to_string())?;
         let _ = sock.set_nodelay(true);
+        let plan = LoginPlan {
+            itt: 0x1000 + isid as u32,
+            skip_security: true,
+            offer: OperationalOffer {
+                initial_r2t: true,
+                immediate_data: false,
+                max_recv_data_segment_length: 65536,
+                max_burst_length: 262_144,
+                first_burst_length: 65536,
+                ..OperationalOffer::default()
+            },
+            ..LoginPlan::normal(initiator, TARGET, self::isid(isid))
+        };
+        let done = blocking::login(&mut sock, plan).map_err(|e| format!("login: {e}"))?;
         let mut me = Initiator {
             sock,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
+            cmd_sn: done.cmd_sn,
+            exp_stat_sn: done.exp_stat_sn,
             next_itt: 1,
             pings_answered: 0,
         };
-        let keys = text_segment(&[
-            format!("InitiatorName={initiator}"),
-            format!("TargetName={TARGET}"),
-            "SessionType=Normal".into(),
-            "HeaderDigest=None".into(),
-            "DataDigest=None".into(),
-            "InitialR2T=Yes".into(),
-            "ImmediateData=No".into(),
-            "MaxRecvDataSegmentLength=65536".into(),
-            "MaxBurstLength=262144".into(),
-            "FirstBurstLength=65536".into(),
-            "ErrorRecoveryLevel=0".into(),
-        ]);
-        let mut data = keys;
-        for _round in 0..4 {
-            let mut req = login_request(1, 3, true, isid, me.cmd_sn, std::mem::take(&mut data));
-            req.set_u32(28, me.exp_stat_sn);
-            me.send(&req)?;
-            let rsp = read_pdu(&mut me.sock)?.ok_or("closed during login")?;
-            if rsp.opcode() != op::LOGIN_RSP {
-                return Err(format!(
-                    "expected a Login Response, got {:#04x}",
-                    rsp.opcode()
-                ));
-            }
-            if (rsp.bhs[36], rsp.bhs[37]) != (0, 0) {
-                return Err(format!(
-                    "login refused with status {:02x}/{:02x}",
-                    rsp.bhs[36], rsp.bhs[37]
-                ));
-            }
-            me.exp_stat_sn = rsp.stat_sn().wrapping_add(1);
-            me.cmd_sn = rsp.exp_cmd_sn();
-            if rsp.bhs[1] & 0x83 == 0x83 {
-                me.clear_unit_attentions()?;
-                return Ok(me);
-            }
-        }
-        Err("the target did not reach full feature phase in 4 rounds".into())
+        me.clear_unit_attentions()?;
+        Ok(me)
     }
 
     /// TEST UNIT READY until it is GOOD (a new nexus first reports POWER ON / RESET and

@@ -57,9 +57,11 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The `duet-mpio` binary built with this test.
+/// The `duet-mpio` binary (duet-hosts'; see [`crate::support::package_binary`]; `DUET_MPIO`
+/// overrides).
 pub fn duet_mpio() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_duet-mpio"))
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| crate::support::package_binary("duet-hosts", "duet-mpio", "DUET_MPIO"))
 }
 
 /// Runs `prog args` with a time bound (see [`try_run_bounded`]); a program that cannot start

@@ -47,12 +47,17 @@ fn profile() -> &'static str {
     }
 }
 
-/// Finds one of duet-target's binaries: `$env` if set, else next to this test binary
-/// (`<target-dir>/<profile>/<name>`, where `cargo test --workspace` puts it), else
+/// Finds one of duet-target's binaries (see [`package_binary`]).
+pub fn target_binary(name: &str, env: &str) -> PathBuf {
+    package_binary("duet-target", name, env)
+}
+
+/// Finds binary `name` of workspace package `package`: `$env` if set, else next to this test
+/// binary (`<target-dir>/<profile>/<name>`, where `cargo test --workspace` puts it), else
 /// `<workspace>/build/<profile>/<name>`, else builds it with cargo into
 /// `<workspace>/build/test-bins` (a separate target directory, so as not to wait on the lock of
 /// the running build). Panics when the build fails.
-pub fn target_binary(name: &str, env: &str) -> PathBuf {
+pub fn package_binary(package: &str, name: &str, env: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
@@ -72,7 +77,7 @@ pub fn target_binary(name: &str, env: &str) -> PathBuf {
     let dir = workspace_root().join("build").join("test-bins");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root())
-        .args(["build", "-p", "duet-target", "--bin", name])
+        .args(["build", "-p", package, "--bin", name])
         .env("CARGO_TARGET_DIR", &dir);
     if profile() == "release" {
         cmd.arg("--release");
@@ -81,7 +86,7 @@ pub fn target_binary(name: &str, env: &str) -> PathBuf {
     match cmd.status() {
         Ok(st) if st.success() => dir.join(profile()).join(name),
         other => panic!(
-            "{name} not found (set {env}, or build it: cargo build -p duet-target --bin {name}); \
+            "{name} not found (set {env}, or build it: cargo build -p {package} --bin {name}); \
              building it into {} failed: {other:?}",
             dir.display()
         ),

@@ -4,7 +4,7 @@
 //! bad usage or when a session cannot log in or set up.
 
 use clap::Parser;
-use duet_verification::load::{self, Args};
+use duet_hosts::load::{self, Args};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

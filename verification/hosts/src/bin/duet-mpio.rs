@@ -5,9 +5,10 @@
 //! final verification still runs.
 
 use clap::Parser;
-use duet_verification::initiator::Chap;
-use duet_verification::mpio::{self, MpioConfig, Report};
-use std::net::{SocketAddr, ToSocketAddrs};
+use duet_core::iscsi::initiator::InitiatorChap;
+use duet_hosts::mpio::{self, MpioConfig, Report};
+use duet_hosts::units::{parse_duration, parse_portal};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -61,42 +62,6 @@ struct Args {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
-}
-
-fn parse_portal(s: &str) -> Result<SocketAddr, String> {
-    let bare_ip = s.parse::<std::net::IpAddr>().is_ok() || (s.starts_with('[') && s.ends_with(']'));
-    let with_port = if bare_ip {
-        format!("{s}:3260")
-    } else {
-        s.to_string()
-    };
-    with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("`{s}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{s}`: no address"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a duration like 20s, 500ms or 2m"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
-    };
-    if !secs.is_finite() || !(0.0..=1.0e7).contains(&secs) {
-        return Err(format!("`{s}`: out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn print_text(r: &Report) {
@@ -169,10 +134,7 @@ fn main() -> ExitCode {
         seed: args.seed,
         initiator: args.initiator.clone(),
         chap: match (&args.chap_user, &args.chap_secret) {
-            (Some(u), Some(s)) => Some(Chap {
-                user: u.clone(),
-                secret: s.as_bytes().to_vec(),
-            }),
+            (Some(u), Some(s)) => Some(InitiatorChap::md5(u.clone(), s.as_bytes())),
             _ => None,
         },
         init: args.init,
