@@ -15,9 +15,9 @@ target_dir="${CARGO_TARGET_DIR:-build}"
 mkdir -p "$target_dir"
 log="$target_dir/failover-report.log"
 
-echo "building duetd and duetctl (release)..." >&2
-if ! cargo build --release -p duet-target >&2; then
-    echo "failover-report: cargo build --release -p duet-target failed" >&2
+echo "building duetd, duetctl and duet-mpio (release)..." >&2
+if ! cargo build --release -p duet-target -p duet-hosts --bins >&2; then
+    echo "failover-report: cargo build --release -p duet-target -p duet-hosts failed" >&2
     exit 2
 fi
 
