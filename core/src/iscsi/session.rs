@@ -4,13 +4,13 @@
 
 use super::codec::PduError;
 use super::config::{IscsiConfig, PortalInfo, SessionIdentity, SessionType, TargetConfig};
-use super::connection::{
-    Action, CloseReason, Completion, Millis, ScsiCommand, TmfFunction, TmfRequest, TmfResponse,
-};
 use super::login::LoginDone;
 use super::params::SessionParams;
 use super::pdu::{flags, reject_reason, sense_segment, Lun, Opcode, Pdu, TaskAttr, RESERVED_TAG};
 use super::text::TextPairs;
+use super::types::{
+    Action, CloseReason, Completion, Millis, ScsiCommand, TmfFunction, TmfRequest, TmfResponse,
+};
 use crate::sense::{status, SenseCode};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
