@@ -1,7 +1,7 @@
 //! INQUIRY (standard data and VPD pages 00, 80, 83, B0, B1, B2), READ CAPACITY, REPORT LUNS and
 //! REPORT TARGET PORT GROUPS data builders.
 
-use super::lu::LuConfig;
+use super::lu_config::LuConfig;
 use super::sense_data::Sense;
 use super::{AluaPicture, CommandContext};
 

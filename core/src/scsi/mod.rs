@@ -18,6 +18,7 @@ pub mod ident;
 mod inquiry;
 mod io;
 mod lu;
+mod lu_config;
 mod mode;
 mod pr;
 mod rsoc;
@@ -27,7 +28,8 @@ mod ua;
 
 pub use cdb::{cdb_length, op, BlockRange, Cdb, Command, IoFlags};
 pub use io::{run_io, IoOp, IoPlan};
-pub use lu::{ConfigError, LogicalUnit, LuConfig, ResetKind, SharedLuState};
+pub use lu::{LogicalUnit, ResetKind, SharedLuState};
+pub use lu_config::{ConfigError, LuConfig};
 pub use mode::ModePages;
 pub use pr::{PrState, Registration, Reservation};
 pub use sense_data::{FieldPointer, Sense};
