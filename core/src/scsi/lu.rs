@@ -1,7 +1,7 @@
 //! The logical unit: its state and the command executor. The configuration is `scsi::lu_config`.
 //!
 //! This file holds the LU's state, its queries and resets, and the first phase of a command up to
-//! [`LogicalUnit::dispatch`]: the ALUA gate, unit attentions, CDB decoding, reservation checks.
+//! `dispatch`: the ALUA gate, unit attentions, CDB decoding, reservation checks.
 //! `dispatch` routes each command family to a child that extends [`LogicalUnit`] with private
 //! access to its fields: `medium` (reads and writes), `describe` (INQUIRY, VPD, REPORT LUNS,
 //! READ CAPACITY), `modes` (MODE SENSE/SELECT), `reserve` (SCSI-2 and persistent reservations),
@@ -16,8 +16,8 @@ use super::pr::{Access, PrFail, PrOutParams, PrState};
 use super::rsoc;
 use super::sense_data::Sense;
 use super::store::BlockStore;
+use super::types::{CommandContext, Effect, Nexus, Outcome};
 use super::ua::UaQueues;
-use super::{CommandContext, Effect, Nexus, Outcome, Prepared};
 use crate::alua::{self, AluaState, Gate};
 use crate::sense::{status, SenseCode};
 
@@ -60,6 +60,15 @@ impl From<SenseCode> for Fail {
 }
 
 type R<T> = Result<T, Fail>;
+
+/// The outcome of [`LogicalUnit::prepare`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// The command is finished.
+    Done(Outcome),
+    /// The command needs the medium: run the plan with [`run_io`](super::run_io).
+    Io(IoPlan),
+}
 
 /// The replicated part of a logical unit's state (see [`LogicalUnit::shared_state`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
