@@ -34,15 +34,10 @@ pub fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (a.wrapping_sub(b) as i32) < 0
 }
 
-/// Fixed-format sense data (SPC-4 §4.5.3) for `code`.
+/// Fixed-format sense data (SPC-4 §4.5.3) for `code`, built by the SCSI layer's
+/// [`Sense`](crate::scsi::Sense) (no information, no sense-key specific field).
 pub fn fixed_sense(code: SenseCode) -> Bytes {
-    let mut s = [0u8; 18];
-    s[0] = 0x70;
-    s[2] = code.key & 0x0f;
-    s[7] = 10;
-    s[12] = code.asc;
-    s[13] = code.ascq;
-    Bytes::copy_from_slice(&s)
+    Bytes::from(crate::scsi::Sense::new(code).to_bytes(false))
 }
 
 /// A non-immediate PDU waiting for its CmdSN.
