@@ -1,5 +1,6 @@
 //! Administration of [`Node`]: [`AdminCmd`]s (set primary, switchover, role overrides) and the
 //! planned hand-over they and failback ([`Config::failback`]) use.
+//! Touches only the node's own fields and its output queue.
 
 use super::*;
 

@@ -1,6 +1,7 @@
 //! The automatic election of [`Node`]: starting, advancing and abandoning a claim (observe,
 //! wait, intent, check, fence, serve), becoming primary and stepping down, and the lapse of
 //! this node's lease. The steps are those of the module documentation of [`crate::ha`].
+//! Touches only the node's own fields and its output queue.
 
 use super::*;
 

@@ -1,6 +1,7 @@
 //! The arbiter's side of [`Node`]: the slot record this node writes, the next quorum operation
 //! to issue (`drive`) and what a result means for the join, the lease and the claims
 //! waiting on a write. The protocol is in the module documentation of [`crate::ha`].
+//! Touches only the node's own fields and its output queue.
 
 use super::*;
 

@@ -1,6 +1,7 @@
 //! SCSI commands of [`Session`]: tasks, write data collection (immediate, unsolicited, R2T and
 //! Data-Out), the start of execution in CmdSN order, and the response with Data-In segmentation
 //! and residuals.
+//! Touches only the session's own fields and the action queue it is given.
 
 use super::*;
 

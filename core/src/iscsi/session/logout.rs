@@ -1,5 +1,6 @@
 //! Logout of [`Session`] and the asynchronous messages the target sends (logout request, SCSI
 //! event).
+//! Touches only the session's own fields and the action queue it is given.
 
 use super::*;
 

@@ -1,4 +1,5 @@
 //! NOP-Out answers and the target's NOP-In pings of [`Session`], with their timeouts.
+//! Touches only the session's own fields and the action queue it is given.
 
 use super::*;
 

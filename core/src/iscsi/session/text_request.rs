@@ -1,5 +1,6 @@
 //! Text requests of [`Session`]: continued (C bit) requests, SendTargets and the text response,
 //! sent in chunks when longer than MaxRecvDataSegmentLength.
+//! Touches only the session's own fields and the action queue it is given.
 
 use super::*;
 

@@ -1,4 +1,5 @@
 //! Task management of [`Session`]: TMF requests, aborting tasks and the TMF responses.
+//! Touches only the session's own fields and the action queue it is given.
 
 use super::*;
 

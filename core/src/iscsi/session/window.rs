@@ -1,6 +1,7 @@
 //! The CmdSN window of [`Session`] (RFC 7143 §4.2.2.1): immediate requests, requests outside
 //! [ExpCmdSN, MaxCmdSN] dropped, requests held until their CmdSN's turn, and the dispatch of a
 //! request whose turn has come.
+//! Touches only the session's own fields and the action queue it is given.
 
 use super::*;
 

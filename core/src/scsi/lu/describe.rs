@@ -1,5 +1,6 @@
 //! What a [`LogicalUnit`] says about itself: INQUIRY (standard data and VPD pages), REPORT LUNS
 //! and READ CAPACITY. The data builders are in `scsi::inquiry`.
+//! Touches only the LU's own state; no I/O.
 
 use super::*;
 

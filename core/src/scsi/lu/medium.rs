@@ -1,6 +1,7 @@
 //! Reads and writes of [`LogicalUnit`]: the medium commands' checks (range, transfer length,
 //! write protection, protection information) and the [`IoPlan`] each one becomes. No I/O here:
 //! the plan runs in [`run_io`](crate::scsi::run_io).
+//! Touches only the LU's own state (it reads it; it changes nothing).
 
 use super::*;
 

@@ -1,5 +1,6 @@
 //! The remaining commands of [`LogicalUnit`]: TEST UNIT READY, REQUEST SENSE, START STOP UNIT,
 //! PREVENT ALLOW MEDIUM REMOVAL, REPORT SUPPORTED OPERATION CODES, READ DEFECT DATA.
+//! Touches only the LU's own state; no I/O.
 
 use super::*;
 

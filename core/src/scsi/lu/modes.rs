@@ -1,5 +1,6 @@
 //! MODE SENSE and MODE SELECT of [`LogicalUnit`]: the mode parameter header and block
 //! descriptor around the pages of [`ModePages`].
+//! Touches only the LU's own state; no I/O.
 
 use super::*;
 

@@ -1,5 +1,6 @@
 //! ALUA commands of [`LogicalUnit`]: REPORT TARGET PORT GROUPS and SET TARGET PORT GROUPS (the
 //! LU validates an STPG request; the HA node decides).
+//! Touches only the LU's own state; no I/O.
 
 use super::*;
 

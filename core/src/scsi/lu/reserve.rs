@@ -1,5 +1,6 @@
 //! Reservations of [`LogicalUnit`]: SCSI-2 RESERVE/RELEASE and PERSISTENT RESERVE IN/OUT (the
 //! persistent reservation rules are in `scsi::pr`).
+//! Touches only the LU's own state; no I/O.
 
 use super::*;
 
