@@ -6,10 +6,10 @@ use super::chap::{constant_time_eq, ChapAlgorithm};
 use super::config::{
     ChapConfig, IscsiConfig, LoginEntropy, PortalInfo, SessionIdentity, SessionType, TargetConfig,
 };
-use super::connection::{Action, CloseReason, LoginOutcome};
 use super::params::{negotiate_key, KeyOutcome, SessionParams};
 use super::pdu::{Opcode, Pdu};
 use super::text::{self, TextPairs, IRRELEVANT, NOT_UNDERSTOOD, REJECT};
+use super::types::{Action, CloseReason, LoginOutcome};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;

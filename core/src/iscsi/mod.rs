@@ -15,6 +15,7 @@ pub mod params;
 pub mod pdu;
 pub mod session;
 pub mod text;
+pub mod types;
 
 pub use chap::ChapAlgorithm;
 pub use codec::{Codec, PduError};
@@ -22,13 +23,14 @@ pub use config::{
     ChapConfig, ChapCredentials, IscsiConfig, LoginEntropy, PortalInfo, SessionIdentity,
     SessionType, TargetConfig, TsihAllocator,
 };
-pub use connection::{
-    Action, CloseReason, Completion, Connection, LoginOutcome, Millis, ScsiCommand, TmfFunction,
-    TmfRequest, TmfResponse,
-};
+pub use connection::Connection;
 pub use initiator::{InitiatorLogin, LoginError, LoginPlan, LoginResult};
 pub use login::Login;
 pub use params::{SessionParams, TargetLimits};
 pub use pdu::{Lun, Opcode, Pdu, TaskAttr, BHS_LEN, RESERVED_TAG};
 pub use session::Session;
 pub use text::{TextError, TextPairs};
+pub use types::{
+    Action, CloseReason, Completion, LoginOutcome, Millis, ScsiCommand, TmfFunction, TmfRequest,
+    TmfResponse,
+};

@@ -1,9 +1,9 @@
 //! INQUIRY (standard data and VPD pages 00, 80, 83, B0, B1, B2), READ CAPACITY, REPORT LUNS and
 //! REPORT TARGET PORT GROUPS data builders.
 
-use super::lu::LuConfig;
+use super::lu_config::LuConfig;
 use super::sense_data::Sense;
-use super::{AluaPicture, CommandContext};
+use super::types::{AluaPicture, CommandContext};
 
 /// VPD pages Duet serves, ascending.
 pub(crate) const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];

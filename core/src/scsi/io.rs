@@ -4,7 +4,7 @@
 
 use super::sense_data::Sense;
 use super::store::{first_difference, BlockStore, StoreError};
-use super::Outcome;
+use super::types::Outcome;
 use crate::sense::SenseCode;
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 //! and the HA link can copy it to the peer controller.
 
 use super::sense_data::Sense;
-use super::Nexus;
+use super::types::Nexus;
 use crate::sense::SenseCode;
 use serde::{Deserialize, Serialize};
 

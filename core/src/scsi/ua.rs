@@ -4,7 +4,7 @@
 //! first command. Conditions are reported highest priority first (29h, then 2Ah, then 3Fh, then
 //! the rest in arrival order), each once; a condition already pending is not queued twice.
 
-use super::Nexus;
+use super::types::Nexus;
 use crate::sense::SenseCode;
 use std::collections::BTreeMap;
 
