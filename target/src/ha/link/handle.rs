@@ -5,6 +5,8 @@
 //! The gate is the one place that decides whether a received message is still delivered: only
 //! readers of the live session may deliver, and nothing is delivered after the `Down` that ended
 //! their connection. Locks come from [`crate::sync`] (poisoning ignored).
+//!
+//! Touches no socket and no clock: queues, locks and atomics only.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -182,8 +182,7 @@ enum State {
     Ended,
 }
 
-/// One side of the login on one connection.
-#[derive(Debug)]
+/// One side of the login on one connection. (No `Debug`: it holds the secret.)
 pub struct Handshake<'a> {
     cfg: &'a LinkConfig,
     role: Role,

@@ -4,6 +4,8 @@
 //!
 //! The decisions are the handshake's; this file only moves bytes and time. The result is an
 //! [`Authed`] connection, ready for the link's session (`super::session`).
+//!
+//! Touches: one socket, the clock (the timeout), [`crate::entropy`] (the nonce).
 
 use std::future::Future;
 use std::io;

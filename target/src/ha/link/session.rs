@@ -6,6 +6,9 @@
 //! `dead_after` without a frame). The data channel's writer and reader run as one task on the
 //! data runtime when there is one. The first task that ends ends the session; on shutdown the
 //! peer is told with a bye.
+//!
+//! Touches: the two sockets it is given, [`Shared`] (queues, gate, state, counters), tokio tasks
+//! and timers.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

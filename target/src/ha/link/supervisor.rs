@@ -6,6 +6,9 @@
 //! Both sides log in through the same [`establish`]; only where the socket comes from differs.
 //! The listen side pairs the control and data connections of one dialer attempt and refuses
 //! connections while its link is up.
+//!
+//! Touches: the network (connect, listen, accept), tokio tasks and timers, [`crate::entropy`]
+//! (attempt ids) and the state shared with the handle.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

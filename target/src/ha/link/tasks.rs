@@ -1,5 +1,7 @@
 //! Small helpers of the link's tokio tasks: waiting for shutdown, sleeping unless shut down,
 //! aborting a group of tasks when their owner goes away.
+//!
+//! Touches tokio's timers and the shutdown watch only.
 
 use std::time::Duration;
 
