@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(pdu_decode login_text cdb_decode ha_frame config_toml config_ctl)
+    targets=(pdu_decode login_text cdb_decode ha_frame ha_handshake config_toml config_ctl)
 fi
 summary="$here/last-run.txt"
 logs="$here/target/run-logs"

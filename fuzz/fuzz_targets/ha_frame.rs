@@ -8,8 +8,7 @@
 //! claims more than the limit; a decoded message re-encodes to bytes that decode to a message
 //! with the same encoding.
 //!
-//! The login messages (`LinkMsg`'s hello/proof handshake in `ha::link`) are private to that
-//! module and cannot be reached from here.
+//! The login messages (the hello/proof handshake) are fuzzed by `ha_handshake`.
 #![no_main]
 
 use bytes::Bytes;
