@@ -10,7 +10,9 @@
 //! port may answer), and the primary replicates reservations and mode pages to its peer.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use duet_core::alua::HaMode;
 use duet_core::ha::{self, AdminCmd, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role};
 use duet_core::iscsi::Completion;
+use duet_core::scsi::opclass::carries_bulk_data;
 use duet_core::scsi::{IoPlan, Nexus, Prepared, ResetKind};
 use duet_core::sense::SenseCode;
 
@@ -29,10 +32,13 @@ use super::link::{self, Channel, LinkEvent, LinkHandle};
 use super::proto::{self, LinkMsg, PeerReply, PeerRequest};
 use super::quorum::Arbiter;
 use super::tables::{GrantTable, LunFacts, PendingTable, Published};
-use crate::server::{
+use crate::exec::pair::Reply;
+use crate::exec::{
     after_command, check, completion_of, io_guard, never_waits, prepare_local, run_inline,
-    run_medium, run_plan, run_plan_now, try_io_guard, IoGuard, Lu, Shared, Target,
+    run_medium, run_plan, run_plan_now, try_io_guard, IoGuard, Pair,
 };
+use crate::lu::{Lu, Target};
+use crate::sync::{lock, Mutex};
 
 /// How long a forwarded command waits for the primary's answer before the initiator is told to
 /// retry (NOT READY, ALUA transitioning).
@@ -103,7 +109,6 @@ pub struct HaRuntime {
     peer_id: u8,
     mode: HaMode,
     luns: BTreeMap<u32, (Arc<Target>, Arc<Lu>)>,
-    shared: Weak<Shared>,
     link: LinkHandle,
     tx: mpsc::UnboundedSender<DriverIn>,
     /// The role facts every I/O path reads (loom-checked: never torn).
@@ -118,10 +123,6 @@ pub struct HaRuntime {
     agent: FenceAgent,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Why the HA runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HaStartError {
@@ -132,17 +133,20 @@ pub enum HaStartError {
 }
 
 impl HaRuntime {
-    /// Builds the runtime for `shared` (whose configuration has an `[ha]` section), starts the
-    /// link and the driver task, and registers itself in `shared`.
-    pub fn start(
-        shared: &Arc<Shared>,
+    /// Builds the runtime for the LUs of `targets` and starts the link and the driver task.
+    /// The link's data channel runs on `data_thread` and polls for `poll_us` microseconds when
+    /// idle (as the connections do). The caller makes the runtime the daemon's
+    /// [`Pair`](crate::exec::Pair).
+    pub fn start<'a>(
+        targets: impl IntoIterator<Item = &'a Arc<Target>>,
+        (data_thread, poll_us): (tokio::runtime::Handle, u64),
         cfg: HaConfig,
         arbiter: Arc<dyn Arbiter>,
         agent: FenceAgent,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<HaRuntime>, HaStartError> {
         let mut luns = BTreeMap::new();
-        for t in shared.targets.values() {
+        for t in targets {
             for lu in t.luns.values() {
                 let key = u32::from(lu.number);
                 if luns.insert(key, (t.clone(), lu.clone())).is_some() {
@@ -161,18 +165,16 @@ impl HaRuntime {
         // no heartbeats) runs on the first connection thread and polls like the connections do:
         // a command forwarded from a connection on that thread, and its answer, cross no thread.
         let mut link_cfg = cfg.link_config();
-        link_cfg.data_poll = Duration::from_micros(shared.config.poll_us);
-        let (link, link_rx) =
-            link::spawn_on(link_cfg, shutdown.clone(), shared.first_conn_thread());
+        link_cfg.data_poll = Duration::from_micros(poll_us);
+        let (link, link_rx) = link::spawn_on(link_cfg, shutdown.clone(), data_thread);
         let (tx, rx) = mpsc::unbounded_channel();
         let rt = Arc::new(HaRuntime {
-            peer_id: 3 - cfg.id,
+            peer_id: ha::peer_of(cfg.id),
             mode,
             luns,
-            shared: Arc::downgrade(shared),
             link,
             tx,
-            published: Published::new(3 - cfg.id, mode),
+            published: Published::new(ha::peer_of(cfg.id), mode),
             events: Mutex::new(VecDeque::new()),
             pending: PendingTable::new(),
             grants: GrantTable::new(),
@@ -182,9 +184,6 @@ impl HaRuntime {
             cfg,
         });
         let node = Node::new(core_cfg, rt.now());
-        if shared.ha.set(rt.clone()).is_err() {
-            return Err(HaStartError::Config("HA runtime started twice".into()));
-        }
         // The data channel (forwarded commands and their answers) is handled on the link's
         // reader task: no hand-off to the receive task.
         let weak = Arc::downgrade(&rt);
@@ -250,12 +249,6 @@ impl HaRuntime {
     /// Whether this controller is the serving primary of `lun`.
     pub fn serving(&self, lun: u32) -> bool {
         self.published.serving(lun)
-    }
-
-    /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
-    /// controller does not serve it, the link is up and the peer is its primary.
-    pub fn forward_mode(&self, lun: u32) -> Option<bool> {
-        self.published.forward_mode(lun)
     }
 
     // ---- the driver ------------------------------------------------------------------------
@@ -521,16 +514,6 @@ impl HaRuntime {
         }
     }
 
-    /// Sends the replicated state of `lu` to the peer (primary only).
-    pub fn sync_lu(&self, lu: &Lu) {
-        let lun = u32::from(lu.number);
-        if !self.serving(lun) {
-            return;
-        }
-        let state = lu.lock().shared_state();
-        self.send(Channel::Control, LinkMsg::LuSync { lun, state });
-    }
-
     /// Sends `req` to the peer; `reply_to` gets the answer, or `None` when the request could not
     /// be sent, the link went down or no answer came within [`FORWARD_TIMEOUT`].
     fn send_request(&self, req: PeerRequest, reply_to: ReplyTo) {
@@ -577,75 +560,8 @@ impl HaRuntime {
         }
     }
 
-    /// Runs a command received here for a LUN the peer serves, through the peer, and gives its
-    /// completion to `done` (called exactly once, on whichever task the answer arrives).
-    pub fn forward(
-        self: &Arc<Self>,
-        lu: &Arc<Lu>,
-        nexus: Nexus,
-        cdb: Bytes,
-        data_out: Bytes,
-        plan_only: bool,
-        done: impl FnOnce(Completion) + Send + 'static,
-    ) {
-        let lun = u32::from(lu.number);
-        let data_len = u32::try_from(data_out.len()).unwrap_or(u32::MAX);
-        // Mode 1 keeps bulk write data off the link: the plan comes back and runs here.
-        let op = cdb.first().copied().unwrap_or(0);
-        let bulk = matches!(op, 0x0A | 0x2A | 0xAA | 0x8A | 0x2E | 0xAE | 0x8E);
-        let send_data = if plan_only && bulk {
-            Bytes::new()
-        } else {
-            data_out.clone()
-        };
-        let (me, lu) = (self.clone(), lu.clone());
-        let reply_to = ReplyTo::new(move |reply| match reply {
-            Some(PeerReply::Done {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }) => done(Completion {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }),
-            Some(PeerReply::Plan { grant, plan }) => {
-                // The primary holds the LU's I/O lock and its gate for us until we release.
-                if never_waits(&lu, &plan) {
-                    let c = run_plan_now(&lu, &plan, &data_out);
-                    me.send(Channel::Control, LinkMsg::Release { grant });
-                    done(c);
-                } else {
-                    tokio::spawn(async move {
-                        let c = run_plan(lu, plan, data_out, ()).await;
-                        me.send(Channel::Control, LinkMsg::Release { grant });
-                        done(c);
-                    });
-                }
-            }
-            Some(PeerReply::Unavailable { reason }) => {
-                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
-                done(check(SenseCode::ALUA_TRANSITIONING))
-            }
-            Some(PeerReply::Ack) | None => done(check(SenseCode::ALUA_TRANSITIONING)),
-        });
-        self.send_request(
-            PeerRequest::Execute {
-                lun,
-                nexus,
-                cdb,
-                data_out: send_data,
-                data_len,
-                plan_only,
-            },
-            reply_to,
-        );
-    }
-
     /// The primary's side of a forwarded request, as far as it goes without waiting: phase 1,
-    /// and the medium phase when it [never waits](crate::server::never_waits). What must wait
+    /// and the medium phase when it [never waits](crate::exec::never_waits). What must wait
     /// (the blocking pool, a contended I/O lock) comes back as [`Unfinished`].
     fn serve_now(
         self: &Arc<Self>,
@@ -670,9 +586,6 @@ impl HaRuntime {
                 if !self.serving(lun) {
                     return Ok(unavailable("not primary"));
                 }
-                let Some(shared) = self.shared.upgrade() else {
-                    return Ok(unavailable("shutting down"));
-                };
                 let data = if data_out.len() as u64 == u64::from(data_len) {
                     data_out
                 } else {
@@ -681,7 +594,7 @@ impl HaRuntime {
                 };
                 match prepare_local(&target, &lu, &nexus, &cdb, &data) {
                     Prepared::Done(o) => {
-                        after_command(&shared, &lu, &cdb, &o.effects);
+                        after_command(&**self, &lu, &cdb, &o.effects);
                         Ok(done(completion_of(o)))
                     }
                     Prepared::Io(plan) if plan_only => match try_io_guard(&lu, &plan) {
@@ -744,39 +657,6 @@ impl HaRuntime {
         }
     }
 
-    /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
-    /// their commands).
-    pub fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32> {
-        luns.iter()
-            .copied()
-            .filter(|&l| self.forward_mode(l).is_some())
-            .collect()
-    }
-
-    /// Performs a reset received here on the primary's LU too, and waits for it (bounded), so
-    /// that the task management response means the reset happened on the LU that serves.
-    pub async fn peer_reset(&self, luns: Vec<u32>, cold: bool) {
-        for lun in luns {
-            if self
-                .request(PeerRequest::Reset { lun, cold })
-                .await
-                .is_none()
-            {
-                tracing::warn!(lun, "reset not confirmed by the peer");
-            }
-        }
-    }
-
-    /// Tells the primary that a nexus of this controller ended.
-    pub fn peer_nexus_lost(self: &Arc<Self>, lun: u32, nexus: Nexus) {
-        if self.forward_mode(lun).is_some() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let _ = me.request(PeerRequest::NexusLost { lun, nexus }).await;
-            });
-        }
-    }
-
     /// Role change at run time (CTL's ha_role): `lun` None = every LUN.
     pub fn set_role(&self, role: Role, lun: Option<u32>) -> Result<String, String> {
         if let Some(l) = lun {
@@ -831,6 +711,131 @@ impl HaRuntime {
     }
 }
 
+/// The HA runtime as command execution sees it: forwarding to the primary, replication of the
+/// shared state, resets and ended nexuses passed on.
+impl Pair for HaRuntime {
+    /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
+    /// controller does not serve it, the link is up and the peer is its primary.
+    fn forward_mode(&self, lun: u32) -> Option<bool> {
+        self.published.forward_mode(lun)
+    }
+
+    /// Runs a command received here for a LUN the peer serves, through the peer, and gives its
+    /// completion to `done` (called exactly once, on whichever task the answer arrives).
+    fn forward(
+        self: Arc<Self>,
+        lu: &Arc<Lu>,
+        nexus: Nexus,
+        cdb: Bytes,
+        data_out: Bytes,
+        plan_only: bool,
+        done: Reply,
+    ) {
+        let lun = u32::from(lu.number);
+        let data_len = u32::try_from(data_out.len()).unwrap_or(u32::MAX);
+        // Mode 1 keeps bulk write data off the link: the plan comes back and runs here.
+        let bulk = carries_bulk_data(cdb.first().copied().unwrap_or(0));
+        let send_data = if plan_only && bulk {
+            Bytes::new()
+        } else {
+            data_out.clone()
+        };
+        let (me, lu) = (self.clone(), lu.clone());
+        let reply_to = ReplyTo::new(move |reply| match reply {
+            Some(PeerReply::Done {
+                status,
+                sense,
+                data_in,
+                wanted_len,
+            }) => done(Completion {
+                status,
+                sense,
+                data_in,
+                wanted_len,
+            }),
+            Some(PeerReply::Plan { grant, plan }) => {
+                // The primary holds the LU's I/O lock and its gate for us until we release.
+                if never_waits(&lu, &plan) {
+                    let c = run_plan_now(&lu, &plan, &data_out);
+                    me.send(Channel::Control, LinkMsg::Release { grant });
+                    done(c);
+                } else {
+                    tokio::spawn(async move {
+                        let c = run_plan(lu, plan, data_out, ()).await;
+                        me.send(Channel::Control, LinkMsg::Release { grant });
+                        done(c);
+                    });
+                }
+            }
+            Some(PeerReply::Unavailable { reason }) => {
+                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
+                done(check(SenseCode::ALUA_TRANSITIONING))
+            }
+            Some(PeerReply::Ack) | None => done(check(SenseCode::ALUA_TRANSITIONING)),
+        });
+        self.send_request(
+            PeerRequest::Execute {
+                lun,
+                nexus,
+                cdb,
+                data_out: send_data,
+                data_len,
+                plan_only,
+            },
+            reply_to,
+        );
+    }
+
+    /// Sends the replicated state of `lu` to the peer (primary only).
+    fn sync_lu(&self, lu: &Lu) {
+        let lun = u32::from(lu.number);
+        if !self.serving(lun) {
+            return;
+        }
+        let state = lu.lock().shared_state();
+        self.send(Channel::Control, LinkMsg::LuSync { lun, state });
+    }
+
+    /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
+    /// their commands).
+    fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32> {
+        luns.iter()
+            .copied()
+            .filter(|&l| self.forward_mode(l).is_some())
+            .collect()
+    }
+
+    /// Performs a reset received here on the primary's LU too, and waits for it (bounded), so
+    /// that the task management response means the reset happened on the LU that serves.
+    fn peer_reset(
+        self: Arc<Self>,
+        luns: Vec<u32>,
+        cold: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            for lun in luns {
+                if self
+                    .request(PeerRequest::Reset { lun, cold })
+                    .await
+                    .is_none()
+                {
+                    tracing::warn!(lun, "reset not confirmed by the peer");
+                }
+            }
+        })
+    }
+
+    /// Tells the primary that a nexus of this controller ended.
+    fn nexus_lost(self: Arc<Self>, lun: u32, nexus: Nexus) {
+        if self.forward_mode(lun).is_some() {
+            let me = self;
+            tokio::spawn(async move {
+                let _ = me.request(PeerRequest::NexusLost { lun, nexus }).await;
+            });
+        }
+    }
+}
+
 /// Closes a LUN's fencing gate, waiting for admitted I/O (off the async threads).
 fn close_gate(lu: &Lu) -> bool {
     let gate = lu.gate.clone();
@@ -850,6 +855,3 @@ fn done(c: Completion) -> PeerReply {
         wanted_len: c.wanted_len,
     }
 }
-
-/// The runtime a daemon registers in [`Shared`].
-pub type HaSlot = OnceLock<Arc<HaRuntime>>;
