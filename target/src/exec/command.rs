@@ -12,7 +12,8 @@ use duet_core::iscsi::{Completion, ScsiCommand};
 use duet_core::scsi::{op, CommandContext, Nexus, Prepared, Sense};
 use duet_core::sense::{status, SenseCode};
 
-use super::medium::{after_command, check, completion_of, prepare_local, run_inline, run_medium};
+use super::completion::{check, completion_of};
+use super::medium::{after_command, prepare_local, run_inline, run_medium};
 use super::pair::Pair;
 use crate::lu::{Target, PRODUCT, VENDOR};
 use crate::stats::{OpKind, Stats};

@@ -17,11 +17,10 @@ use bytes::Bytes;
 use duet_core::alua::AluaState;
 use duet_core::iscsi::Completion;
 use duet_core::scsi::opclass::changes_shared_state;
-use duet_core::scsi::{
-    run_io, CommandContext, Effect, IoOp, IoPlan, Nexus, Outcome, Prepared, Sense,
-};
-use duet_core::sense::{status, SenseCode};
+use duet_core::scsi::{run_io, CommandContext, Effect, IoOp, IoPlan, Nexus, Prepared};
+use duet_core::sense::SenseCode;
 
+use super::completion::{check, completion_of};
 use super::pair::Pair;
 use crate::lu::{Lu, Target};
 
@@ -135,26 +134,6 @@ pub async fn run_plan(
             tracing::error!(lun = lu.number, "I/O task failed: {e}");
             check(SenseCode::INTERNAL_TARGET_FAILURE)
         }
-    }
-}
-
-/// The iSCSI completion of a SCSI outcome.
-pub fn completion_of(o: Outcome) -> Completion {
-    Completion {
-        status: o.status,
-        sense: o.sense.map(Bytes::from),
-        data_in: Bytes::from(o.data_in),
-        wanted_len: o.wanted_len,
-    }
-}
-
-/// A CHECK CONDITION completion with fixed-format sense `code`.
-pub fn check(code: SenseCode) -> Completion {
-    Completion {
-        status: status::CHECK_CONDITION,
-        sense: Some(Bytes::from(Sense::new(code).to_bytes(false))),
-        data_in: Bytes::new(),
-        wanted_len: 0,
     }
 }
 

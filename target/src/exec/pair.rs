@@ -16,7 +16,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use duet_core::iscsi::Completion;
 use duet_core::scsi::Nexus;
+use duet_core::sense::SenseCode;
 
+use super::completion::check;
 use crate::lu::Lu;
 
 /// Where a command's completion goes when it finishes on another task; called exactly once.
@@ -81,9 +83,7 @@ impl Pair for Standalone {
         done: Reply,
     ) {
         // Never asked: `forward_mode` is always `None`. Retry rather than guess.
-        done(super::check(
-            duet_core::sense::SenseCode::ALUA_TRANSITIONING,
-        ));
+        done(check(SenseCode::ALUA_TRANSITIONING));
     }
 
     fn sync_lu(&self, _lu: &Lu) {}

@@ -5,44 +5,39 @@
 //! admin commands) and carries out its outputs (peer messages, quorum I/O, ALUA pictures, unit
 //! attentions, fencing, the I/O gate, log lines). It also moves commands between the
 //! controllers: a controller that does not serve a LUN forwards what it receives for it to the
-//! primary (mode 2: the whole command and its data; mode 1: the command only, then runs the
-//! primary's plan on the shared backend under the primary's lock; mode 0: everything a Standby
-//! port may answer), and the primary replicates reservations and mode pages to its peer.
+//! primary ([`forward`], where the runtime plugs into command execution as its
+//! [`Pair`](crate::exec::Pair)), the primary runs them and lends mode-1 grants ([`serve`]), and
+//! the primary replicates reservations and mode pages to its peer.
+//!
+//! It touches the LUs only through [`crate::lu`] and [`crate::exec`], never the daemon's
+//! connections or listeners.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use duet_core::alua::HaMode;
 use duet_core::ha::{self, AdminCmd, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role};
-use duet_core::iscsi::Completion;
-use duet_core::scsi::opclass::carries_bulk_data;
-use duet_core::scsi::{IoPlan, Nexus, Prepared, ResetKind};
-use duet_core::sense::SenseCode;
 
 use super::config::HaConfig;
 use super::fence::{self, FenceAgent};
-use super::gate::GatePass;
 use super::link::{self, Channel, LinkEvent, LinkHandle};
-use super::proto::{self, LinkMsg, PeerReply, PeerRequest};
+use super::proto::{self, LinkMsg};
 use super::quorum::Arbiter;
 use super::tables::{GrantTable, LunFacts, PendingTable, Published};
-use crate::exec::pair::Reply;
-use crate::exec::{
-    after_command, check, completion_of, io_guard, never_waits, prepare_local, run_inline,
-    run_medium, run_plan, run_plan_now, try_io_guard, IoGuard, Pair,
-};
+use crate::exec::Pair;
 use crate::lu::{Lu, Target};
 use crate::sync::{lock, Mutex};
 
-/// How long a forwarded command waits for the primary's answer before the initiator is told to
-/// retry (NOT READY, ALUA transitioning).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+mod forward;
+mod serve;
+
+use forward::ReplyTo;
+use serve::Grant;
+
 /// How long closing the fencing gate waits for admitted I/O.
 const GATE_DRAIN: Duration = Duration::from_secs(5);
 /// Log events kept for `duetctl ha`.
@@ -51,56 +46,6 @@ const EVENTS_KEPT: usize = 32;
 /// What the driver task receives.
 enum DriverIn {
     Node(Input),
-}
-
-/// A grant held on behalf of the peer (mode 1): the I/O lock and a pass through the gate.
-struct Grant {
-    _guard: IoGuard,
-    _pass: GatePass,
-}
-
-/// Where the answer to a request sent to the peer goes. The callback runs exactly once: with
-/// the reply, or with `None` when the request is cancelled (link down, timeout, never sent),
-/// which is what dropping an unanswered `ReplyTo` does.
-struct ReplyTo {
-    callback: Option<Box<dyn FnOnce(Option<PeerReply>) + Send>>,
-    sent: Instant,
-}
-
-impl ReplyTo {
-    fn new(callback: impl FnOnce(Option<PeerReply>) + Send + 'static) -> ReplyTo {
-        ReplyTo {
-            callback: Some(Box::new(callback)),
-            sent: Instant::now(),
-        }
-    }
-
-    fn answer(mut self, reply: PeerReply) {
-        if let Some(f) = self.callback.take() {
-            f(Some(reply));
-        }
-    }
-}
-
-impl Drop for ReplyTo {
-    fn drop(&mut self) {
-        if let Some(f) = self.callback.take() {
-            f(None);
-        }
-    }
-}
-
-/// A forwarded request that has to wait: for the blocking pool, or for the LU's I/O lock.
-enum Unfinished {
-    Medium {
-        lu: Arc<Lu>,
-        plan: IoPlan,
-        data: Bytes,
-    },
-    Grant {
-        lu: Arc<Lu>,
-        plan: IoPlan,
-    },
 }
 
 /// One controller's HA runtime. Create it with [`HaRuntime::start`].
@@ -514,149 +459,6 @@ impl HaRuntime {
         }
     }
 
-    /// Sends `req` to the peer; `reply_to` gets the answer, or `None` when the request could not
-    /// be sent, the link went down or no answer came within [`FORWARD_TIMEOUT`].
-    fn send_request(&self, req: PeerRequest, reply_to: ReplyTo) {
-        let Ok(id) = self.pending.register(reply_to) else {
-            return;
-        };
-        let sent = proto::encode(LinkMsg::Request { id, req })
-            .ok()
-            .is_some_and(|e| self.link.send_parts(Channel::Data, e.head, e.bulk).is_ok());
-        if !sent {
-            drop(self.pending.take(id));
-        }
-    }
-
-    async fn request(&self, req: PeerRequest) -> Option<PeerReply> {
-        let (tx, rx) = oneshot::channel();
-        self.send_request(
-            req,
-            ReplyTo::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.await.ok().flatten()
-    }
-
-    /// Cancels the forwarded requests that waited longer than [`FORWARD_TIMEOUT`] (their
-    /// initiators are told to retry).
-    async fn expire_requests(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(FORWARD_TIMEOUT / 10);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let expired = self.pending.expire(|w| w.sent.elapsed() > FORWARD_TIMEOUT);
-            if !expired.is_empty() {
-                tracing::warn!(
-                    "{} forwarded request(s) unanswered for {} s: told to retry",
-                    expired.len(),
-                    FORWARD_TIMEOUT.as_secs()
-                );
-            }
-        }
-    }
-
-    /// The primary's side of a forwarded request, as far as it goes without waiting: phase 1,
-    /// and the medium phase when it [never waits](crate::exec::never_waits). What must wait
-    /// (the blocking pool, a contended I/O lock) comes back as [`Unfinished`].
-    fn serve_now(
-        self: &Arc<Self>,
-        req: PeerRequest,
-        session: u64,
-    ) -> Result<PeerReply, Unfinished> {
-        let unavailable = |reason: &str| PeerReply::Unavailable {
-            reason: reason.to_string(),
-        };
-        match req {
-            PeerRequest::Execute {
-                lun,
-                nexus,
-                cdb,
-                data_out,
-                data_len,
-                plan_only,
-            } => {
-                let Some((target, lu)) = self.luns.get(&lun).cloned() else {
-                    return Ok(unavailable("no such LUN"));
-                };
-                if !self.serving(lun) {
-                    return Ok(unavailable("not primary"));
-                }
-                let data = if data_out.len() as u64 == u64::from(data_len) {
-                    data_out
-                } else {
-                    // Mode 1 bulk write: phase 1 only needs the length.
-                    Bytes::from(vec![0u8; data_len as usize])
-                };
-                match prepare_local(&target, &lu, &nexus, &cdb, &data) {
-                    Prepared::Done(o) => {
-                        after_command(&**self, &lu, &cdb, &o.effects);
-                        Ok(done(completion_of(o)))
-                    }
-                    Prepared::Io(plan) if plan_only => match try_io_guard(&lu, &plan) {
-                        Some(guard) => Ok(self.grant(&lu, plan, guard, session)),
-                        None => Err(Unfinished::Grant { lu, plan }),
-                    },
-                    Prepared::Io(plan) => match run_inline(&lu, &plan, &data) {
-                        Some(c) => Ok(done(c)),
-                        None => Err(Unfinished::Medium { lu, plan, data }),
-                    },
-                }
-            }
-            PeerRequest::Reset { lun, cold } => {
-                if let Some((_, lu)) = self.luns.get(&lun) {
-                    lu.lock().reset(if cold {
-                        ResetKind::TargetCold
-                    } else {
-                        ResetKind::LunReset
-                    });
-                }
-                Ok(PeerReply::Ack)
-            }
-            PeerRequest::NexusLost { lun, nexus } => {
-                if let Some((_, lu)) = self.luns.get(&lun) {
-                    lu.lock().nexus_lost(&nexus);
-                }
-                Ok(PeerReply::Ack)
-            }
-        }
-    }
-
-    /// The rest of a forwarded request that [`HaRuntime::serve_now`] could not finish.
-    async fn serve_later(self: &Arc<Self>, rest: Unfinished, session: u64) -> PeerReply {
-        match rest {
-            Unfinished::Medium { lu, plan, data } => done(run_medium(lu, plan, data).await),
-            Unfinished::Grant { lu, plan } => {
-                let guard = io_guard(&lu, &plan).await;
-                self.grant(&lu, plan, guard, session)
-            }
-        }
-    }
-
-    /// Lends the peer (mode 1) the LU's I/O lock and a pass through its fencing gate for `plan`,
-    /// until it releases the grant.
-    fn grant(&self, lu: &Lu, plan: IoPlan, guard: IoGuard, session: u64) -> PeerReply {
-        let Some(pass) = lu.gate.enter() else {
-            return done(check(SenseCode::ALUA_TRANSITIONING));
-        };
-        match self.grants.insert(
-            session,
-            Grant {
-                _guard: guard,
-                _pass: pass,
-            },
-        ) {
-            Ok(grant) => PeerReply::Plan { grant, plan },
-            Err(e) => PeerReply::Unavailable {
-                reason: e.to_string(),
-            },
-        }
-    }
-
     /// Role change at run time (CTL's ha_role): `lun` None = every LUN.
     pub fn set_role(&self, role: Role, lun: Option<u32>) -> Result<String, String> {
         if let Some(l) = lun {
@@ -711,131 +513,6 @@ impl HaRuntime {
     }
 }
 
-/// The HA runtime as command execution sees it: forwarding to the primary, replication of the
-/// shared state, resets and ended nexuses passed on.
-impl Pair for HaRuntime {
-    /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
-    /// controller does not serve it, the link is up and the peer is its primary.
-    fn forward_mode(&self, lun: u32) -> Option<bool> {
-        self.published.forward_mode(lun)
-    }
-
-    /// Runs a command received here for a LUN the peer serves, through the peer, and gives its
-    /// completion to `done` (called exactly once, on whichever task the answer arrives).
-    fn forward(
-        self: Arc<Self>,
-        lu: &Arc<Lu>,
-        nexus: Nexus,
-        cdb: Bytes,
-        data_out: Bytes,
-        plan_only: bool,
-        done: Reply,
-    ) {
-        let lun = u32::from(lu.number);
-        let data_len = u32::try_from(data_out.len()).unwrap_or(u32::MAX);
-        // Mode 1 keeps bulk write data off the link: the plan comes back and runs here.
-        let bulk = carries_bulk_data(cdb.first().copied().unwrap_or(0));
-        let send_data = if plan_only && bulk {
-            Bytes::new()
-        } else {
-            data_out.clone()
-        };
-        let (me, lu) = (self.clone(), lu.clone());
-        let reply_to = ReplyTo::new(move |reply| match reply {
-            Some(PeerReply::Done {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }) => done(Completion {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }),
-            Some(PeerReply::Plan { grant, plan }) => {
-                // The primary holds the LU's I/O lock and its gate for us until we release.
-                if never_waits(&lu, &plan) {
-                    let c = run_plan_now(&lu, &plan, &data_out);
-                    me.send(Channel::Control, LinkMsg::Release { grant });
-                    done(c);
-                } else {
-                    tokio::spawn(async move {
-                        let c = run_plan(lu, plan, data_out, ()).await;
-                        me.send(Channel::Control, LinkMsg::Release { grant });
-                        done(c);
-                    });
-                }
-            }
-            Some(PeerReply::Unavailable { reason }) => {
-                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
-                done(check(SenseCode::ALUA_TRANSITIONING))
-            }
-            Some(PeerReply::Ack) | None => done(check(SenseCode::ALUA_TRANSITIONING)),
-        });
-        self.send_request(
-            PeerRequest::Execute {
-                lun,
-                nexus,
-                cdb,
-                data_out: send_data,
-                data_len,
-                plan_only,
-            },
-            reply_to,
-        );
-    }
-
-    /// Sends the replicated state of `lu` to the peer (primary only).
-    fn sync_lu(&self, lu: &Lu) {
-        let lun = u32::from(lu.number);
-        if !self.serving(lun) {
-            return;
-        }
-        let state = lu.lock().shared_state();
-        self.send(Channel::Control, LinkMsg::LuSync { lun, state });
-    }
-
-    /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
-    /// their commands).
-    fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32> {
-        luns.iter()
-            .copied()
-            .filter(|&l| self.forward_mode(l).is_some())
-            .collect()
-    }
-
-    /// Performs a reset received here on the primary's LU too, and waits for it (bounded), so
-    /// that the task management response means the reset happened on the LU that serves.
-    fn peer_reset(
-        self: Arc<Self>,
-        luns: Vec<u32>,
-        cold: bool,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            for lun in luns {
-                if self
-                    .request(PeerRequest::Reset { lun, cold })
-                    .await
-                    .is_none()
-                {
-                    tracing::warn!(lun, "reset not confirmed by the peer");
-                }
-            }
-        })
-    }
-
-    /// Tells the primary that a nexus of this controller ended.
-    fn nexus_lost(self: Arc<Self>, lun: u32, nexus: Nexus) {
-        if self.forward_mode(lun).is_some() {
-            let me = self;
-            tokio::spawn(async move {
-                let _ = me.request(PeerRequest::NexusLost { lun, nexus }).await;
-            });
-        }
-    }
-}
-
 /// Closes a LUN's fencing gate, waiting for admitted I/O (off the async threads).
 fn close_gate(lu: &Lu) -> bool {
     let gate = lu.gate.clone();
@@ -844,14 +521,5 @@ fn close_gate(lu: &Lu) -> bool {
             tokio::task::block_in_place(|| gate.close(GATE_DRAIN))
         }
         _ => gate.close(GATE_DRAIN),
-    }
-}
-
-fn done(c: Completion) -> PeerReply {
-    PeerReply::Done {
-        status: c.status,
-        sense: c.sense,
-        data_in: c.data_in,
-        wanted_len: c.wanted_len,
     }
 }
