@@ -3,7 +3,7 @@
 //! connection threads and the [`Pair`] that command execution consults (the HA runtime once it
 //! has started, [`Standalone`] until then or without HA).
 //!
-//! Built by [`crate::build::build`]; touches nothing but what it holds.
+//! Built at start-up (`build::build`); touches nothing but what it holds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};

@@ -24,24 +24,59 @@ use duet_core::ha::{self, AdminCmd, HaStatus, Input, Node, Output, QuorumOp, Quo
 
 use super::config::HaConfig;
 use super::fence::{self, FenceAgent};
+use super::gate::GatePass;
 use super::link::{self, Channel, LinkEvent, LinkHandle};
-use super::proto::{self, LinkMsg};
+use super::proto::{self, LinkMsg, PeerReply};
 use super::quorum::Arbiter;
 use super::tables::{GrantTable, LunFacts, PendingTable, Published};
-use crate::exec::Pair;
+use crate::exec::{IoGuard, Pair};
 use crate::lu::{Lu, Target};
 use crate::sync::{lock, Mutex};
 
 mod forward;
 mod serve;
 
-use forward::ReplyTo;
-use serve::Grant;
-
 /// How long closing the fencing gate waits for admitted I/O.
 const GATE_DRAIN: Duration = Duration::from_secs(5);
 /// Log events kept for `duetctl ha`.
 const EVENTS_KEPT: usize = 32;
+
+/// A grant held on behalf of the peer (mode 1): the I/O lock and a pass through the gate.
+struct Grant {
+    _guard: IoGuard,
+    _pass: GatePass,
+}
+
+/// Where the answer to a request sent to the peer goes. The callback runs exactly once: with
+/// the reply, or with `None` when the request is cancelled (link down, timeout, never sent),
+/// which is what dropping an unanswered `ReplyTo` does.
+struct ReplyTo {
+    callback: Option<Box<dyn FnOnce(Option<PeerReply>) + Send>>,
+    sent: Instant,
+}
+
+impl ReplyTo {
+    fn new(callback: impl FnOnce(Option<PeerReply>) + Send + 'static) -> ReplyTo {
+        ReplyTo {
+            callback: Some(Box::new(callback)),
+            sent: Instant::now(),
+        }
+    }
+
+    fn answer(mut self, reply: PeerReply) {
+        if let Some(f) = self.callback.take() {
+            f(Some(reply));
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(f) = self.callback.take() {
+            f(None);
+        }
+    }
+}
 
 /// What the driver task receives.
 enum DriverIn {

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
@@ -19,7 +19,7 @@ use duet_core::sense::SenseCode;
 
 use super::super::link::Channel;
 use super::super::proto::{self, LinkMsg, PeerReply, PeerRequest};
-use super::HaRuntime;
+use super::{HaRuntime, ReplyTo};
 use crate::exec::pair::Reply;
 use crate::exec::{check, never_waits, run_plan, run_plan_now, Pair};
 use crate::lu::Lu;
@@ -27,37 +27,6 @@ use crate::lu::Lu;
 /// How long a forwarded command waits for the primary's answer before the initiator is told to
 /// retry (NOT READY, ALUA transitioning).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where the answer to a request sent to the peer goes. The callback runs exactly once: with
-/// the reply, or with `None` when the request is cancelled (link down, timeout, never sent),
-/// which is what dropping an unanswered `ReplyTo` does.
-pub(super) struct ReplyTo {
-    callback: Option<Box<dyn FnOnce(Option<PeerReply>) + Send>>,
-    sent: Instant,
-}
-
-impl ReplyTo {
-    fn new(callback: impl FnOnce(Option<PeerReply>) + Send + 'static) -> ReplyTo {
-        ReplyTo {
-            callback: Some(Box::new(callback)),
-            sent: Instant::now(),
-        }
-    }
-
-    pub(super) fn answer(mut self, reply: PeerReply) {
-        if let Some(f) = self.callback.take() {
-            f(Some(reply));
-        }
-    }
-}
-
-impl Drop for ReplyTo {
-    fn drop(&mut self) {
-        if let Some(f) = self.callback.take() {
-            f(None);
-        }
-    }
-}
 
 impl HaRuntime {
     /// Sends `req` to the peer; `reply_to` gets the answer, or `None` when the request could not

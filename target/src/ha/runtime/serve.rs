@@ -11,20 +11,13 @@ use duet_core::iscsi::Completion;
 use duet_core::scsi::{IoPlan, Prepared, ResetKind};
 use duet_core::sense::SenseCode;
 
-use super::super::gate::GatePass;
 use super::super::proto::{PeerReply, PeerRequest};
-use super::HaRuntime;
+use super::{Grant, HaRuntime};
 use crate::exec::{
     after_command, check, completion_of, io_guard, prepare_local, run_inline, run_medium,
     try_io_guard, IoGuard,
 };
 use crate::lu::Lu;
-
-/// A grant held on behalf of the peer (mode 1): the I/O lock and a pass through the gate.
-pub(super) struct Grant {
-    _guard: IoGuard,
-    _pass: GatePass,
-}
 
 /// A forwarded request that has to wait: for the blocking pool, or for the LU's I/O lock.
 pub(super) enum Unfinished {
