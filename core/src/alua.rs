@@ -160,6 +160,17 @@ pub struct LunView {
     pub peer: PeerReach,
 }
 
+impl LunView {
+    /// The facts of a controller running alone (HA off): primary here, no peer.
+    pub fn standalone() -> LunView {
+        LunView {
+            mode: HaMode::ActiveStandby,
+            primary: PrimaryView::Local,
+            peer: PeerReach::Down,
+        }
+    }
+}
+
 /// The ALUA states of both port groups for one LUN, as seen from one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GroupStates {

@@ -246,7 +246,7 @@ fn inquiry_and_vpd_pages() {
     let std = r.good(&a, &inquiry(false, 0, 512), &[]);
     assert_eq!(std.len(), 96);
     assert_eq!(std[4] as usize, std.len() - 5);
-    assert_eq!(std[5] & 0x30, 0x30, "implicit + explicit ALUA");
+    assert_eq!(std[5] & 0x30, 0x10, "implicit ALUA only (TPGS 01b)");
     assert_eq!(&std[8..12], b"DUET");
     assert_eq!(r.good(&a, &inquiry(false, 0, 511), &[]), std);
     r.expect_sense(

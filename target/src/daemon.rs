@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use duet_core::alua::AluaState;
-use duet_core::ha::{Policy, Role};
+use duet_core::ha::{peer_of, Policy, Role};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminApi, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg};
@@ -45,7 +45,18 @@ pub fn start_ha(
         "HA: starting"
     );
     let agent = cfg.fencing.clone();
-    let rt = HaRuntime::start(shared, cfg, arbiter, agent, shutdown).map_err(|e| e.to_string())?;
+    let rt = HaRuntime::start(
+        shared.targets.values(),
+        (shared.first_conn_thread(), shared.config.poll_us),
+        cfg,
+        arbiter,
+        agent,
+        shutdown,
+    )
+    .map_err(|e| e.to_string())?;
+    shared
+        .join_pair(rt.clone())
+        .map_err(|e| format!("HA: {e}"))?;
     Ok(Some(rt))
 }
 
@@ -86,6 +97,8 @@ impl Arbiter for NoArbiter {
 /// `duetctl`'s view of a running daemon.
 pub struct DaemonAdmin {
     pub shared: Arc<Shared>,
+    /// The HA runtime, when the configuration has an `[ha]` section and it has started.
+    pub ha: Option<Arc<HaRuntime>>,
 }
 
 fn abbrev(s: AluaState) -> String {
@@ -94,7 +107,7 @@ fn abbrev(s: AluaState) -> String {
 
 impl DaemonAdmin {
     fn ha(&self) -> Option<&Arc<HaRuntime>> {
-        self.shared.ha.get()
+        self.ha.as_ref()
     }
 
     fn portals(&self, portal_group: &str) -> Vec<String> {
@@ -132,7 +145,7 @@ impl AdminApi for DaemonAdmin {
                 local: true,
             });
             if let (Some(h), Some(peer)) = (ha, t.peer_rtpi) {
-                let peer_id = 3 - h.ha_id();
+                let peer_id = peer_of(h.ha_id());
                 ports.push(PortInfo {
                     port: peer,
                     ha_id: peer_id,
@@ -222,7 +235,7 @@ impl AdminApi for DaemonAdmin {
             .is_some_and(|s| s.lease_remaining_ms.is_some());
         HaInfo {
             ha_id: cfg.id,
-            peer_id: 3 - cfg.id,
+            peer_id: peer_of(cfg.id),
             mode: cfg.mode.number(),
             link_state: status.as_ref().map_or(1, |s| s.link),
             policy: match cfg.failover {
@@ -284,11 +297,13 @@ fn lun_role(h: &HaRuntime, lun: u32) -> String {
 /// Serves the admin socket at `path` until shutdown.
 pub fn spawn_admin(
     shared: &Arc<Shared>,
+    ha: Option<Arc<HaRuntime>>,
     path: std::path::PathBuf,
     shutdown: watch::Receiver<bool>,
 ) {
     let api: Arc<dyn AdminApi> = Arc::new(DaemonAdmin {
         shared: shared.clone(),
+        ha,
     });
     tokio::spawn(async move {
         if let Err(e) = admin::serve(path.clone(), api, shutdown).await {

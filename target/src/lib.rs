@@ -7,17 +7,26 @@
 //! - [`config`]: the TOML configuration and the `ctl.conf` subset, validated with file:line errors;
 //! - [`backend`]: LUN storage on a regular file or block device (`pread`/`pwrite`, hole punching,
 //!   `fdatasync`);
-//! - [`server`]: the daemon: listeners, one task per connection, the shared logical units,
-//!   persistent-reservation files, NOP-In timers and graceful shutdown.
+//! - [`server`]: the daemon's listeners and graceful shutdown, over [`build`] (targets and LUs
+//!   from the configuration), [`lu`], [`shared`], [`sessions`], [`conn`] (one connection),
+//!   [`outbox`], [`threads`] and [`exec`] (command execution, with the seam HA plugs into).
 
 pub mod admin;
 pub mod backend;
+pub mod build;
 pub mod config;
+mod conn;
 pub mod daemon;
 pub mod entropy;
+pub mod exec;
 pub mod ha;
 mod idle_poll;
 pub mod lab;
+pub mod lu;
+mod outbox;
 pub mod server;
+pub mod sessions;
+pub mod shared;
 pub mod stats;
 pub mod sync;
+mod threads;

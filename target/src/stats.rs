@@ -18,10 +18,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use duet_core::scsi::opclass::OpClass;
 use serde::{Deserialize, Serialize};
+
+use crate::sync::{read, write, RwLock};
 
 /// Number of latency histogram buckets; the last one (from 2^30 µs, about 18 minutes) is open.
 pub const LATENCY_BUCKETS: usize = 32;
@@ -36,6 +38,17 @@ pub enum OpKind {
     Write,
     /// Everything else (INQUIRY, TEST UNIT READY, SYNCHRONIZE CACHE, ...).
     Other,
+}
+
+impl OpKind {
+    /// How a command with operation code `op` is counted ([`OpClass`] decides).
+    pub fn of(op: u8) -> OpKind {
+        match OpClass::of(op) {
+            OpClass::Read => OpKind::Read,
+            OpClass::Write => OpKind::Write,
+            OpClass::Other => OpKind::Other,
+        }
+    }
 }
 
 /// The live counters of one LUN, one port or the total.
@@ -377,15 +390,6 @@ impl Default for Stats {
     fn default() -> Self {
         Stats::new()
     }
-}
-
-/// A read guard even if a writer panicked: the maps hold only counters, always consistent.
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Records into the counters of `key`, creating them on first use.

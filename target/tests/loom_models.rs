@@ -22,7 +22,7 @@
 use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::time::Duration;
 
-use duet_core::alua::HaMode;
+use duet_core::alua::{HaMode, LunView};
 use duet_core::ha::HaStatus;
 use duet_core::scsi::{AluaPicture, CommandContext, LogicalUnit, LuConfig, MemStore, Nexus};
 use duet_core::sense::SenseCode;
@@ -498,7 +498,7 @@ fn grants_dropped_exactly_once() {
 
 /// Runs TEST UNIT READY for `nexus` under the LU lock; returns its sense code, if any.
 fn tur(lu: &Mutex<LogicalUnit>, store: &MemStore, nexus: &Nexus) -> Option<SenseCode> {
-    let alua = AluaPicture::standalone(&[1, 2]);
+    let alua = AluaPicture::from_view(LunView::standalone(), 1, &[1, 2], &[]);
     let luns = [0u64];
     let ctx = CommandContext {
         nexus,

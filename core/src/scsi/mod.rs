@@ -13,6 +13,7 @@
 //!
 //! [`LogicalUnit::execute`] does both in one call, for tests and the model.
 
+mod alua_picture;
 mod cdb;
 pub mod ident;
 mod inquiry;
@@ -20,6 +21,7 @@ mod io;
 mod lu;
 mod lu_config;
 mod mode;
+pub mod opclass;
 mod pr;
 mod rsoc;
 mod sense_data;

@@ -64,22 +64,6 @@ pub struct AluaPicture {
 }
 
 impl AluaPicture {
-    /// A stand-alone controller: one Active/Optimized group (id 1) holding `ports`, with
-    /// implicit and explicit ALUA advertised (SET TARGET PORT GROUPS may only ask for AO).
-    pub fn standalone(ports: &[u16]) -> AluaPicture {
-        AluaPicture {
-            groups: vec![PortGroup {
-                id: 1,
-                state: AluaState::ActiveOptimized,
-                preferred: false,
-                ports: ports.to_vec(),
-                status: 0,
-            }],
-            explicit: true,
-            transition_time: 0,
-        }
-    }
-
     /// The group holding relative target port `rtpi`.
     pub fn group_of(&self, rtpi: u16) -> Option<&PortGroup> {
         self.groups.iter().find(|g| g.ports.contains(&rtpi))

@@ -3,7 +3,7 @@
 //! decoding.
 #![allow(dead_code)]
 
-use duet_core::alua::AluaState;
+use duet_core::alua::{AluaState, LunView};
 use duet_core::scsi::{
     run_io, AluaPicture, CommandContext, LogicalUnit, LuConfig, MemStore, Nexus, Outcome,
     PortGroup, Prepared,
@@ -48,7 +48,7 @@ impl Rig {
         let mut r = Rig {
             lu: LogicalUnit::new(cfg).expect("valid LU config"),
             store: MemStore::new(len),
-            alua: AluaPicture::standalone(&[1, 2]),
+            alua: AluaPicture::from_view(LunView::standalone(), 1, &[1, 2], &[]),
             luns: vec![0],
         };
         r.set_groups(AluaState::ActiveOptimized, AluaState::ActiveOptimized);

@@ -2,7 +2,7 @@
 //! and CDB builders.
 #![allow(dead_code)]
 
-use duet_core::alua::AluaState;
+use duet_core::alua::{AluaState, LunView};
 use duet_core::scsi::{
     AluaPicture, CommandContext, LogicalUnit, LuConfig, MemStore, Nexus, Outcome, PortGroup,
 };
@@ -36,7 +36,7 @@ impl Rig {
         Rig {
             lu: LogicalUnit::new(cfg).expect("valid config"),
             store: MemStore::new(len),
-            alua: AluaPicture::standalone(&[1, 2]),
+            alua: AluaPicture::from_view(LunView::standalone(), 1, &[1, 2], &[]),
             luns: vec![0],
         }
     }

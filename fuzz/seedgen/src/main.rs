@@ -6,7 +6,7 @@
 //! `seed-*` files are overwritten; other corpus entries are left alone.
 
 use bytes::{Bytes, BytesMut};
-use duet_core::alua::{AluaState, HaMode};
+use duet_core::alua::{AluaState, HaMode, LunView};
 use duet_core::ha::{HaMsg, LunStatus};
 use duet_core::iscsi::pdu::Opcode;
 use duet_core::iscsi::initiator::{
@@ -635,7 +635,7 @@ fn frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
 fn ha_seeds(out: &Out) -> std::io::Result<()> {
     let nexus = Nexus::new(HOST, ISID, 129);
     let mut lu = LogicalUnit::new(LuConfig::new(1, 512, 2048, "DUETLAB0001")).expect("valid LU");
-    let alua = AluaPicture::standalone(&[1, 129]);
+    let alua = AluaPicture::from_view(LunView::standalone(), 1, &[1, 129], &[]);
     let ctx = CommandContext {
         nexus: &nexus,
         alua: &alua,

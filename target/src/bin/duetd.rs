@@ -277,14 +277,17 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
             let _ = stop_tx.send(true);
         });
         let ha_cfg = shared.config.ha.clone();
-        if let Err(e) = daemon::start_ha(&shared, stop_rx.clone()) {
-            tracing::error!("{e}");
-            eprintln!("duetd: {e}");
-            return ExitCode::from(1);
-        }
+        let ha = match daemon::start_ha(&shared, stop_rx.clone()) {
+            Ok(ha) => ha,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("duetd: {e}");
+                return ExitCode::from(1);
+            }
+        };
         if let Some(path) = admin_socket.or_else(|| ha_cfg.as_ref().map(|h| h.admin_socket.clone()))
         {
-            daemon::spawn_admin(&shared, path, stop_rx.clone());
+            daemon::spawn_admin(&shared, ha, path, stop_rx.clone());
         }
         let result = server::serve(shared, stop_rx).await;
         if let Some(h) = &ha_cfg {

@@ -5,47 +5,41 @@
 //! admin commands) and carries out its outputs (peer messages, quorum I/O, ALUA pictures, unit
 //! attentions, fencing, the I/O gate, log lines). It also moves commands between the
 //! controllers: a controller that does not serve a LUN forwards what it receives for it to the
-//! primary (mode 2: the whole command and its data; mode 1: the command only, then runs the
-//! primary's plan on the shared backend under the primary's lock; mode 0: everything a Standby
-//! port may answer), and the primary replicates reservations and mode pages to its peer.
+//! primary ([`forward`], where the runtime plugs into command execution as its
+//! [`Pair`](crate::exec::Pair)), the primary runs them and lends mode-1 grants ([`serve`]), and
+//! the primary replicates reservations and mode pages to its peer.
+//!
+//! It touches the LUs only through [`crate::lu`] and [`crate::exec`], never the daemon's
+//! connections or listeners.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use duet_core::alua::HaMode;
 use duet_core::ha::{self, AdminCmd, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role};
-use duet_core::iscsi::Completion;
-use duet_core::scsi::{IoPlan, Nexus, Prepared, ResetKind};
-use duet_core::sense::SenseCode;
 
 use super::config::HaConfig;
 use super::fence::{self, FenceAgent};
 use super::gate::GatePass;
 use super::link::{self, Channel, LinkEvent, LinkHandle};
-use super::proto::{self, LinkMsg, PeerReply, PeerRequest};
+use super::proto::{self, LinkMsg, PeerReply};
 use super::quorum::Arbiter;
 use super::tables::{GrantTable, LunFacts, PendingTable, Published};
-use crate::server::{
-    after_command, check, completion_of, io_guard, never_waits, prepare_local, run_inline,
-    run_medium, run_plan, run_plan_now, try_io_guard, IoGuard, Lu, Shared, Target,
-};
+use crate::exec::{IoGuard, Pair};
+use crate::lu::{Lu, Target};
+use crate::sync::{lock, Mutex};
 
-/// How long a forwarded command waits for the primary's answer before the initiator is told to
-/// retry (NOT READY, ALUA transitioning).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+mod forward;
+mod serve;
+
 /// How long closing the fencing gate waits for admitted I/O.
 const GATE_DRAIN: Duration = Duration::from_secs(5);
 /// Log events kept for `duetctl ha`.
 const EVENTS_KEPT: usize = 32;
-
-/// What the driver task receives.
-enum DriverIn {
-    Node(Input),
-}
 
 /// A grant held on behalf of the peer (mode 1): the I/O lock and a pass through the gate.
 struct Grant {
@@ -84,17 +78,9 @@ impl Drop for ReplyTo {
     }
 }
 
-/// A forwarded request that has to wait: for the blocking pool, or for the LU's I/O lock.
-enum Unfinished {
-    Medium {
-        lu: Arc<Lu>,
-        plan: IoPlan,
-        data: Bytes,
-    },
-    Grant {
-        lu: Arc<Lu>,
-        plan: IoPlan,
-    },
+/// What the driver task receives.
+enum DriverIn {
+    Node(Input),
 }
 
 /// One controller's HA runtime. Create it with [`HaRuntime::start`].
@@ -103,7 +89,6 @@ pub struct HaRuntime {
     peer_id: u8,
     mode: HaMode,
     luns: BTreeMap<u32, (Arc<Target>, Arc<Lu>)>,
-    shared: Weak<Shared>,
     link: LinkHandle,
     tx: mpsc::UnboundedSender<DriverIn>,
     /// The role facts every I/O path reads (loom-checked: never torn).
@@ -118,10 +103,6 @@ pub struct HaRuntime {
     agent: FenceAgent,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Why the HA runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HaStartError {
@@ -132,17 +113,20 @@ pub enum HaStartError {
 }
 
 impl HaRuntime {
-    /// Builds the runtime for `shared` (whose configuration has an `[ha]` section), starts the
-    /// link and the driver task, and registers itself in `shared`.
-    pub fn start(
-        shared: &Arc<Shared>,
+    /// Builds the runtime for the LUs of `targets` and starts the link and the driver task.
+    /// The link's data channel runs on `data_thread` and polls for `poll_us` microseconds when
+    /// idle (as the connections do). The caller makes the runtime the daemon's
+    /// [`Pair`](crate::exec::Pair).
+    pub fn start<'a>(
+        targets: impl IntoIterator<Item = &'a Arc<Target>>,
+        (data_thread, poll_us): (tokio::runtime::Handle, u64),
         cfg: HaConfig,
         arbiter: Arc<dyn Arbiter>,
         agent: FenceAgent,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<HaRuntime>, HaStartError> {
         let mut luns = BTreeMap::new();
-        for t in shared.targets.values() {
+        for t in targets {
             for lu in t.luns.values() {
                 let key = u32::from(lu.number);
                 if luns.insert(key, (t.clone(), lu.clone())).is_some() {
@@ -161,18 +145,16 @@ impl HaRuntime {
         // no heartbeats) runs on the first connection thread and polls like the connections do:
         // a command forwarded from a connection on that thread, and its answer, cross no thread.
         let mut link_cfg = cfg.link_config();
-        link_cfg.data_poll = Duration::from_micros(shared.config.poll_us);
-        let (link, link_rx) =
-            link::spawn_on(link_cfg, shutdown.clone(), shared.first_conn_thread());
+        link_cfg.data_poll = Duration::from_micros(poll_us);
+        let (link, link_rx) = link::spawn_on(link_cfg, shutdown.clone(), data_thread);
         let (tx, rx) = mpsc::unbounded_channel();
         let rt = Arc::new(HaRuntime {
-            peer_id: 3 - cfg.id,
+            peer_id: ha::peer_of(cfg.id),
             mode,
             luns,
-            shared: Arc::downgrade(shared),
             link,
             tx,
-            published: Published::new(3 - cfg.id, mode),
+            published: Published::new(ha::peer_of(cfg.id), mode),
             events: Mutex::new(VecDeque::new()),
             pending: PendingTable::new(),
             grants: GrantTable::new(),
@@ -182,9 +164,6 @@ impl HaRuntime {
             cfg,
         });
         let node = Node::new(core_cfg, rt.now());
-        if shared.ha.set(rt.clone()).is_err() {
-            return Err(HaStartError::Config("HA runtime started twice".into()));
-        }
         // The data channel (forwarded commands and their answers) is handled on the link's
         // reader task: no hand-off to the receive task.
         let weak = Arc::downgrade(&rt);
@@ -250,12 +229,6 @@ impl HaRuntime {
     /// Whether this controller is the serving primary of `lun`.
     pub fn serving(&self, lun: u32) -> bool {
         self.published.serving(lun)
-    }
-
-    /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
-    /// controller does not serve it, the link is up and the peer is its primary.
-    pub fn forward_mode(&self, lun: u32) -> Option<bool> {
-        self.published.forward_mode(lun)
     }
 
     // ---- the driver ------------------------------------------------------------------------
@@ -521,262 +494,6 @@ impl HaRuntime {
         }
     }
 
-    /// Sends the replicated state of `lu` to the peer (primary only).
-    pub fn sync_lu(&self, lu: &Lu) {
-        let lun = u32::from(lu.number);
-        if !self.serving(lun) {
-            return;
-        }
-        let state = lu.lock().shared_state();
-        self.send(Channel::Control, LinkMsg::LuSync { lun, state });
-    }
-
-    /// Sends `req` to the peer; `reply_to` gets the answer, or `None` when the request could not
-    /// be sent, the link went down or no answer came within [`FORWARD_TIMEOUT`].
-    fn send_request(&self, req: PeerRequest, reply_to: ReplyTo) {
-        let Ok(id) = self.pending.register(reply_to) else {
-            return;
-        };
-        let sent = proto::encode(LinkMsg::Request { id, req })
-            .ok()
-            .is_some_and(|e| self.link.send_parts(Channel::Data, e.head, e.bulk).is_ok());
-        if !sent {
-            drop(self.pending.take(id));
-        }
-    }
-
-    async fn request(&self, req: PeerRequest) -> Option<PeerReply> {
-        let (tx, rx) = oneshot::channel();
-        self.send_request(
-            req,
-            ReplyTo::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.await.ok().flatten()
-    }
-
-    /// Cancels the forwarded requests that waited longer than [`FORWARD_TIMEOUT`] (their
-    /// initiators are told to retry).
-    async fn expire_requests(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(FORWARD_TIMEOUT / 10);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let expired = self.pending.expire(|w| w.sent.elapsed() > FORWARD_TIMEOUT);
-            if !expired.is_empty() {
-                tracing::warn!(
-                    "{} forwarded request(s) unanswered for {} s: told to retry",
-                    expired.len(),
-                    FORWARD_TIMEOUT.as_secs()
-                );
-            }
-        }
-    }
-
-    /// Runs a command received here for a LUN the peer serves, through the peer, and gives its
-    /// completion to `done` (called exactly once, on whichever task the answer arrives).
-    pub fn forward(
-        self: &Arc<Self>,
-        lu: &Arc<Lu>,
-        nexus: Nexus,
-        cdb: Bytes,
-        data_out: Bytes,
-        plan_only: bool,
-        done: impl FnOnce(Completion) + Send + 'static,
-    ) {
-        let lun = u32::from(lu.number);
-        let data_len = u32::try_from(data_out.len()).unwrap_or(u32::MAX);
-        // Mode 1 keeps bulk write data off the link: the plan comes back and runs here.
-        let op = cdb.first().copied().unwrap_or(0);
-        let bulk = matches!(op, 0x0A | 0x2A | 0xAA | 0x8A | 0x2E | 0xAE | 0x8E);
-        let send_data = if plan_only && bulk {
-            Bytes::new()
-        } else {
-            data_out.clone()
-        };
-        let (me, lu) = (self.clone(), lu.clone());
-        let reply_to = ReplyTo::new(move |reply| match reply {
-            Some(PeerReply::Done {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }) => done(Completion {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }),
-            Some(PeerReply::Plan { grant, plan }) => {
-                // The primary holds the LU's I/O lock and its gate for us until we release.
-                if never_waits(&lu, &plan) {
-                    let c = run_plan_now(&lu, &plan, &data_out);
-                    me.send(Channel::Control, LinkMsg::Release { grant });
-                    done(c);
-                } else {
-                    tokio::spawn(async move {
-                        let c = run_plan(lu, plan, data_out, ()).await;
-                        me.send(Channel::Control, LinkMsg::Release { grant });
-                        done(c);
-                    });
-                }
-            }
-            Some(PeerReply::Unavailable { reason }) => {
-                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
-                done(check(SenseCode::ALUA_TRANSITIONING))
-            }
-            Some(PeerReply::Ack) | None => done(check(SenseCode::ALUA_TRANSITIONING)),
-        });
-        self.send_request(
-            PeerRequest::Execute {
-                lun,
-                nexus,
-                cdb,
-                data_out: send_data,
-                data_len,
-                plan_only,
-            },
-            reply_to,
-        );
-    }
-
-    /// The primary's side of a forwarded request, as far as it goes without waiting: phase 1,
-    /// and the medium phase when it [never waits](crate::server::never_waits). What must wait
-    /// (the blocking pool, a contended I/O lock) comes back as [`Unfinished`].
-    fn serve_now(
-        self: &Arc<Self>,
-        req: PeerRequest,
-        session: u64,
-    ) -> Result<PeerReply, Unfinished> {
-        let unavailable = |reason: &str| PeerReply::Unavailable {
-            reason: reason.to_string(),
-        };
-        match req {
-            PeerRequest::Execute {
-                lun,
-                nexus,
-                cdb,
-                data_out,
-                data_len,
-                plan_only,
-            } => {
-                let Some((target, lu)) = self.luns.get(&lun).cloned() else {
-                    return Ok(unavailable("no such LUN"));
-                };
-                if !self.serving(lun) {
-                    return Ok(unavailable("not primary"));
-                }
-                let Some(shared) = self.shared.upgrade() else {
-                    return Ok(unavailable("shutting down"));
-                };
-                let data = if data_out.len() as u64 == u64::from(data_len) {
-                    data_out
-                } else {
-                    // Mode 1 bulk write: phase 1 only needs the length.
-                    Bytes::from(vec![0u8; data_len as usize])
-                };
-                match prepare_local(&target, &lu, &nexus, &cdb, &data) {
-                    Prepared::Done(o) => {
-                        after_command(&shared, &lu, &cdb, &o.effects);
-                        Ok(done(completion_of(o)))
-                    }
-                    Prepared::Io(plan) if plan_only => match try_io_guard(&lu, &plan) {
-                        Some(guard) => Ok(self.grant(&lu, plan, guard, session)),
-                        None => Err(Unfinished::Grant { lu, plan }),
-                    },
-                    Prepared::Io(plan) => match run_inline(&lu, &plan, &data) {
-                        Some(c) => Ok(done(c)),
-                        None => Err(Unfinished::Medium { lu, plan, data }),
-                    },
-                }
-            }
-            PeerRequest::Reset { lun, cold } => {
-                if let Some((_, lu)) = self.luns.get(&lun) {
-                    lu.lock().reset(if cold {
-                        ResetKind::TargetCold
-                    } else {
-                        ResetKind::LunReset
-                    });
-                }
-                Ok(PeerReply::Ack)
-            }
-            PeerRequest::NexusLost { lun, nexus } => {
-                if let Some((_, lu)) = self.luns.get(&lun) {
-                    lu.lock().nexus_lost(&nexus);
-                }
-                Ok(PeerReply::Ack)
-            }
-        }
-    }
-
-    /// The rest of a forwarded request that [`HaRuntime::serve_now`] could not finish.
-    async fn serve_later(self: &Arc<Self>, rest: Unfinished, session: u64) -> PeerReply {
-        match rest {
-            Unfinished::Medium { lu, plan, data } => done(run_medium(lu, plan, data).await),
-            Unfinished::Grant { lu, plan } => {
-                let guard = io_guard(&lu, &plan).await;
-                self.grant(&lu, plan, guard, session)
-            }
-        }
-    }
-
-    /// Lends the peer (mode 1) the LU's I/O lock and a pass through its fencing gate for `plan`,
-    /// until it releases the grant.
-    fn grant(&self, lu: &Lu, plan: IoPlan, guard: IoGuard, session: u64) -> PeerReply {
-        let Some(pass) = lu.gate.enter() else {
-            return done(check(SenseCode::ALUA_TRANSITIONING));
-        };
-        match self.grants.insert(
-            session,
-            Grant {
-                _guard: guard,
-                _pass: pass,
-            },
-        ) {
-            Ok(grant) => PeerReply::Plan { grant, plan },
-            Err(e) => PeerReply::Unavailable {
-                reason: e.to_string(),
-            },
-        }
-    }
-
-    /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
-    /// their commands).
-    pub fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32> {
-        luns.iter()
-            .copied()
-            .filter(|&l| self.forward_mode(l).is_some())
-            .collect()
-    }
-
-    /// Performs a reset received here on the primary's LU too, and waits for it (bounded), so
-    /// that the task management response means the reset happened on the LU that serves.
-    pub async fn peer_reset(&self, luns: Vec<u32>, cold: bool) {
-        for lun in luns {
-            if self
-                .request(PeerRequest::Reset { lun, cold })
-                .await
-                .is_none()
-            {
-                tracing::warn!(lun, "reset not confirmed by the peer");
-            }
-        }
-    }
-
-    /// Tells the primary that a nexus of this controller ended.
-    pub fn peer_nexus_lost(self: &Arc<Self>, lun: u32, nexus: Nexus) {
-        if self.forward_mode(lun).is_some() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let _ = me.request(PeerRequest::NexusLost { lun, nexus }).await;
-            });
-        }
-    }
-
     /// Role change at run time (CTL's ha_role): `lun` None = every LUN.
     pub fn set_role(&self, role: Role, lun: Option<u32>) -> Result<String, String> {
         if let Some(l) = lun {
@@ -841,15 +558,3 @@ fn close_gate(lu: &Lu) -> bool {
         _ => gate.close(GATE_DRAIN),
     }
 }
-
-fn done(c: Completion) -> PeerReply {
-    PeerReply::Done {
-        status: c.status,
-        sense: c.sense,
-        data_in: c.data_in,
-        wanted_len: c.wanted_len,
-    }
-}
-
-/// The runtime a daemon registers in [`Shared`].
-pub type HaSlot = OnceLock<Arc<HaRuntime>>;

@@ -1,0 +1,195 @@
+//! One command's work on this controller's LU: phase 1 ([`prepare_local`], under the LU's
+//! mutex, fast, no I/O), then the medium phase ([`run_io`]) with no LU lock held: in place when
+//! it cannot wait for a device (reads and writes on tmpfs, [`run_inline`]), else on tokio's
+//! blocking pool. COMPARE AND WRITE takes the LU's I/O lock exclusively, every other medium
+//! operation shares it, so C&W is atomic against concurrent writes; every medium operation
+//! passes the LU's fencing gate. Afterwards, [`apply_effects`] and [`after_command`] carry out
+//! what the command asked of the runtime.
+//!
+//! Both the connection path and the HA runtime (a primary serving its peer's forwarded
+//! commands, a secondary running a mode-1 plan) run commands through here. Touches the LU, its
+//! store and its reservation file; an HA pair only through [`Pair`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use duet_core::alua::AluaState;
+use duet_core::iscsi::Completion;
+use duet_core::scsi::opclass::changes_shared_state;
+use duet_core::scsi::{run_io, CommandContext, Effect, IoOp, IoPlan, Nexus, Prepared};
+use duet_core::sense::SenseCode;
+
+use super::completion::{check, completion_of};
+use super::pair::Pair;
+use crate::lu::{Lu, Target};
+
+/// Phase 1 of a command on this controller's copy of the LU, for `nexus`.
+pub fn prepare_local(
+    target: &Target,
+    lu: &Lu,
+    nexus: &Nexus,
+    cdb: &[u8],
+    data_out: &[u8],
+) -> Prepared {
+    let pic = lu.alua();
+    let ctx = CommandContext {
+        nexus,
+        alua: &pic,
+        target_name: &target.name,
+        tpgt: target.tpgt,
+        luns: &target.lun_list,
+    };
+    lu.lock().prepare(&ctx, cdb, data_out)
+}
+
+/// The I/O lock held for one medium phase.
+pub enum IoGuard {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+/// Takes the LU's I/O lock for `plan`: exclusive for COMPARE AND WRITE and friends.
+pub async fn io_guard(lu: &Lu, plan: &IoPlan) -> IoGuard {
+    if plan.needs_exclusive() {
+        IoGuard::Exclusive(lu.io_lock.clone().write_owned().await)
+    } else {
+        IoGuard::Shared(lu.io_lock.clone().read_owned().await)
+    }
+}
+
+/// [`io_guard`] if the lock is free now.
+pub fn try_io_guard(lu: &Lu, plan: &IoPlan) -> Option<IoGuard> {
+    if plan.needs_exclusive() {
+        lu.io_lock
+            .clone()
+            .try_write_owned()
+            .ok()
+            .map(IoGuard::Exclusive)
+    } else {
+        lu.io_lock
+            .clone()
+            .try_read_owned()
+            .ok()
+            .map(IoGuard::Shared)
+    }
+}
+
+/// The medium phase of a command on this controller's backend, through the fencing gate.
+pub async fn run_medium(lu: Arc<Lu>, plan: IoPlan, data_out: Bytes) -> Completion {
+    let guard = io_guard(&lu, &plan).await;
+    run_medium_locked(lu, plan, data_out, guard).await
+}
+
+/// [`run_medium`] with the I/O lock already held (by this controller or, in mode 1, by the
+/// primary on this controller's behalf).
+pub async fn run_medium_locked(
+    lu: Arc<Lu>,
+    plan: IoPlan,
+    data_out: Bytes,
+    guard: impl Send + 'static,
+) -> Completion {
+    let Some(pass) = lu.gate.enter() else {
+        // Fenced: this controller may not touch the disk now; the initiator retries (on the
+        // other path once the ALUA states say so).
+        return check(SenseCode::ALUA_TRANSITIONING);
+    };
+    run_plan(lu, plan, data_out, (guard, pass)).await
+}
+
+/// Runs `plan` on the calling thread; for plans that [never wait](never_waits), with whatever
+/// locks and gate pass they need already held.
+pub fn run_plan_now(lu: &Lu, plan: &IoPlan, data_out: &[u8]) -> Completion {
+    let o = run_io(plan, &*lu.store, data_out);
+    apply_effects(lu, &o.effects);
+    completion_of(o)
+}
+
+/// Runs `plan` on the blocking pool (in place when it [never waits](never_waits)), keeping
+/// `hold` (locks, gate pass) until it returns.
+pub async fn run_plan(
+    lu: Arc<Lu>,
+    plan: IoPlan,
+    data_out: Bytes,
+    hold: impl Send + 'static,
+) -> Completion {
+    if never_waits(&lu, &plan) {
+        let c = run_plan_now(&lu, &plan, &data_out);
+        drop(hold);
+        return c;
+    }
+    let lu2 = lu.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let _hold = hold;
+        // (WCE=0 is honoured by the plan itself: the LU sets FUA on every write.)
+        run_io(&plan, &*lu2.store, &data_out)
+    })
+    .await;
+    match r {
+        Ok(o) => {
+            apply_effects(&lu, &o.effects);
+            completion_of(o)
+        }
+        Err(e) => {
+            tracing::error!(lun = lu.number, "I/O task failed: {e}");
+            check(SenseCode::INTERNAL_TARGET_FAILURE)
+        }
+    }
+}
+
+/// Whether `plan` is a read or write of at most [`INLINE_MAX_BYTES`] on a store that never
+/// waits for a device: cheaper to run on the calling task than to hand to another thread.
+pub fn never_waits(lu: &Lu, plan: &IoPlan) -> bool {
+    lu.store.never_blocks()
+        && match plan.op {
+            IoOp::Read { len, .. } | IoOp::Write { len, .. } => len <= INLINE_MAX_BYTES,
+            _ => false,
+        }
+}
+
+/// The largest medium phase that [`run_inline`] runs in place.
+const INLINE_MAX_BYTES: u64 = 1 << 20;
+
+/// Runs a read or write of at most [`INLINE_MAX_BYTES`] on the calling task when the store never
+/// waits for a device (tmpfs), the I/O lock is free to share and the fencing gate is open: a
+/// copy to or from memory costs less than handing the work to another thread and back. Returns
+/// `None` (the caller takes the blocking pool) otherwise.
+pub fn run_inline(lu: &Lu, plan: &IoPlan, data_out: &Bytes) -> Option<Completion> {
+    // (Reads and writes never need the I/O lock exclusively.)
+    if !never_waits(lu, plan) {
+        return None;
+    }
+    let _shared = lu.io_lock.try_read().ok()?;
+    let _pass = lu.gate.enter()?;
+    Some(run_plan_now(lu, plan, data_out))
+}
+
+/// Bookkeeping after a command finished on this controller's LU: persisted reservations, and
+/// in an HA pair (through [`Pair::sync_lu`]) the replication of reservations and mode pages to
+/// the peer.
+pub fn after_command(pair: &dyn Pair, lu: &Lu, cdb: &[u8], effects: &[Effect]) {
+    apply_effects(lu, effects);
+    if changes_shared_state(cdb.first().copied().unwrap_or(0)) {
+        pair.sync_lu(lu);
+    }
+}
+
+/// Carries out what a command asked of the runtime.
+pub fn apply_effects(lu: &Lu, effects: &[Effect]) {
+    for e in effects {
+        match e {
+            Effect::PrChanged { aptpl } => lu.persist_pr(*aptpl),
+            Effect::SetTargetPortGroups(changes) => {
+                let desc: Vec<String> = changes
+                    .iter()
+                    .map(|(g, s): &(u16, AluaState)| format!("group {g} -> {}", s.name()))
+                    .collect();
+                tracing::info!(
+                    lun = lu.number,
+                    "SET TARGET PORT GROUPS requested: {}",
+                    desc.join(", ")
+                );
+            }
+        }
+    }
+}

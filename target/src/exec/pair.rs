@@ -1,0 +1,104 @@
+//! The seam between command execution and an HA pair.
+//!
+//! Execution asks the other controller of a pair for exactly four things: whether a command
+//! received here must go to the primary (and if so, to run it there), to take over the state
+//! both controllers keep identical after a command changed it, to reset its LUs too when a
+//! reset arrives here, and to forget a nexus that ended here. [`Pair`] says so; the HA runtime
+//! implements it (forwarding, mode-1 grants, gate checks), and a controller running alone
+//! plugs in [`Standalone`], which forwards nothing. Execution never branches on HA otherwise.
+//!
+//! Touches nothing itself: it only names what a pair does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use duet_core::iscsi::Completion;
+use duet_core::scsi::Nexus;
+use duet_core::sense::SenseCode;
+
+use super::completion::check;
+use crate::lu::Lu;
+
+/// Where a command's completion goes when it finishes on another task; called exactly once.
+pub type Reply = Box<dyn FnOnce(Completion) + Send>;
+
+/// What the other controller of a pair adds to command execution (see the [module](self)).
+pub trait Pair: Send + Sync {
+    /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
+    /// controller does not serve it, the link is up and the peer is its primary. `plan_only`
+    /// (HA mode 1): the primary answers with a plan that runs here under its grant.
+    fn forward_mode(&self, lun: u32) -> Option<bool>;
+
+    /// Runs a command received here for a LUN the peer serves, through the peer, and gives its
+    /// completion to `done` (called exactly once, on whichever task the answer arrives). Only
+    /// called when [`Pair::forward_mode`] said `Some(plan_only)`.
+    fn forward(
+        self: Arc<Self>,
+        lu: &Arc<Lu>,
+        nexus: Nexus,
+        cdb: Bytes,
+        data_out: Bytes,
+        plan_only: bool,
+        done: Reply,
+    );
+
+    /// Sends the replicated state of `lu` (reservations, mode pages) to the peer, when this
+    /// controller serves it.
+    fn sync_lu(&self, lu: &Lu);
+
+    /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
+    /// their commands).
+    fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32>;
+
+    /// Performs a reset received here on the primary's LUs too, finishing once it did (bounded),
+    /// so that the task management response means the reset happened on the LU that serves.
+    fn peer_reset(
+        self: Arc<Self>,
+        luns: Vec<u32>,
+        cold: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Tells the primary that a nexus of this controller ended on `lun`.
+    fn nexus_lost(self: Arc<Self>, lun: u32, nexus: Nexus);
+}
+
+/// A controller running alone: it serves every LUN itself, so nothing goes anywhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Standalone;
+
+impl Pair for Standalone {
+    fn forward_mode(&self, _lun: u32) -> Option<bool> {
+        None
+    }
+
+    fn forward(
+        self: Arc<Self>,
+        _lu: &Arc<Lu>,
+        _nexus: Nexus,
+        _cdb: Bytes,
+        _data_out: Bytes,
+        _plan_only: bool,
+        done: Reply,
+    ) {
+        // Never asked: `forward_mode` is always `None`. Retry rather than guess.
+        done(check(SenseCode::ALUA_TRANSITIONING));
+    }
+
+    fn sync_lu(&self, _lu: &Lu) {}
+
+    fn resets_to_forward(&self, _luns: &[u32]) -> Vec<u32> {
+        Vec::new()
+    }
+
+    fn peer_reset(
+        self: Arc<Self>,
+        _luns: Vec<u32>,
+        _cold: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn nexus_lost(self: Arc<Self>, _lun: u32, _nexus: Nexus) {}
+}
