@@ -10,9 +10,11 @@
 //! - [`iscsi`]: the iSCSI PDU codec, login/text negotiation with CHAP and the session state.
 //! - [`scsi`]: CDB decoding, sense data, unit attentions, reservations and the command executor.
 //! - [`sense`]: SCSI sense codes shared by the modules above.
+//! - [`units`]: sizes as people write them.
 
 pub mod alua;
 pub mod ha;
 pub mod iscsi;
 pub mod scsi;
 pub mod sense;
+pub mod units;

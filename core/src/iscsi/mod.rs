@@ -13,6 +13,7 @@ pub mod initiator;
 pub mod login;
 pub mod params;
 pub mod pdu;
+pub mod serial;
 pub mod session;
 pub mod text;
 pub mod types;

@@ -29,10 +29,7 @@ mod text_request;
 mod tmf;
 mod window;
 
-/// Serial-number "a < b" (RFC 1982, 32 bits).
-pub fn sn_lt(a: u32, b: u32) -> bool {
-    a != b && (a.wrapping_sub(b) as i32) < 0
-}
+pub use super::serial::sn_lt;
 
 /// Fixed-format sense data (SPC-4 §4.5.3) for `code`, built by the SCSI layer's
 /// [`Sense`](crate::scsi::Sense) (no information, no sense-key specific field).

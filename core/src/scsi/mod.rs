@@ -15,6 +15,7 @@
 
 mod alua_picture;
 mod cdb;
+pub mod host;
 pub mod ident;
 mod inquiry;
 mod io;

@@ -193,19 +193,8 @@ pub fn lun0() -> Lun {
     Lun::from_number(0)
 }
 
-pub fn read10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = 0x28;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-pub fn write10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = read10_cdb(lba, blocks);
-    c[0] = 0x2a;
-    c
-}
+#[allow(unused_imports)]
+pub use duet_core::scsi::host::{read10_cdb, write10_cdb};
 
 pub const TUR: [u8; 6] = [0; 6];
 

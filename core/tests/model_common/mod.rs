@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use duet_core::alua::{AluaState, LunView};
+use duet_core::scsi::host;
 use duet_core::scsi::{
     run_io, AluaPicture, CommandContext, LogicalUnit, LuConfig, MemStore, Nexus, Outcome,
     PortGroup, Prepared,
@@ -184,19 +185,19 @@ fn cdb16(opcode: u8, b1: u8, lba: u64, blocks: u32) -> Vec<u8> {
 }
 
 pub fn read10(lba: u32, blocks: u16) -> Vec<u8> {
-    cdb10(0x28, 0, lba, blocks)
+    host::read10_cdb(lba, blocks).to_vec()
 }
 
 pub fn write10(lba: u32, blocks: u16) -> Vec<u8> {
-    cdb10(0x2A, 0, lba, blocks)
+    host::write10_cdb(lba, blocks).to_vec()
 }
 
 pub fn read16(lba: u64, blocks: u32) -> Vec<u8> {
-    cdb16(0x88, 0, lba, blocks)
+    host::read16_cdb(lba, blocks).to_vec()
 }
 
 pub fn write16(lba: u64, blocks: u32) -> Vec<u8> {
-    cdb16(0x8A, 0, lba, blocks)
+    host::write16_cdb(lba, blocks).to_vec()
 }
 
 pub fn write_same10(lba: u32, blocks: u16, unmap: bool) -> Vec<u8> {

@@ -120,15 +120,11 @@ pub fn inquiry(evpd: bool, page: u8, alloc: u16) -> Vec<u8> {
 }
 
 pub fn read10(lba: u32, blocks: u16) -> Vec<u8> {
-    let l = lba.to_be_bytes();
-    let b = blocks.to_be_bytes();
-    vec![0x28, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
+    duet_core::scsi::host::read10_cdb(lba, blocks).to_vec()
 }
 
 pub fn write10(lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = read10(lba, blocks);
-    c[0] = 0x2A;
-    c
+    duet_core::scsi::host::write10_cdb(lba, blocks).to_vec()
 }
 
 pub fn cdb16(opcode: u8, b1: u8, lba: u64, len: u32) -> Vec<u8> {

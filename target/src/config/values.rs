@@ -24,32 +24,7 @@ pub fn block_size(n: i64) -> Option<u32> {
     u32::try_from(n).ok().filter(|v| BLOCK_SIZES.contains(v))
 }
 
-/// Parses a size: a number of bytes with an optional binary suffix K, M, G, T, P or E (optionally
-/// followed by `iB` or `B`; all are powers of 1024, as in ctl.conf).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let digits_end = s
-        .char_indices()
-        .find(|(_, c)| !c.is_ascii_digit())
-        .map(|(i, _)| i)
-        .unwrap_or(s.len());
-    if digits_end == 0 {
-        return None;
-    }
-    let number: u64 = s[..digits_end].parse().ok()?;
-    let suffix = s[digits_end..].trim();
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        "p" | "pb" | "pib" => 50,
-        "e" | "eb" | "eib" => 60,
-        _ => return None,
-    };
-    number.checked_mul(1u64 << shift)
-}
+pub use duet_core::units::parse_size;
 
 /// Parses a listen address: `host:port`, `[v6]:port`, a bare IPv4/IPv6 address (port 3260), or
 /// `*`/`0.0.0.0` for every IPv4 address.

@@ -21,23 +21,11 @@ pub fn parse_portal(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{s}`: no address"))
 }
 
-/// Parses a byte count: a bare number, or one with K/KiB/M/MiB/G/GiB (powers of 1024).
+/// Parses a byte count with duet-core's one size rule ([`duet_core::units::parse_size`]: a bare
+/// number, or K/KiB/M/MiB/G/GiB/... as powers of 1024), for a command-line value.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a size like 4096, 64KiB or 1MiB"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "k" | "K" | "KiB" | "KB" => 1 << 10,
-        "m" | "M" | "MiB" | "MB" => 1 << 20,
-        "g" | "G" | "GiB" | "GB" => 1 << 30,
-        u => return Err(format!("`{s}`: unknown unit `{u}` (K, M, G)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}`: too large"))
+    duet_core::units::parse_size(s)
+        .ok_or_else(|| format!("`{s}`: expected a size like 4096, 64KiB or 1MiB"))
 }
 
 /// Parses a duration: `10s`, `500ms`, `2m`, `1h`; a bare number is seconds.

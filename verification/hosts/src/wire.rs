@@ -1,5 +1,4 @@
-//! The rules an initiator follows in full feature phase, shared by every session kind: serial
-//! number arithmetic, ExpStatSN and the CmdSN window, how a command's write data is laid out
+//! The rules an initiator follows in full feature phase, shared by every session kind: ExpStatSN and the CmdSN window (serial number arithmetic is duet-core's), how a command's write data is laid out
 //! (immediate data, unsolicited Data-Out, the rest on R2T), the Data-Out PDUs of one sequence,
 //! the answer to a target ping and the task a Reject names. Builds PDUs with duet-core's
 //! constructors; no I/O.
@@ -8,15 +7,7 @@ use bytes::Bytes;
 use duet_core::iscsi::pdu::{flags, Opcode};
 use duet_core::iscsi::{Lun, Pdu, SessionParams, BHS_LEN, RESERVED_TAG};
 
-/// `a <= b` in serial number arithmetic (RFC 1982, 32 bits).
-pub fn sn_le(a: u32, b: u32) -> bool {
-    a == b || (b.wrapping_sub(a) as i32) > 0
-}
-
-/// `a > b` in serial number arithmetic.
-pub fn sn_gt(a: u32, b: u32) -> bool {
-    a != b && (a.wrapping_sub(b) as i32) > 0
-}
+pub use duet_core::iscsi::serial::{sn_gt, sn_le};
 
 /// Whether a PDU about a SCSI command carries a StatSN (SCSI Response, Data-In with S); R2T
 /// does not.
