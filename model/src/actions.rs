@@ -1,0 +1,358 @@
+//! The model's steps: which [`Action`]s are enabled in a state, and what each does to it.
+//! Uses the cluster's plumbing in [`crate::model`]; the properties and trace text live elsewhere.
+
+use crate::model::{ClusterModel, Served};
+use crate::state::{ClusterState, PendingWrite};
+use duet_core::ha::{HaMsg, Input, Node, QuorumOp, QuorumResult, TimerKind};
+use stateright::semantics::register::{RegisterOp, RegisterRet};
+use stateright::semantics::ConsistencyTester;
+
+/// How a tick moves the clocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Drift {
+    /// Both clocks advance one tick.
+    Both,
+    /// Only controller 1's clock advances (controller 2's runs slow).
+    Only1,
+    /// Only controller 2's clock advances (controller 2's runs fast).
+    Only2,
+}
+
+/// A step of the model. Controllers are numbered 0 and 1 (ha_id 1 and 2).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Tick(Drift),
+    Timer(u8, TimerKind),
+    StallQuorum(u8),
+    Pause(u8),
+    QuorumOk(u8),
+    QuorumFail(u8),
+    /// A quorum write that lands on the disk but is reported failed (e.g. a timeout).
+    QuorumFailApplied(u8),
+    Deliver(u8, HaMsg),
+    Lose(u8, HaMsg),
+    Duplicate(u8, HaMsg),
+    FenceOk(u8),
+    FenceFail(u8),
+    Crash(u8),
+    Restart(u8),
+    CutLink,
+    HealLink,
+    ClientSend(u8),
+    ClientTimeout(u8),
+    Land(u8),
+}
+
+impl ClusterModel {
+    /// The steps enabled in `s`.
+    pub(crate) fn enabled(&self, s: &ClusterState, actions: &mut Vec<Action>) {
+        let faults = self.faults_allowed(s);
+        let t = self.tick();
+        // Time.
+        if self.may_tick(s) {
+            let tick1 = s.clock[0] / t;
+            let off = (s.clock[1] / t).saturating_sub(tick1);
+            if tick1 < self.opts.max_ticks {
+                actions.push(Action::Tick(Drift::Both));
+                if off > 0 && s.budget.drift > 0 {
+                    actions.push(Action::Tick(Drift::Only1));
+                }
+            }
+            if off < self.opts.drift_ticks
+                && s.clock[1] / t < self.opts.max_ticks
+                && s.budget.drift > 0
+            {
+                actions.push(Action::Tick(Drift::Only2));
+            }
+        }
+        for n in 0..2u8 {
+            let c = &s.ctl[n as usize];
+            match &c.node {
+                Some(node) => {
+                    // The earliest due timer fires.
+                    let now = s.clock[n as usize];
+                    if let Some(k) = node
+                        .due_timers(now)
+                        .min_by_key(|k| node.timer(*k).unwrap_or(u64::MAX))
+                    {
+                        actions.push(Action::Timer(n, k));
+                    }
+                    if c.quorum.is_some() {
+                        actions.push(Action::QuorumOk(n));
+                        if faults && s.budget.quorum_failures > 0 {
+                            actions.push(Action::QuorumFail(n));
+                            if matches!(c.quorum, Some(QuorumOp::Write { .. })) {
+                                actions.push(Action::QuorumFailApplied(n));
+                            }
+                        }
+                        if faults && !c.stalled && s.budget.stalls > 0 {
+                            actions.push(Action::StallQuorum(n));
+                        }
+                    }
+                    if !c.writes.is_empty() && !c.paused && faults && s.budget.pauses > 0 {
+                        actions.push(Action::Pause(n));
+                    }
+                    if c.fence {
+                        actions.push(Action::FenceOk(n));
+                        if faults && s.budget.fence_failures > 0 {
+                            actions.push(Action::FenceFail(n));
+                        }
+                    }
+                    if !c.writes.is_empty() {
+                        actions.push(Action::Land(n));
+                    }
+                    if faults && s.budget.crashes > 0 {
+                        actions.push(Action::Crash(n));
+                    }
+                }
+                None => {
+                    if c.boots < self.opts.restarts && faults {
+                        actions.push(Action::Restart(n));
+                    }
+                }
+            }
+        }
+        let mut last: Option<&(u8, HaMsg)> = None;
+        for m in &s.net {
+            if last == Some(m) {
+                continue;
+            }
+            last = Some(m);
+            actions.push(Action::Deliver(m.0, m.1.clone()));
+            if faults && s.budget.losses > 0 {
+                actions.push(Action::Lose(m.0, m.1.clone()));
+            }
+            if faults && s.budget.dups > 0 && s.net.len() < self.opts.max_in_flight {
+                actions.push(Action::Duplicate(m.0, m.1.clone()));
+            }
+        }
+        if s.link_up {
+            if faults && s.budget.link_cuts > 0 {
+                actions.push(Action::CutLink);
+            }
+        } else {
+            actions.push(Action::HealLink);
+        }
+        for (i, c) in s.clients.iter().enumerate() {
+            if self.client_done(c) {
+                continue;
+            }
+            if c.waiting {
+                if faults && s.budget.timeouts > 0 {
+                    actions.push(Action::ClientTimeout(i as u8));
+                }
+            } else {
+                let write = matches!(self.op_of(i, c.op), RegisterOp::Write(_));
+                let here = self.serve(s, c.path as usize, write);
+                let there = self.serve(s, 1 - c.path as usize, write);
+                if matches!(here, Served::By(..))
+                    || (matches!(here, Served::Refused) && matches!(there, Served::By(..)))
+                {
+                    actions.push(Action::ClientSend(i as u8));
+                }
+            }
+        }
+    }
+
+    /// The state after `action` in `last` (`None`: the action does nothing there).
+    pub(crate) fn apply(&self, last: &ClusterState, action: Action) -> Option<ClusterState> {
+        let mut s = last.clone();
+        let t = self.tick();
+        match action {
+            Action::Tick(d) => match d {
+                Drift::Both => {
+                    s.clock[0] += t;
+                    s.clock[1] += t;
+                }
+                Drift::Only1 => {
+                    s.clock[0] += t;
+                    s.budget.drift = s.budget.drift.saturating_sub(1);
+                }
+                Drift::Only2 => {
+                    s.clock[1] += t;
+                    s.budget.drift = s.budget.drift.saturating_sub(1);
+                }
+            },
+            Action::Timer(n, k) => self.feed(&mut s, n as usize, Input::Timer(k)),
+            Action::StallQuorum(n) => {
+                s.budget.stalls = s.budget.stalls.saturating_sub(1);
+                s.ctl[n as usize].stalled = true;
+            }
+            Action::Pause(n) => {
+                s.budget.pauses = s.budget.pauses.saturating_sub(1);
+                s.ctl[n as usize].paused = true;
+            }
+            Action::QuorumOk(n) => {
+                let n = n as usize;
+                let op = s.ctl[n].quorum.take()?;
+                s.ctl[n].stalled = false;
+                let r = match op {
+                    QuorumOp::Read { slot } => QuorumResult::ReadOk {
+                        slot,
+                        record: (slot as usize)
+                            .checked_sub(1)
+                            .and_then(|i| s.slots.get(i).cloned())
+                            .flatten(),
+                    },
+                    QuorumOp::Write { slot, record } => {
+                        if let Some(x) = (slot as usize)
+                            .checked_sub(1)
+                            .and_then(|i| s.slots.get_mut(i))
+                        {
+                            *x = Some(record);
+                        }
+                        QuorumResult::WriteOk { slot }
+                    }
+                };
+                self.feed(&mut s, n, Input::Quorum(r));
+            }
+            Action::QuorumFail(n) | Action::QuorumFailApplied(n) => {
+                let applied = matches!(action, Action::QuorumFailApplied(_));
+                let n = n as usize;
+                let op = s.ctl[n].quorum.take()?;
+                s.ctl[n].stalled = false;
+                s.budget.quorum_failures = s.budget.quorum_failures.saturating_sub(1);
+                let slot = match op {
+                    QuorumOp::Read { slot } => slot,
+                    QuorumOp::Write { slot, record } => {
+                        if applied {
+                            if let Some(x) = (slot as usize)
+                                .checked_sub(1)
+                                .and_then(|i| s.slots.get_mut(i))
+                            {
+                                *x = Some(record);
+                            }
+                        }
+                        slot
+                    }
+                };
+                self.feed(
+                    &mut s,
+                    n,
+                    Input::Quorum(QuorumResult::Failed {
+                        slot,
+                        reason: "I/O error".into(),
+                    }),
+                );
+            }
+            Action::Deliver(to, m) => {
+                let i = s.net.iter().position(|x| x.0 == to && x.1 == m)?;
+                s.net.remove(i);
+                self.feed(&mut s, to as usize, Input::PeerMsg(m));
+            }
+            Action::Lose(to, m) => {
+                let i = s.net.iter().position(|x| x.0 == to && x.1 == m)?;
+                s.net.remove(i);
+                s.budget.losses = s.budget.losses.saturating_sub(1);
+            }
+            Action::Duplicate(to, m) => {
+                s.budget.dups = s.budget.dups.saturating_sub(1);
+                s.net.push((to, m));
+                s.net.sort();
+            }
+            Action::FenceOk(n) => {
+                let n = n as usize;
+                s.ctl[n].fence = false;
+                if s.ctl[1 - n].node.is_some() {
+                    self.kill(&mut s, 1 - n);
+                }
+                self.feed(&mut s, n, Input::FenceResult { ok: true });
+            }
+            Action::FenceFail(n) => {
+                let n = n as usize;
+                s.ctl[n].fence = false;
+                s.budget.fence_failures = s.budget.fence_failures.saturating_sub(1);
+                self.feed(&mut s, n, Input::FenceResult { ok: false });
+            }
+            Action::Crash(n) => {
+                s.budget.crashes = s.budget.crashes.saturating_sub(1);
+                self.kill(&mut s, n as usize);
+            }
+            Action::Restart(n) => {
+                let n = n as usize;
+                s.ctl[n].boots += 1;
+                s.ctl[n].node = Some(Node::new(self.configs[n].clone(), s.clock[n]));
+                self.route(&mut s, n);
+                self.link_up_both(&mut s);
+            }
+            Action::CutLink => {
+                let was = Self::connected(&s);
+                s.link_up = false;
+                s.budget.link_cuts = s.budget.link_cuts.saturating_sub(1);
+                s.net.clear();
+                if was {
+                    self.feed(&mut s, 0, Input::PeerLinkDown);
+                    self.feed(&mut s, 1, Input::PeerLinkDown);
+                }
+            }
+            Action::HealLink => {
+                s.link_up = true;
+                self.link_up_both(&mut s);
+            }
+            Action::ClientSend(c) => {
+                let ci = c as usize;
+                let cl = *s.clients.get(ci)?;
+                let op = self.op_of(ci, cl.op);
+                let write = matches!(op, RegisterOp::Write(_));
+                // The current path first; on a refusal or a dropped connection, the other path.
+                let (path, exec, grant) = match self.serve(&s, cl.path as usize, write) {
+                    Served::By(e, g) => (cl.path, e, g),
+                    Served::Blocked => return None,
+                    Served::Refused => match self.serve(&s, 1 - cl.path as usize, write) {
+                        Served::By(e, g) => (1 - cl.path, e, g),
+                        _ => return None,
+                    },
+                };
+                s.clients[ci].path = path;
+                if !cl.invoked {
+                    let _ = s.history.on_invoke(c, op.clone());
+                    s.clients[ci].invoked = true;
+                }
+                match op {
+                    RegisterOp::Write(value) => {
+                        s.ctl[exec].writes.push(PendingWrite {
+                            client: c,
+                            op: cl.op,
+                            attempt: cl.attempt,
+                            value,
+                            grant,
+                        });
+                        s.clients[ci].waiting = true;
+                    }
+                    RegisterOp::Read => {
+                        let _ = s.history.on_return(c, RegisterRet::ReadOk(s.backend));
+                        Self::next_op(&mut s.clients[ci]);
+                    }
+                }
+            }
+            Action::ClientTimeout(c) => {
+                let ci = c as usize;
+                s.budget.timeouts = s.budget.timeouts.saturating_sub(1);
+                let cl = s.clients.get_mut(ci)?;
+                cl.waiting = false;
+                cl.attempt = cl.attempt.saturating_add(1);
+                cl.path = 1 - cl.path;
+            }
+            Action::Land(n) => {
+                let n = n as usize;
+                if s.ctl[n].writes.is_empty() {
+                    return None;
+                }
+                let w = s.ctl[n].writes.remove(0);
+                if s.ctl[n].writes.is_empty() {
+                    s.ctl[n].paused = false;
+                }
+                s.backend = w.value;
+                let ci = w.client as usize;
+                if let Some(cl) = s.clients.get(ci).copied() {
+                    if cl.waiting && cl.op == w.op && cl.attempt == w.attempt {
+                        let _ = s.history.on_return(w.client, RegisterRet::WriteOk);
+                        s.acked = w.value;
+                        Self::next_op(&mut s.clients[ci]);
+                    }
+                }
+            }
+        }
+        Some(s)
+    }
+}

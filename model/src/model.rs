@@ -1,0 +1,308 @@
+//! [`ClusterModel`]: the [`stateright::Model`] of a controller pair, and the plumbing its steps
+//! share: feeding a controller's `Node` and routing its outputs, killing a controller, and what a
+//! controller does with a client command. The steps are in [`crate::actions`], the properties in
+//! [`crate::properties`], the trace text in [`crate::trace`].
+
+use crate::actions::Action;
+use crate::options::{ModelOptions, LUN};
+use crate::state::{Budget, Client, ClusterState, Controller};
+use duet_core::alua::{self, AluaState, HaMode};
+use duet_core::ha::{Config, Input, Node, Output};
+use stateright::semantics::register::{Register, RegisterOp};
+use stateright::semantics::LinearizabilityTester;
+use stateright::{Model, Property};
+
+const WRITE10: [u8; 10] = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+/// The cluster model. See the crate documentation.
+#[derive(Clone, Debug)]
+pub struct ClusterModel {
+    pub opts: ModelOptions,
+    pub(crate) configs: [Config; 2],
+}
+
+/// What happens to a client command sent to a controller.
+pub(crate) enum Served {
+    /// Executed by controller `exec` (for a write: queued there, under a grant if any).
+    By(usize, Option<(u8, u64)>),
+    /// Refused or connection dropped: try the other path.
+    Refused,
+    /// Waits for the block lock (another controller's grant is in use).
+    Blocked,
+}
+impl ClusterModel {
+    pub fn new(opts: ModelOptions) -> Self {
+        let configs = [opts.node_config(1), opts.node_config(2)];
+        ClusterModel { opts, configs }
+    }
+
+    pub(crate) fn tick(&self) -> u64 {
+        self.opts.tick_ms.max(1)
+    }
+
+    pub(crate) fn now_tick(&self, s: &ClusterState) -> u64 {
+        s.clock[0] / self.tick()
+    }
+
+    pub(crate) fn faults_allowed(&self, s: &ClusterState) -> bool {
+        self.now_tick(s) < self.opts.fault_ticks
+    }
+
+    pub(crate) fn op_of(&self, client: usize, op: u8) -> RegisterOp<u8> {
+        if op + 1 >= self.opts.ops_per_client {
+            RegisterOp::Read
+        } else {
+            RegisterOp::Write(1 + client as u8 * 10 + op)
+        }
+    }
+
+    pub(crate) fn connected(s: &ClusterState) -> bool {
+        s.link_up && s.ctl[0].node.is_some() && s.ctl[1].node.is_some()
+    }
+
+    /// Feeds `input` to controller `n` and routes its outputs.
+    pub(crate) fn feed(&self, s: &mut ClusterState, n: usize, input: Input) {
+        let now = s.clock[n];
+        let Some(node) = s.ctl[n].node.as_mut() else {
+            return;
+        };
+        node.handle(now, input);
+        self.route(s, n);
+    }
+
+    pub(crate) fn route(&self, s: &mut ClusterState, n: usize) {
+        let connected = Self::connected(s);
+        loop {
+            let Some(node) = s.ctl[n].node.as_mut() else {
+                return;
+            };
+            let Some(out) = node.poll_output() else {
+                return;
+            };
+            match out {
+                Output::SendPeer(m) if connected && s.net.len() < self.opts.max_in_flight => {
+                    s.net.push((1 - n as u8, m));
+                    s.net.sort();
+                }
+                Output::Quorum(op) => s.ctl[n].quorum = Some(op),
+                Output::FencePeer => s.ctl[n].fence = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Controller `n` dies (crash or fence): its volatile state and pending I/O are gone.
+    pub(crate) fn kill(&self, s: &mut ClusterState, n: usize) {
+        if let Some(node) = &s.ctl[n].node {
+            if node.is_primary(LUN) {
+                s.primary_lost = true;
+            }
+        }
+        let was_connected = Self::connected(s);
+        let c = &mut s.ctl[n];
+        c.node = None;
+        c.quorum = None;
+        c.stalled = false;
+        c.fence = false;
+        c.writes.clear();
+        c.paused = false;
+        if was_connected {
+            s.net.clear();
+            self.feed(s, 1 - n, Input::PeerLinkDown);
+        }
+    }
+
+    pub(crate) fn link_up_both(&self, s: &mut ClusterState) {
+        if Self::connected(s) {
+            self.feed(s, 0, Input::PeerLinkUp);
+            self.feed(s, 1, Input::PeerLinkUp);
+        }
+    }
+
+    pub(crate) fn serving_primary(s: &ClusterState, n: usize) -> bool {
+        s.ctl[n]
+            .node
+            .as_ref()
+            .is_some_and(|x| x.is_primary(LUN) && x.serving(LUN))
+    }
+
+    /// Whether a secondary `n` can get its command executed by the primary (grant or forward).
+    pub(crate) fn primary_reachable(s: &ClusterState, n: usize) -> bool {
+        let p = 1 - n;
+        let (Some(me), Some(peer)) = (&s.ctl[n].node, &s.ctl[p].node) else {
+            return false;
+        };
+        Self::connected(s) && Self::serving_primary(s, p) && peer.epoch(LUN) == me.epoch(LUN)
+    }
+
+    pub(crate) fn local_state(s: &ClusterState, n: usize) -> Option<AluaState> {
+        s.ctl[n].node.as_ref().map(|x| x.alua(LUN).local)
+    }
+
+    /// What controller `n` does with a data command (`write` or read).
+    pub(crate) fn serve(&self, s: &ClusterState, n: usize, write: bool) -> Served {
+        let Some(node) = &s.ctl[n].node else {
+            return Served::Refused;
+        };
+        let cdb: &[u8] = if write { &WRITE10 } else { &READ10 };
+        let local = node.alua(LUN).local;
+        if alua::gate(local, cdb) != alua::Gate::Allow {
+            return Served::Refused;
+        }
+        let peer = 1 - n;
+        if node.is_primary(LUN) {
+            if !node.serving(LUN) {
+                return Served::Refused;
+            }
+            // The block lock: a grant this primary gave the secondary is still in use.
+            let mine = Some((n as u8, node.epoch(LUN)));
+            if write && s.ctl[peer].writes.iter().any(|w| w.grant == mine) {
+                return Served::Blocked;
+            }
+            return Served::By(n, None);
+        }
+        match self.opts.mode {
+            HaMode::ActiveStandby => Served::Refused,
+            HaMode::ActiveActiveShared => {
+                if !node.serving(LUN) || !Self::primary_reachable(s, n) {
+                    Served::Refused
+                } else if write && !s.ctl[peer].writes.is_empty() {
+                    // The primary holds the block lock for its own write: the grant waits.
+                    Served::Blocked
+                } else {
+                    Served::By(n, Some((peer as u8, node.epoch(LUN))))
+                }
+            }
+            HaMode::ActiveActiveForward => {
+                if Self::primary_reachable(s, n) {
+                    Served::By(peer, None)
+                } else {
+                    Served::Refused
+                }
+            }
+        }
+    }
+
+    pub(crate) fn client_done(&self, c: &Client) -> bool {
+        c.op >= self.opts.ops_per_client
+    }
+
+    pub(crate) fn next_op(c: &mut Client) {
+        c.op += 1;
+        c.invoked = false;
+        c.waiting = false;
+        c.attempt = 0;
+    }
+
+    /// Time may advance: no timer due, and after the fault window nothing pending.
+    pub(crate) fn may_tick(&self, s: &ClusterState) -> bool {
+        for n in 0..2 {
+            if let Some(node) = &s.ctl[n].node {
+                if node.due_timers(s.clock[n]).next().is_some() {
+                    return false;
+                }
+            }
+        }
+        // Messages are delivered, lost or duplicated within a tick (a late copy of an old
+        // message can still be delivered through a duplicate).
+        if !s.net.is_empty() {
+            return false;
+        }
+        // Quorum I/O completes within a tick unless stalled; queued writes land within a tick
+        // unless the controller is paused.
+        if s.ctl
+            .iter()
+            .any(|c| (c.quorum.is_some() && !c.stalled) || (!c.writes.is_empty() && !c.paused))
+        {
+            return false;
+        }
+        if !self.faults_allowed(s) && s.ctl.iter().any(|c| c.quorum.is_some() || c.fence) {
+            return false;
+        }
+        true
+    }
+}
+
+impl Model for ClusterModel {
+    type State = ClusterState;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<ClusterState> {
+        let ctl = |cfg: &Config| Controller {
+            node: Some(Node::new(cfg.clone(), 0)),
+            boots: 0,
+            quorum: None,
+            stalled: false,
+            fence: false,
+            writes: Vec::new(),
+            paused: false,
+        };
+        let o = &self.opts;
+        let mut s = ClusterState {
+            clock: [0, 0],
+            ctl: [ctl(&self.configs[0]), ctl(&self.configs[1])],
+            slots: [None, None],
+            link_up: true,
+            net: Vec::new(),
+            backend: 0,
+            acked: 0,
+            clients: (0..o.clients)
+                .map(|i| Client {
+                    path: (i % 2) as u8,
+                    op: 0,
+                    invoked: false,
+                    waiting: false,
+                    attempt: 0,
+                })
+                .collect(),
+            history: LinearizabilityTester::new(Register(0)),
+            budget: Budget {
+                crashes: o.crashes,
+                link_cuts: o.link_cuts,
+                losses: o.msg_losses,
+                dups: o.msg_dups,
+                quorum_failures: o.quorum_failures,
+                stalls: o.quorum_stalls,
+                pauses: o.pauses,
+                drift: o.drift_steps,
+                fence_failures: o.fence_failures,
+                timeouts: o.client_timeouts,
+            },
+            primary_lost: false,
+        };
+        self.route(&mut s, 0);
+        self.route(&mut s, 1);
+        self.link_up_both(&mut s);
+        vec![s]
+    }
+
+    fn actions(&self, s: &ClusterState, actions: &mut Vec<Action>) {
+        self.enabled(s, actions)
+    }
+
+    fn next_state(&self, last: &ClusterState, action: Action) -> Option<ClusterState> {
+        self.apply(last, action)
+    }
+
+    fn format_action(&self, action: &Action) -> String {
+        self.describe_action(action)
+    }
+
+    fn format_step(&self, last: &ClusterState, action: Action) -> Option<String> {
+        let line = self.describe_step(last, &action);
+        self.next_state(last, action)
+            .map(|next| format!("{line}\n{}", self.describe_state(&next)))
+    }
+
+    fn within_boundary(&self, s: &ClusterState) -> bool {
+        s.ctl
+            .iter()
+            .filter_map(|c| c.node.as_ref())
+            .all(|n| n.epoch(LUN) <= self.opts.max_epoch)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        crate::properties::properties()
+    }
+}
