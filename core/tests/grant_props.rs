@@ -8,7 +8,7 @@
 //! - a grant is released at most once, and grant ids are never reused.
 
 use duet_core::ha::grant::{
-    Access, Answer, GrantId, GrantMsg, PrimaryFacts, Received, SecondaryFacts, Start,
+    Access, Answer, GrantId, GrantMsg, PrimaryFacts, Received, SecondaryFacts, Start, Ticket,
 };
 use duet_core::ha::{Grantee, Grantor};
 use proptest::prelude::*;
@@ -68,7 +68,7 @@ struct World {
     /// The epoch the secondary knows.
     s_epoch: u64,
     local: Vec<(u64, u32, Access)>,
-    started: Vec<(GrantId, u32)>,
+    started: Vec<Ticket>,
     issued: BTreeSet<GrantId>,
     released: BTreeSet<GrantId>,
 }
@@ -160,17 +160,14 @@ impl World {
                     }
                     (false, GrantMsg::Answer { req, answer }) => {
                         match self.s.on_answer(req, answer) {
-                            Received::Granted(g) => {
-                                let lun = self.s.held().find(|h| h.0 == g).map(|h| h.1.lun);
-                                match self.s.start(g, self.sf()) {
-                                    Start::Go => self.started.push((g, lun.unwrap_or(0))),
-                                    Start::Denied { release, .. } => {
-                                        if release {
-                                            self.release(g);
-                                        }
+                            Received::Granted(t) => match self.s.start(t, self.sf()) {
+                                Start::Go => self.started.push(t),
+                                Start::Denied { release, .. } => {
+                                    if release {
+                                        self.release(t.grant);
                                     }
                                 }
-                            }
+                            },
                             Received::Unwanted(g) => self.release(g),
                             Received::Refused(_) | Received::Duplicate => {}
                         }
@@ -179,8 +176,8 @@ impl World {
                 }
             }
             Op::Finish(i) if i < self.started.len() => {
-                let (g, _) = self.started.remove(i);
-                if let Some(g) = self.s.finished(g) {
+                let t = self.started.remove(i);
+                if let Some(g) = self.s.finished(t) {
                     self.release(g);
                 }
             }
@@ -236,11 +233,11 @@ impl World {
             }
         }
         // A started grant of the current session at the primary's serving epoch is held there.
-        for (g, h) in self.s.held() {
-            if h.started && h.session == self.s.session() && self.serving && h.epoch == self.epoch {
+        for (t, h) in self.s.held() {
+            if h.started && t.session == self.s.session() && self.serving && h.epoch == self.epoch {
                 assert!(
-                    self.p.grants().any(|(id, _)| id == g),
-                    "started grant {g} not held by the primary"
+                    self.p.grants().any(|(id, _)| id == t.grant),
+                    "started grant {t:?} not held by the primary"
                 );
             }
         }

@@ -322,6 +322,11 @@ impl Grantor {
         self.grants.iter().map(|(&id, g)| (id, g))
     }
 
+    /// How many grants were given so far (the next grant's id is one more).
+    pub fn granted(&self) -> u64 {
+        self.next_grant
+    }
+
     /// How many requests wait for the lock.
     pub fn waiting(&self) -> usize {
         self.queued.len()
@@ -333,14 +338,20 @@ impl Grantor {
     }
 }
 
+/// A grant as the secondary knows it: the grant id and the secondary's link session when it
+/// arrived (a restarted primary numbers its grants from 1 again, so an id alone is not unique).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket {
+    pub session: u64,
+    pub grant: GrantId,
+}
+
 /// A grant the secondary holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Holding {
     pub lun: Lun,
     /// The epoch of the grant.
     pub epoch: u64,
-    /// The secondary's link session when the grant arrived.
-    pub session: u64,
     /// The medium phase has started (its I/O may land whatever happens next).
     pub started: bool,
 }
@@ -349,7 +360,7 @@ pub struct Holding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Received {
     /// A grant for a request it waits for: start the medium phase ([`Grantee::start`]).
-    Granted(GrantId),
+    Granted(Ticket),
     /// A refusal of a request it waits for: the command fails (the host retries).
     Refused(Refusal),
     /// A grant nobody waits for (its request was given up): release it at once.
@@ -374,7 +385,7 @@ pub struct Grantee {
     session: u64,
     next_req: u64,
     asked: BTreeMap<u64, (Lun, Access)>,
-    held: BTreeMap<GrantId, Holding>,
+    held: BTreeMap<Ticket, Holding>,
 }
 
 impl Grantee {
@@ -400,22 +411,25 @@ impl Grantee {
     pub fn on_answer(&mut self, req: u64, answer: Answer) -> Received {
         match answer {
             Answer::Granted { grant, epoch } => {
-                if self.held.contains_key(&grant) {
+                let ticket = Ticket {
+                    session: self.session,
+                    grant,
+                };
+                if self.held.contains_key(&ticket) {
                     return Received::Duplicate;
                 }
                 let Some((lun, _)) = self.asked.remove(&req) else {
                     return Received::Unwanted(grant);
                 };
                 self.held.insert(
-                    grant,
+                    ticket,
                     Holding {
                         lun,
                         epoch,
-                        session: self.session,
                         started: false,
                     },
                 );
-                Received::Granted(grant)
+                Received::Granted(ticket)
             }
             Answer::Refused(r) => match self.asked.remove(&req) {
                 Some(_) => Received::Refused(r),
@@ -426,14 +440,14 @@ impl Grantee {
 
     /// The medium phase under `grant` is about to start: allowed only for a grant held, not yet
     /// started, of the current link session, at the epoch the node knows now, while connected.
-    pub fn start(&mut self, grant: GrantId, facts: SecondaryFacts) -> Start {
-        let Some(h) = self.held.get_mut(&grant) else {
+    pub fn start(&mut self, ticket: Ticket, facts: SecondaryFacts) -> Start {
+        let current = ticket.session == self.session;
+        let Some(h) = self.held.get_mut(&ticket) else {
             return Start::Denied {
                 reason: Refusal::StaleSession,
                 release: false,
             };
         };
-        let current = h.session == self.session;
         let reason = if h.started || !current {
             Some(Refusal::StaleSession)
         } else if !facts.connected {
@@ -451,7 +465,7 @@ impl Grantee {
             Some(reason) => {
                 // A started grant stays until its I/O completes.
                 if !h.started {
-                    self.held.remove(&grant);
+                    self.held.remove(&ticket);
                 }
                 Start::Denied {
                     reason,
@@ -464,19 +478,19 @@ impl Grantee {
     /// The I/O under `grant` has completed: the grant is given back. Returns it if the primary
     /// must be told ([`GrantMsg::Release`]): a grant of an ended link session was already dropped
     /// there.
-    pub fn finished(&mut self, grant: GrantId) -> Option<GrantId> {
-        let h = self.held.remove(&grant)?;
-        (h.session == self.session).then_some(grant)
+    pub fn finished(&mut self, ticket: Ticket) -> Option<GrantId> {
+        self.held.remove(&ticket)?;
+        (ticket.session == self.session).then_some(ticket.grant)
     }
 
     /// The link went down: the link session ends, every request waiting for an answer is
     /// cancelled (returned: their commands fail and the hosts retry), and every grant not yet
     /// started is dropped (returned likewise). Started grants stay until their I/O completes;
     /// no release is sent for them.
-    pub fn link_down(&mut self) -> (Vec<u64>, Vec<GrantId>) {
+    pub fn link_down(&mut self) -> (Vec<u64>, Vec<Ticket>) {
         self.session += 1;
         let asked = std::mem::take(&mut self.asked).into_keys().collect();
-        let dropped: Vec<GrantId> = self
+        let dropped: Vec<Ticket> = self
             .held
             .iter()
             .filter(|(_, h)| !h.started)
@@ -493,9 +507,14 @@ impl Grantee {
         self.asked.contains_key(&req)
     }
 
-    /// The grants held, by id.
-    pub fn held(&self) -> impl Iterator<Item = (GrantId, &Holding)> + '_ {
-        self.held.iter().map(|(&id, h)| (id, h))
+    /// The grants held.
+    pub fn held(&self) -> impl Iterator<Item = (Ticket, &Holding)> + '_ {
+        self.held.iter().map(|(&t, h)| (t, h))
+    }
+
+    /// How many requests were asked so far (the next request's id is one more).
+    pub fn requests(&self) -> u64 {
+        self.next_req
     }
 
     /// The current link session.
@@ -633,22 +652,28 @@ mod tests {
         let mut s = Grantee::new();
         let r = s.ask(0, Access::Exclusive);
         let a = Answer::Granted { grant: 7, epoch: 3 };
-        assert_eq!(s.on_answer(r, a), Received::Granted(7));
+        let t7 = Ticket {
+            session: 0,
+            grant: 7,
+        };
+        assert_eq!(s.on_answer(r, a), Received::Granted(t7));
         assert_eq!(s.on_answer(r, a), Received::Duplicate);
         let newer = SecondaryFacts { epoch: 4, ..UP };
         assert_eq!(
-            s.start(7, newer),
+            s.start(t7, newer),
             Start::Denied {
                 reason: Refusal::NotServing,
                 release: true
             }
         );
         let r = s.ask(0, Access::Exclusive);
-        s.on_answer(r, Answer::Granted { grant: 8, epoch: 3 });
-        assert_eq!(s.start(8, UP), Start::Go);
-        assert!(matches!(s.start(8, UP), Start::Denied { .. }), "once");
-        assert_eq!(s.finished(8), Some(8));
-        assert_eq!(s.finished(8), None);
+        let Received::Granted(t8) = s.on_answer(r, Answer::Granted { grant: 8, epoch: 3 }) else {
+            panic!("not granted")
+        };
+        assert_eq!(s.start(t8, UP), Start::Go);
+        assert!(matches!(s.start(t8, UP), Start::Denied { .. }), "once");
+        assert_eq!(s.finished(t8), Some(8));
+        assert_eq!(s.finished(t8), None);
     }
 
     #[test]
@@ -657,18 +682,28 @@ mod tests {
         let r1 = s.ask(0, Access::Shared);
         let r2 = s.ask(0, Access::Shared);
         let r3 = s.ask(0, Access::Shared);
+        let t = |grant| Ticket { session: 0, grant };
         s.on_answer(r1, Answer::Granted { grant: 1, epoch: 3 });
         s.on_answer(r2, Answer::Granted { grant: 2, epoch: 3 });
-        assert_eq!(s.start(1, UP), Start::Go);
+        assert_eq!(s.start(t(1), UP), Start::Go);
         let (asked, dropped) = s.link_down();
         assert_eq!(asked, vec![r3]);
-        assert_eq!(dropped, vec![2]);
+        assert_eq!(dropped, vec![t(2)]);
         assert!(matches!(
-            s.start(2, UP),
+            s.start(t(2), UP),
             Start::Denied { release: false, .. }
         ));
         // The started I/O completes later; the primary already dropped its grant.
-        assert_eq!(s.finished(1), None);
+        assert_eq!(s.finished(t(1)), None);
+        // A restarted primary numbers its grants from 1 again: not a duplicate.
+        let r4 = s.ask(0, Access::Shared);
+        assert_eq!(
+            s.on_answer(r4, Answer::Granted { grant: 1, epoch: 4 }),
+            Received::Granted(Ticket {
+                session: 1,
+                grant: 1
+            })
+        );
         // A late answer of the old session is unwanted: released at once.
         assert_eq!(
             s.on_answer(r3, Answer::Granted { grant: 9, epoch: 3 }),
