@@ -2,8 +2,10 @@
 //! Uses the cluster's plumbing in [`crate::model`]; the properties and trace text live elsewhere.
 
 use crate::model::{ClusterModel, Served};
-use crate::state::{ClusterState, PendingWrite};
-use duet_core::ha::{HaMsg, Input, Node, QuorumOp, QuorumResult, TimerKind};
+use crate::state::{Asked, ClusterState, Lock, Msg, PendingWrite};
+use crate::options::LUN;
+use duet_core::ha::grant::Access;
+use duet_core::ha::{Input, Node, QuorumOp, QuorumResult, TimerKind};
 use stateright::semantics::register::{RegisterOp, RegisterRet};
 use stateright::semantics::ConsistencyTester;
 
@@ -29,9 +31,9 @@ pub enum Action {
     QuorumFail(u8),
     /// A quorum write that lands on the disk but is reported failed (e.g. a timeout).
     QuorumFailApplied(u8),
-    Deliver(u8, HaMsg),
-    Lose(u8, HaMsg),
-    Duplicate(u8, HaMsg),
+    Deliver(u8, Msg),
+    Lose(u8, Msg),
+    Duplicate(u8, Msg),
     FenceOk(u8),
     FenceFail(u8),
     Crash(u8),
@@ -112,7 +114,7 @@ impl ClusterModel {
                 }
             }
         }
-        let mut last: Option<&(u8, HaMsg)> = None;
+        let mut last: Option<&(u8, Msg)> = None;
         for m in &s.net {
             if last == Some(m) {
                 continue;
@@ -145,8 +147,8 @@ impl ClusterModel {
                 let write = matches!(self.op_of(i, c.op), RegisterOp::Write(_));
                 let here = self.serve(s, c.path as usize, write);
                 let there = self.serve(s, 1 - c.path as usize, write);
-                if matches!(here, Served::By(..))
-                    || (matches!(here, Served::Refused) && matches!(there, Served::By(..)))
+                let goes = |x: &Served| matches!(x, Served::By(..) | Served::Ask(_));
+                if goes(&here) || (matches!(here, Served::Refused) && goes(&there))
                 {
                     actions.push(Action::ClientSend(i as u8));
                 }
@@ -238,7 +240,10 @@ impl ClusterModel {
             Action::Deliver(to, m) => {
                 let i = s.net.iter().position(|x| x.0 == to && x.1 == m)?;
                 s.net.remove(i);
-                self.feed(&mut s, to as usize, Input::PeerMsg(m));
+                match m {
+                    Msg::Ha(m) => self.feed(&mut s, to as usize, Input::PeerMsg(m)),
+                    Msg::Grant(m) => self.on_grant_msg(&mut s, to as usize, m),
+                }
             }
             Action::Lose(to, m) => {
                 let i = s.net.iter().position(|x| x.0 == to && x.1 == m)?;
@@ -283,6 +288,8 @@ impl ClusterModel {
                 if was {
                     self.feed(&mut s, 0, Input::PeerLinkDown);
                     self.feed(&mut s, 1, Input::PeerLinkDown);
+                    self.grants_link_lost(&mut s, 0);
+                    self.grants_link_lost(&mut s, 1);
                 }
             }
             Action::HealLink => {
@@ -295,34 +302,56 @@ impl ClusterModel {
                 let op = self.op_of(ci, cl.op);
                 let write = matches!(op, RegisterOp::Write(_));
                 // The current path first; on a refusal or a dropped connection, the other path.
-                let (path, exec, grant) = match self.serve(&s, cl.path as usize, write) {
-                    Served::By(e, g) => (cl.path, e, g),
+                let (path, served) = match self.serve(&s, cl.path as usize, write) {
                     Served::Blocked => return None,
                     Served::Refused => match self.serve(&s, 1 - cl.path as usize, write) {
-                        Served::By(e, g) => (1 - cl.path, e, g),
+                        x @ (Served::By(..) | Served::Ask(_)) => (1 - cl.path, x),
                         _ => return None,
                     },
+                    x => (cl.path, x),
                 };
                 s.clients[ci].path = path;
                 if !cl.invoked {
                     let _ = s.history.on_invoke(c, op.clone());
                     s.clients[ci].invoked = true;
                 }
-                match op {
-                    RegisterOp::Write(value) => {
+                let value = match op {
+                    RegisterOp::Write(v) => Some(v),
+                    RegisterOp::Read => None,
+                };
+                match (served, value) {
+                    (Served::Ask(n), _) => {
+                        let a = Asked {
+                            req: 0,
+                            client: c,
+                            op: cl.op,
+                            attempt: cl.attempt,
+                            value,
+                        };
+                        self.ask(&mut s, n, a);
+                        s.clients[ci].waiting = true;
+                    }
+                    (Served::By(exec, lock), Some(value)) => {
+                        let lock = match lock {
+                            Lock::Local(_) => Lock::Local(
+                                s.ctl[exec].grantor.begin_local(LUN, Access::Exclusive)?,
+                            ),
+                            other => other,
+                        };
                         s.ctl[exec].writes.push(PendingWrite {
                             client: c,
                             op: cl.op,
                             attempt: cl.attempt,
                             value,
-                            grant,
+                            lock,
                         });
                         s.clients[ci].waiting = true;
                     }
-                    RegisterOp::Read => {
+                    (Served::By(..), None) => {
                         let _ = s.history.on_return(c, RegisterRet::ReadOk(s.backend));
                         Self::next_op(&mut s.clients[ci]);
                     }
+                    _ => return None,
                 }
             }
             Action::ClientTimeout(c) => {
@@ -351,6 +380,7 @@ impl ClusterModel {
                         Self::next_op(&mut s.clients[ci]);
                     }
                 }
+                self.write_landed(&mut s, n, w.lock);
             }
         }
         Some(s)

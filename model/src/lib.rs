@@ -58,6 +58,7 @@
 //! (the agent) kills the fenced controller: its pending writes are discarded.
 
 mod actions;
+mod grants;
 mod model;
 mod options;
 mod properties;
@@ -69,5 +70,5 @@ pub use duet_core::ha::{Fencing, HaMsg, Policy};
 pub use model::ClusterModel;
 pub use options::{ModelOptions, LUN};
 pub use properties::PROPERTY_NAMES;
-pub use state::{Budget, Client, ClusterState, Controller, PendingWrite};
-pub use trace::describe_msg;
+pub use state::{Asked, Budget, Client, ClusterState, Controller, Lock, Msg, PendingWrite};
+pub use trace::{describe_message, describe_msg};

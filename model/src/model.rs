@@ -5,8 +5,9 @@
 
 use crate::actions::Action;
 use crate::options::{ModelOptions, LUN};
-use crate::state::{Budget, Client, ClusterState, Controller};
+use crate::state::{Budget, Client, ClusterState, Controller, Lock, Msg};
 use duet_core::alua::{self, AluaState, HaMode};
+use duet_core::ha::grant::Access;
 use duet_core::ha::{Config, Input, Node, Output};
 use stateright::semantics::register::{Register, RegisterOp};
 use stateright::semantics::LinearizabilityTester;
@@ -24,11 +25,13 @@ pub struct ClusterModel {
 
 /// What happens to a client command sent to a controller.
 pub(crate) enum Served {
-    /// Executed by controller `exec` (for a write: queued there, under a grant if any).
-    By(usize, Option<(u8, u64)>),
+    /// Executed by controller `exec` (for a write: queued there, holding `lock`).
+    By(usize, Lock),
+    /// Mode 1: the secondary `n` asks the primary for a grant first.
+    Ask(usize),
     /// Refused or connection dropped: try the other path.
     Refused,
-    /// Waits for the block lock (another controller's grant is in use).
+    /// Waits for the LUN's lock (a grant of the peer's is in use).
     Blocked,
 }
 impl ClusterModel {
@@ -71,25 +74,32 @@ impl ClusterModel {
         self.route(s, n);
     }
 
+    /// Controller `from` sends `m` to its peer: it is in flight if the two are connected and the
+    /// link has room, and lost otherwise.
+    pub(crate) fn send(&self, s: &mut ClusterState, from: usize, m: Msg) {
+        if Self::connected(s) && s.net.len() < self.opts.max_in_flight {
+            s.net.push((1 - from as u8, m));
+            s.net.sort();
+        }
+    }
+
+    /// Routes controller `n`'s outputs, then lets its grantor act on the node's new facts.
     pub(crate) fn route(&self, s: &mut ClusterState, n: usize) {
-        let connected = Self::connected(s);
         loop {
             let Some(node) = s.ctl[n].node.as_mut() else {
                 return;
             };
             let Some(out) = node.poll_output() else {
-                return;
+                break;
             };
             match out {
-                Output::SendPeer(m) if connected && s.net.len() < self.opts.max_in_flight => {
-                    s.net.push((1 - n as u8, m));
-                    s.net.sort();
-                }
+                Output::SendPeer(m) => self.send(s, n, Msg::Ha(m)),
                 Output::Quorum(op) => s.ctl[n].quorum = Some(op),
                 Output::FencePeer => s.ctl[n].fence = true,
                 _ => {}
             }
         }
+        self.grant_update(s, n);
     }
 
     /// Controller `n` dies (crash or fence): its volatile state and pending I/O are gone.
@@ -100,16 +110,19 @@ impl ClusterModel {
             }
         }
         let was_connected = Self::connected(s);
-        let c = &mut s.ctl[n];
-        c.node = None;
-        c.quorum = None;
-        c.stalled = false;
-        c.fence = false;
-        c.writes.clear();
-        c.paused = false;
+        // Commands waiting for a grant die with the controller's connections: their clients
+        // retry.
+        let asks = std::mem::take(&mut s.ctl[n].asks);
+        for a in asks {
+            Self::fail_attempt(s, a.client, a.op, a.attempt);
+        }
+        let boots = s.ctl[n].boots;
+        s.ctl[n] = Controller::new(None);
+        s.ctl[n].boots = boots;
         if was_connected {
             s.net.clear();
             self.feed(s, 1 - n, Input::PeerLinkDown);
+            self.grants_link_lost(s, 1 - n);
         }
     }
 
@@ -155,28 +168,32 @@ impl ClusterModel {
             if !node.serving(LUN) {
                 return Served::Refused;
             }
-            // The block lock: a grant this primary gave the secondary is still in use.
-            let mine = Some((n as u8, node.epoch(LUN)));
-            if write && s.ctl[peer].writes.iter().any(|w| w.grant == mine) {
-                return Served::Blocked;
+            if !write || self.opts.mode != HaMode::ActiveActiveShared {
+                return Served::By(n, Lock::None);
             }
-            return Served::By(n, None);
+            // Mode 1: the write takes the LUN's lock, unless a grant holds it.
+            return if s.ctl[n].grantor.may_begin_local(LUN, Access::Exclusive) {
+                Served::By(n, Lock::Local(0))
+            } else {
+                Served::Blocked
+            };
         }
         match self.opts.mode {
             HaMode::ActiveStandby => Served::Refused,
             HaMode::ActiveActiveShared => {
-                if !node.serving(LUN) || !Self::primary_reachable(s, n) {
+                // The secondary goes by what it knows: its read lease on the primary and the link.
+                if !node.serving(LUN) || node.link_state() != 2 {
                     Served::Refused
-                } else if write && !s.ctl[peer].writes.is_empty() {
-                    // The primary holds the block lock for its own write: the grant waits.
-                    Served::Blocked
+                } else if write && self.opts.ungranted_write {
+                    // The mutation: the write goes to the backend without a grant.
+                    Served::By(n, Lock::None)
                 } else {
-                    Served::By(n, Some((peer as u8, node.epoch(LUN))))
+                    Served::Ask(n)
                 }
             }
             HaMode::ActiveActiveForward => {
                 if Self::primary_reachable(s, n) {
-                    Served::By(peer, None)
+                    Served::By(peer, Lock::None)
                 } else {
                     Served::Refused
                 }
@@ -229,15 +246,7 @@ impl Model for ClusterModel {
     type Action = Action;
 
     fn init_states(&self) -> Vec<ClusterState> {
-        let ctl = |cfg: &Config| Controller {
-            node: Some(Node::new(cfg.clone(), 0)),
-            boots: 0,
-            quorum: None,
-            stalled: false,
-            fence: false,
-            writes: Vec::new(),
-            paused: false,
-        };
+        let ctl = |cfg: &Config| Controller::new(Some(Node::new(cfg.clone(), 0)));
         let o = &self.opts;
         let mut s = ClusterState {
             clock: [0, 0],
@@ -296,10 +305,12 @@ impl Model for ClusterModel {
     }
 
     fn within_boundary(&self, s: &ClusterState) -> bool {
-        s.ctl
-            .iter()
-            .filter_map(|c| c.node.as_ref())
-            .all(|n| n.epoch(LUN) <= self.opts.max_epoch)
+        s.ctl.iter().all(|c| {
+            c.node
+                .as_ref()
+                .is_none_or(|n| n.epoch(LUN) <= self.opts.max_epoch)
+                && c.grantee.requests() <= self.opts.max_grant_requests
+        })
     }
 
     fn properties(&self) -> Vec<Property<Self>> {

@@ -15,12 +15,17 @@ pub struct ModelOptions {
     pub fencing: Fencing,
     /// Mutation: the safety margin is set below the clock-drift bound.
     pub margin_below_drift: bool,
+    /// Mutation (mode 1): a secondary writes to the backend without a grant from the primary.
+    pub ungranted_write: bool,
     /// Number of clients (1 or 2).
     pub clients: usize,
     /// Operations per client: all writes (of distinct values) but the last, which is a read.
     pub ops_per_client: u8,
     /// States with a larger epoch are outside the model.
     pub max_epoch: u64,
+    /// Mode 1: states in which a controller has asked for more grants (since it started) are
+    /// outside the model.
+    pub max_grant_requests: u64,
     /// Restarts per controller.
     pub restarts: u8,
     /// Crashes in all.
@@ -67,9 +72,11 @@ impl Default for ModelOptions {
             mode: HaMode::ActiveActiveShared,
             fencing: Fencing::Agent,
             margin_below_drift: false,
+            ungranted_write: false,
             clients: 1,
             ops_per_client: 3,
             max_epoch: 4,
+            max_grant_requests: 6,
             restarts: 0,
             crashes: 1,
             link_cuts: 1,

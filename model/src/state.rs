@@ -1,9 +1,10 @@
-//! The state of the modelled cluster: controllers (with their `Node`, pending quorum I/O and
-//! queued backend writes), clients, the link's messages, the backend register, the clients'
-//! history and the fault budgets left. Plain data; the steps that change it are in
+//! The state of the modelled cluster: controllers (with their `Node`, their side of the mode 1
+//! grant exchange, pending quorum I/O and queued backend writes), clients, the link's messages,
+//! the backend register, the clients' history and the fault budgets left. Plain data; the steps that change it are in
 //! [`crate::actions`].
 
-use duet_core::ha::{HaMsg, Node, QuorumOp, QuorumRecord};
+use duet_core::ha::grant::{GrantMsg, Ticket};
+use duet_core::ha::{Grantee, Grantor, HaMsg, Node, QuorumOp, QuorumRecord};
 use stateright::semantics::register::Register;
 use stateright::semantics::LinearizabilityTester;
 
@@ -16,8 +17,38 @@ pub struct PendingWrite {
     /// client still waits for is acknowledged when it lands.
     pub attempt: u8,
     pub value: u8,
-    /// Mode 1: issued by a secondary under the grant of controller `.0` at epoch `.1`.
-    pub grant: Option<(u8, u64)>,
+    /// What the write holds while it is pending (mode 1).
+    pub lock: Lock,
+}
+
+/// What a pending write holds (mode 1): the LUN's lock, through the primary's [`Grantor`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lock {
+    /// Nothing: modes 0 and 2, or the `ungranted-write` mutation.
+    None,
+    /// The primary's own write, as local I/O of its grantor.
+    Local(u64),
+    /// A secondary's write under a grant it holds.
+    Grant(Ticket),
+}
+
+/// A client command a mode 1 secondary holds while it asks the primary for a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Asked {
+    /// The grant request's id.
+    pub req: u64,
+    pub client: u8,
+    pub op: u8,
+    pub attempt: u8,
+    /// The value to write, or `None` for a read.
+    pub value: Option<u8>,
+}
+
+/// A message on the HA link: the node's own, or the grant exchange's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Msg {
+    Ha(HaMsg),
+    Grant(GrantMsg),
 }
 
 /// A controller as the model sees it.
@@ -33,6 +64,30 @@ pub struct Controller {
     pub writes: Vec<PendingWrite>,
     /// The controller is paused: its queued writes may stay pending while time passes.
     pub paused: bool,
+    /// Mode 1, as primary: the grants it holds for the peer and its own writes' locks.
+    pub grantor: Grantor,
+    /// Mode 1, as secondary: its grant requests and the grants it holds.
+    pub grantee: Grantee,
+    /// Mode 1, as secondary: client commands waiting for a grant.
+    pub asks: Vec<Asked>,
+}
+
+impl Controller {
+    /// A controller running `node`, with nothing pending.
+    pub fn new(node: Option<Node>) -> Controller {
+        Controller {
+            node,
+            boots: 0,
+            quorum: None,
+            stalled: false,
+            fence: false,
+            writes: Vec::new(),
+            paused: false,
+            grantor: Grantor::new(),
+            grantee: Grantee::new(),
+            asks: Vec::new(),
+        }
+    }
 }
 
 /// A client and its current operation.
@@ -44,7 +99,8 @@ pub struct Client {
     pub op: u8,
     /// The current operation has been invoked.
     pub invoked: bool,
-    /// A write of the current operation is pending somewhere and the client waits for it.
+    /// A write of the current operation is pending somewhere (or, mode 1, a command waits for
+    /// its grant) and the client waits for it.
     pub waiting: bool,
     /// Attempts abandoned so far (time-outs).
     pub attempt: u8,
@@ -74,7 +130,7 @@ pub struct ClusterState {
     pub slots: [Option<QuorumRecord>; 2],
     pub link_up: bool,
     /// Messages in flight: (receiver index, message), sorted.
-    pub net: Vec<(u8, HaMsg)>,
+    pub net: Vec<(u8, Msg)>,
     pub backend: u8,
     /// The value of the last acknowledged write (0: none yet).
     pub acked: u8,

@@ -5,7 +5,8 @@
 use crate::actions::{Action, Drift};
 use crate::model::ClusterModel;
 use crate::options::LUN;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, Msg};
+use duet_core::ha::grant::{Access, Answer, GrantMsg};
 use duet_core::ha::{HaMsg, QuorumOp};
 use std::fmt::Write as _;
 
@@ -39,14 +40,14 @@ impl ClusterModel {
                 "{}'s quorum write lands but is reported failed",
                 Self::name(*n)
             ),
-            Action::Deliver(to, m) => format!("{} receives {}", Self::name(*to), describe_msg(m)),
+            Action::Deliver(to, m) => format!("{} receives {}", Self::name(*to), describe_message(m)),
             Action::Lose(to, m) => {
-                format!("the link loses {} to {}", describe_msg(m), Self::name(*to))
+                format!("the link loses {} to {}", describe_message(m), Self::name(*to))
             }
             Action::Duplicate(to, m) => {
                 format!(
                     "the link duplicates {} to {}",
-                    describe_msg(m),
+                    describe_message(m),
                     Self::name(*to)
                 )
             }
@@ -135,6 +136,14 @@ impl ClusterModel {
                 let v: Vec<u8> = s.ctl[n].writes.iter().map(|w| w.value).collect();
                 let _ = write!(out, " queued{v:?}");
             }
+            let grants: Vec<u64> = s.ctl[n].grantor.grants().map(|(g, _)| g).collect();
+            if !grants.is_empty() {
+                let _ = write!(out, " granted{grants:?}");
+            }
+            if !s.ctl[n].asks.is_empty() {
+                let reqs: Vec<u64> = s.ctl[n].asks.iter().map(|a| a.req).collect();
+                let _ = write!(out, " asking{reqs:?}");
+            }
             out.push_str(" | ");
         }
         let _ = write!(
@@ -182,7 +191,28 @@ fn describe_quorum(op: &QuorumOp) -> String {
     }
 }
 
-/// A message in words.
+/// A message on the model's link in words.
+pub fn describe_message(m: &Msg) -> String {
+    match m {
+        Msg::Ha(m) => describe_msg(m),
+        Msg::Grant(GrantMsg::Request { req, lun, access }) => format!(
+            "GrantRequest(#{req}, LUN {lun}, {})",
+            match access {
+                Access::Shared => "shared",
+                Access::Exclusive => "exclusive",
+            }
+        ),
+        Msg::Grant(GrantMsg::Answer { req, answer }) => match answer {
+            Answer::Granted { grant, epoch } => {
+                format!("Granted(#{req}: grant {grant} at epoch {epoch})")
+            }
+            Answer::Refused(r) => format!("GrantRefused(#{req}: {})", r.name()),
+        },
+        Msg::Grant(GrantMsg::Release { grant }) => format!("Release(grant {grant})"),
+    }
+}
+
+/// A message of the node's own in words.
 pub fn describe_msg(m: &HaMsg) -> String {
     match m {
         HaMsg::Hello { ha_id, mode, .. } => {
