@@ -2,8 +2,8 @@
 //! Uses the cluster's plumbing in [`crate::model`]; the properties and trace text live elsewhere.
 
 use crate::model::{ClusterModel, Served};
-use crate::state::{Asked, ClusterState, Lock, Msg, PendingWrite};
 use crate::options::LUN;
+use crate::state::{Asked, ClusterState, Lock, Msg, PendingWrite};
 use duet_core::ha::grant::Access;
 use duet_core::ha::{Input, Node, QuorumOp, QuorumResult, TimerKind};
 use stateright::semantics::register::{RegisterOp, RegisterRet};
@@ -148,8 +148,7 @@ impl ClusterModel {
                 let here = self.serve(s, c.path as usize, write);
                 let there = self.serve(s, 1 - c.path as usize, write);
                 let goes = |x: &Served| matches!(x, Served::By(..) | Served::Ask(_));
-                if goes(&here) || (matches!(here, Served::Refused) && goes(&there))
-                {
+                if goes(&here) || (matches!(here, Served::Refused) && goes(&there)) {
                     actions.push(Action::ClientSend(i as u8));
                 }
             }

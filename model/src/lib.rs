@@ -17,11 +17,23 @@
 //! - **The backend**: one register (the LUN's one block). Each controller has a FIFO of pending
 //!   backend writes that land whenever the checker says (a paused controller's writes land late),
 //!   unless the controller is killed first.
+//! - **Grants** (mode 1): a client command sent to the secondary waits there while the secondary
+//!   asks the primary for a grant over the link (request, answer and release are messages like
+//!   any other: lost, duplicated, reordered, cut). Both sides run core's
+//!   [`duet_core::ha::grant`] state machines: the primary grants only while it serves at an epoch
+//!   with the peer connected, and the grant holds the LUN's lock (the model's writes take it
+//!   exclusively, as do the primary's own writes; reads through the secondary take it shared);
+//!   the secondary starts a command only under a grant of its current link session and epoch,
+//!   queues a write holding the grant (it lands whenever the checker says) and releases the grant
+//!   once the write has landed (a read: at once). A refusal or a lost link fails the command and
+//!   the client retries on the other path. Link loss ends the grants on both sides.
 //! - **Clients**: each writes and reads the register through either controller, like a multipath
 //!   host: on 04/0A, 04/0B, 04/0C or a dropped connection it retries on the other path, inside one
 //!   operation (the linearizability tester allows one operation in flight per client). A client
 //!   may also time out while its write is pending and retry on the other path; the pending write
 //!   stays where it is.
+//! - **Mutations** (negative controls, [`ModelOptions`]): the lease margin below the drift bound;
+//!   `ungranted_write`, a mode 1 secondary that writes without a grant.
 //! - **Faults** (bounded by [`ModelOptions`]): crash and restart of a controller (a restart is a
 //!   fresh `Node::new`), link cut and heal, message loss and duplication, quorum I/O failures,
 //!   fence failures, client time-outs. Faults happen only before `fault_ticks`; after that,
@@ -48,14 +60,18 @@
 //! Not covered: planned switchover and other admin commands; several LUNs (the model has one);
 //! messages delayed across a tick (messages are delivered, lost or duplicated before time moves
 //! on); a dead controller's quorum write landing after its death (it is discarded); backend
-//! failures; the mode 1 grant exchange itself (a grant is the primary's state at the moment of
-//! the request, and the block lock is held until the granted write lands).
+//! failures; phase 1 of a granted command on the primary (CDB checks, reservations, task
+//! ordering: the model's commands always pass it); a gap between receiving a grant and starting
+//! the medium phase (the secondary starts at once; core's `Grantee` covers the gap and its
+//! proptest exercises it); mode 1 states in which a controller has asked for more than
+//! `max_grant_requests` grants.
 //!
 //! A controller serves a client command only if the ALUA gate for its own port group allows it
-//! and it can execute it: as primary when `serving`, in mode 1 as a secondary with the primary's
-//! grant (the primary serves at the same epoch over a live connection, and neither holds the
-//! other's pending writes: the block lock), in mode 2 by forwarding to such a primary. Fencing
-//! (the agent) kills the fenced controller: its pending writes are discarded.
+//! and it can execute it: as primary when `serving` (in mode 1 a write also waits for the LUN's
+//! lock while a grant holds it), in mode 1 as a secondary that is `serving` (its read lease on
+//! the primary) and connected, through a grant, in mode 2 by forwarding to a primary that serves
+//! at the same epoch over a live connection. Fencing (the agent) kills the fenced controller: its
+//! pending writes are discarded.
 
 mod actions;
 mod grants;

@@ -40,9 +40,15 @@ impl ClusterModel {
                 "{}'s quorum write lands but is reported failed",
                 Self::name(*n)
             ),
-            Action::Deliver(to, m) => format!("{} receives {}", Self::name(*to), describe_message(m)),
+            Action::Deliver(to, m) => {
+                format!("{} receives {}", Self::name(*to), describe_message(m))
+            }
             Action::Lose(to, m) => {
-                format!("the link loses {} to {}", describe_message(m), Self::name(*to))
+                format!(
+                    "the link loses {} to {}",
+                    describe_message(m),
+                    Self::name(*to)
+                )
             }
             Action::Duplicate(to, m) => {
                 format!(
