@@ -17,9 +17,18 @@ fn main() {
             "manual" => o.policy = Policy::Manual,
             "automatic" => o.policy = Policy::Automatic,
             "naive" => o.policy = Policy::Naive,
-            "0" => o.mode = HaMode::ActiveStandby,
-            "1" => o.mode = HaMode::ActiveActiveShared,
-            "2" => o.mode = HaMode::ActiveActiveForward,
+            "0" => {
+                o.mode = HaMode::ActiveStandby;
+                o.ops_per_client = ModelOptions::for_mode(o.mode).ops_per_client;
+            }
+            "1" => {
+                o.mode = HaMode::ActiveActiveShared;
+                o.ops_per_client = ModelOptions::for_mode(o.mode).ops_per_client;
+            }
+            "2" => {
+                o.mode = HaMode::ActiveActiveForward;
+                o.ops_per_client = ModelOptions::for_mode(o.mode).ops_per_client;
+            }
             "agent" => o.fencing = Fencing::Agent,
             "none" => o.fencing = Fencing::None,
             "margin" => o.margin_below_drift = true,

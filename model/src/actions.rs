@@ -360,6 +360,9 @@ impl ClusterModel {
                 cl.waiting = false;
                 cl.attempt = cl.attempt.saturating_add(1);
                 cl.path = 1 - cl.path;
+                // The abandoned command is aborted where it still waits for a grant (its I/O has
+                // not started); a write already queued stays where it is.
+                Self::abort_asks(&mut s, c);
             }
             Action::Land(n) => {
                 let n = n as usize;

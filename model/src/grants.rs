@@ -8,7 +8,10 @@
 //! grant the secondary starts the command at once (if the grant is still good: its current link
 //! session and epoch): a write is queued to the backend holding the grant and lands whenever the
 //! checker says, then the grant is released; a read reads the register and releases. A refusal
-//! or a lost link fails the command, and the client retries on the other path.
+//! or a lost link fails the command, and the client retries on the other path. A client that
+//! times out aborts its command where it waits for a grant (nothing of it has started); a grant
+//! that comes later is released unused. (Without this abort the late grant would run a write the
+//! client gave up on after newer acknowledged ones: the checker finds that trace.)
 //!
 //! The lock is the LUN's one lock, as in the runtime: the model's writes take it exclusively
 //! (on its one block a write excludes every other), its reads through the secondary take it
@@ -66,6 +69,19 @@ impl ClusterModel {
                 c.waiting = false;
                 c.path = 1 - c.path;
             }
+        }
+    }
+
+    /// Client `client` gave up its command: a secondary that still waits for the command's grant
+    /// aborts it (a grant that comes later is released unused).
+    pub(crate) fn abort_asks(s: &mut ClusterState, client: u8) {
+        for c in s.ctl.iter_mut() {
+            let (gone, kept): (Vec<Asked>, Vec<Asked>) =
+                c.asks.iter().partition(|a| a.client == client);
+            for a in gone {
+                c.grantee.forget(a.req);
+            }
+            c.asks = kept;
         }
     }
 

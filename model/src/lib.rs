@@ -31,7 +31,7 @@
 //!   host: on 04/0A, 04/0B, 04/0C or a dropped connection it retries on the other path, inside one
 //!   operation (the linearizability tester allows one operation in flight per client). A client
 //!   may also time out while its write is pending and retry on the other path; the pending write
-//!   stays where it is.
+//!   stays where it is (a command still waiting for its grant, mode 1, is aborted).
 //! - **Mutations** (negative controls, [`ModelOptions`]): the lease margin below the drift bound;
 //!   `ungranted_write`, a mode 1 secondary that writes without a grant.
 //! - **Faults** (bounded by [`ModelOptions`]): crash and restart of a controller (a restart is a
