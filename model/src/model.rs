@@ -25,7 +25,8 @@ pub struct ClusterModel {
 
 /// What happens to a client command sent to a controller.
 pub(crate) enum Served {
-    /// Executed by controller `exec` (for a write: queued there, holding `lock`).
+    /// Executed by controller `exec` (for a write: queued there, holding `lock`; a primary's
+    /// `Lock::Local` gets its id from the grantor when the write is queued).
     By(usize, Lock),
     /// Mode 1: the secondary `n` asks the primary for a grant first.
     Ask(usize),
