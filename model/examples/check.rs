@@ -1,8 +1,8 @@
 //! Runs a full check of the cluster model and prints each property's verdict.
 //!
 //! `cargo run --release -p duet-model --example check -- [manual|automatic|naive] [0|1|2]
-//!  [agent|none] [margin] [ungranted] [key=value ...]` (keys: the numeric bounds of `ModelOptions`, see the
-//! match below). Environment: `THREADS=n`, `LIMIT=seconds`, `FIRST=1` (stop at the first
+//!  [agent|none] [margin] [ungranted] [key=value ...]` (keys: the numeric bounds of
+//! `ModelOptions`, see the match below). Environment: `THREADS=n`, `LIMIT=seconds`, `FIRST=1` (stop at the first
 //! failure), `WALK=seed` (print one random run instead of checking).
 
 use duet_core::alua::HaMode;
@@ -17,18 +17,9 @@ fn main() {
             "manual" => o.policy = Policy::Manual,
             "automatic" => o.policy = Policy::Automatic,
             "naive" => o.policy = Policy::Naive,
-            "0" => {
-                o.mode = HaMode::ActiveStandby;
-                o.ops_per_client = ModelOptions::for_mode(o.mode).ops_per_client;
-            }
-            "1" => {
-                o.mode = HaMode::ActiveActiveShared;
-                o.ops_per_client = ModelOptions::for_mode(o.mode).ops_per_client;
-            }
-            "2" => {
-                o.mode = HaMode::ActiveActiveForward;
-                o.ops_per_client = ModelOptions::for_mode(o.mode).ops_per_client;
-            }
+            "0" => o.mode = HaMode::ActiveStandby,
+            "1" => o.mode = HaMode::ActiveActiveShared,
+            "2" => o.mode = HaMode::ActiveActiveForward,
             "agent" => o.fencing = Fencing::Agent,
             "none" => o.fencing = Fencing::None,
             "margin" => o.margin_below_drift = true,

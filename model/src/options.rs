@@ -61,36 +61,20 @@ pub struct ModelOptions {
 }
 
 impl Default for ModelOptions {
-    /// CI-sized bounds: [`ModelOptions::for_mode`] of mode 1. Automatic failover, agent
-    /// fencing, one client doing a write and a read (mode 1; two writes and a read in modes 0
-    /// and 2); one crash, one link cut, one quorum stall, one controller pause and one client
+    /// CI-sized bounds: automatic failover, mode 1, agent fencing, one client doing two writes
+    /// and a read; one crash, one link cut, one quorum stall, one controller pause and one client
     /// time-out, all within the first 3 ticks; a 10-tick horizon (lease 3 ticks, renew 1, drift
     /// bound 1, margin 2: a claim waits 5 ticks). Restarts, message loss and duplication, quorum
     /// failures, fence failures and clock drift are off here and switched on by the knobs.
     fn default() -> Self {
-        ModelOptions::for_mode(HaMode::ActiveActiveShared)
-    }
-}
-
-impl ModelOptions {
-    /// The CI-sized bounds (see [`ModelOptions::default`]) for `mode`. Mode 1's grant exchange
-    /// (a request, an answer and a release per command through the secondary, interleaved with
-    /// everything else) multiplies its state space: at three operations per client it takes
-    /// about 30 M unique states, so mode 1 checks two operations by default (`--bound
-    /// ops_per_client=3` restores the third).
-    pub fn for_mode(mode: HaMode) -> Self {
         ModelOptions {
             policy: Policy::Automatic,
-            mode,
+            mode: HaMode::ActiveActiveShared,
             fencing: Fencing::Agent,
             margin_below_drift: false,
             ungranted_write: false,
             clients: 1,
-            ops_per_client: if mode == HaMode::ActiveActiveShared {
-                2
-            } else {
-                3
-            },
+            ops_per_client: 3,
             max_epoch: 4,
             max_grant_requests: 6,
             restarts: 0,
@@ -114,7 +98,9 @@ impl ModelOptions {
             margin_ticks: 2,
         }
     }
+}
 
+impl ModelOptions {
     /// The lease timing the nodes run with (the mutation applied).
     pub fn timing(&self) -> Timing {
         let margin = if self.margin_below_drift {

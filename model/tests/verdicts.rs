@@ -25,7 +25,7 @@ fn quiet(policy: Policy, mode: HaMode, fencing: Fencing) -> ModelOptions {
         client_timeouts: 0,
         fault_ticks: 3,
         max_ticks: 10,
-        ..ModelOptions::for_mode(mode)
+        ..ModelOptions::default()
     }
 }
 
@@ -132,7 +132,6 @@ fn without_fencing_a_paused_controller_writes_stale_data() {
         o.quorum_stalls = 1;
         o.pauses = 1;
         o.client_timeouts = 1;
-        o.ops_per_client = 3;
         let found = first_of(o, &["acked-writes-durable", "linearizable"]);
         assert!(
             found.contains("acked-writes-durable") || found.contains("linearizable"),
@@ -151,7 +150,6 @@ fn a_secondary_writing_without_a_grant_loses_an_acknowledged_write() {
         Fencing::Agent,
     );
     o.client_timeouts = 1;
-    o.ops_per_client = 3;
     o.ungranted_write = true;
     let found = first_of(o.clone(), &["acked-writes-durable", "linearizable"]);
     assert!(

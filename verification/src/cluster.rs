@@ -199,7 +199,7 @@ impl ClusterConfig {
     pub fn options(&self) -> Result<ModelOptions, String> {
         let mode = HaMode::from_number(self.mode)
             .ok_or_else(|| format!("ha_mode must be 0, 1 or 2, not {}", self.mode))?;
-        let defaults = ModelOptions::for_mode(mode);
+        let defaults = ModelOptions::default();
         let clients = match self.clients {
             Some(0) => return Err("the model needs at least one client".to_string()),
             Some(n) => n,
