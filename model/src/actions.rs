@@ -1,13 +1,15 @@
-//! The model's steps: which [`Action`]s are enabled in a state, and what each does to it.
-//! Uses the cluster's plumbing in [`crate::model`]; the properties and trace text live elsewhere.
+//! The model's steps: the initial state, which [`Action`]s are enabled in a state, and what each
+//! does to it; with them, [`ClusterModel`]'s [`stateright::Model`] implementation. Uses the
+//! cluster's plumbing in [`crate::model`] and the properties of [`crate::properties`].
 
 use crate::model::{ClusterModel, Served};
 use crate::options::LUN;
-use crate::state::{Asked, ClusterState, Lock, Msg, PendingWrite};
+use crate::state::{Asked, Budget, Client, ClusterState, Controller, Lock, Msg, PendingWrite};
 use duet_core::ha::grant::Access;
-use duet_core::ha::{Input, Node, QuorumOp, QuorumResult, TimerKind};
-use stateright::semantics::register::{RegisterOp, RegisterRet};
-use stateright::semantics::ConsistencyTester;
+use duet_core::ha::{Config, Input, Node, QuorumOp, QuorumResult, TimerKind};
+use stateright::semantics::register::{Register, RegisterOp, RegisterRet};
+use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
+use stateright::{Model, Property};
 
 /// How a tick moves the clocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -386,5 +388,82 @@ impl ClusterModel {
             }
         }
         Some(s)
+    }
+}
+
+impl Model for ClusterModel {
+    type State = ClusterState;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<ClusterState> {
+        let ctl = |cfg: &Config| Controller::new(Some(Node::new(cfg.clone(), 0)));
+        let o = &self.opts;
+        let mut s = ClusterState {
+            clock: [0, 0],
+            ctl: [ctl(&self.configs[0]), ctl(&self.configs[1])],
+            slots: [None, None],
+            link_up: true,
+            net: Vec::new(),
+            backend: 0,
+            acked: 0,
+            clients: (0..o.clients)
+                .map(|i| Client {
+                    path: (i % 2) as u8,
+                    op: 0,
+                    invoked: false,
+                    waiting: false,
+                    attempt: 0,
+                })
+                .collect(),
+            history: LinearizabilityTester::new(Register(0)),
+            budget: Budget {
+                crashes: o.crashes,
+                link_cuts: o.link_cuts,
+                losses: o.msg_losses,
+                dups: o.msg_dups,
+                quorum_failures: o.quorum_failures,
+                stalls: o.quorum_stalls,
+                pauses: o.pauses,
+                drift: o.drift_steps,
+                fence_failures: o.fence_failures,
+                timeouts: o.client_timeouts,
+            },
+            primary_lost: false,
+        };
+        self.route(&mut s, 0);
+        self.route(&mut s, 1);
+        self.link_up_both(&mut s);
+        vec![s]
+    }
+
+    fn actions(&self, s: &ClusterState, actions: &mut Vec<Action>) {
+        self.enabled(s, actions)
+    }
+
+    fn next_state(&self, last: &ClusterState, action: Action) -> Option<ClusterState> {
+        self.apply(last, action)
+    }
+
+    fn format_action(&self, action: &Action) -> String {
+        self.describe_action(action)
+    }
+
+    fn format_step(&self, last: &ClusterState, action: Action) -> Option<String> {
+        let line = self.describe_step(last, &action);
+        self.next_state(last, action)
+            .map(|next| format!("{line}\n{}", self.describe_state(&next)))
+    }
+
+    fn within_boundary(&self, s: &ClusterState) -> bool {
+        s.ctl.iter().all(|c| {
+            c.node
+                .as_ref()
+                .is_none_or(|n| n.epoch(LUN) <= self.opts.max_epoch)
+                && c.grantee.requests() <= self.opts.max_grant_requests
+        })
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        crate::properties::properties()
     }
 }

@@ -13,6 +13,9 @@
 //! that comes later is released unused. (Without this abort the late grant would run a write the
 //! client gave up on after newer acknowledged ones: the checker finds that trace.)
 //!
+//! (The link session's end and the grantor's reaction to its node's facts are plumbing every step
+//! shares: [`crate::model`].)
+//!
 //! The lock is the LUN's one lock, as in the runtime: the model's writes take it exclusively
 //! (on its one block a write excludes every other), its reads through the secondary take it
 //! shared. Reads at the primary take no lock: they are atomic in the model.
@@ -20,58 +23,11 @@
 use crate::model::ClusterModel;
 use crate::options::LUN;
 use crate::state::{Asked, ClusterState, Lock, Msg, PendingWrite};
-use duet_core::alua::HaMode;
 use duet_core::ha::grant::{Access, GrantMsg, PrimaryFacts, Received, SecondaryFacts, Start};
 use stateright::semantics::register::RegisterRet;
 use stateright::semantics::ConsistencyTester;
 
 impl ClusterModel {
-    /// Mode 1: controller `n`'s grantor acts on its node's facts (revokes what no longer orders
-    /// anything, answers waiting requests).
-    pub(crate) fn grant_update(&self, s: &mut ClusterState, n: usize) {
-        if self.opts.mode != HaMode::ActiveActiveShared {
-            return;
-        }
-        let Some(node) = &s.ctl[n].node else {
-            return;
-        };
-        let facts = PrimaryFacts::of(node, LUN);
-        for (req, answer) in s.ctl[n].grantor.update(LUN, facts) {
-            self.send(s, n, Msg::Grant(GrantMsg::Answer { req, answer }));
-        }
-    }
-
-    /// Controller `n`'s link session ended (cut, or the peer died): its grants and requests
-    /// end with it; the commands that waited for a grant fail.
-    pub(crate) fn grants_link_lost(&self, s: &mut ClusterState, n: usize) {
-        let c = &mut s.ctl[n];
-        c.grantor.link_down();
-        let (asked, _) = c.grantee.link_down();
-        let mut failed = Vec::new();
-        c.asks.retain(|a| {
-            let gone = asked.contains(&a.req);
-            if gone {
-                failed.push(*a);
-            }
-            !gone
-        });
-        for a in failed {
-            Self::fail_attempt(s, a.client, a.op, a.attempt);
-        }
-        self.grant_update(s, n);
-    }
-
-    /// A client's attempt failed (refused, or its connection dropped): if the client still waits
-    /// for it, it retries on the other path.
-    pub(crate) fn fail_attempt(s: &mut ClusterState, client: u8, op: u8, attempt: u8) {
-        if let Some(c) = s.clients.get_mut(client as usize) {
-            if c.waiting && c.op == op && c.attempt == attempt {
-                c.waiting = false;
-                c.path = 1 - c.path;
-            }
-        }
-    }
-
     /// Client `client` gave up its command: a secondary that still waits for the command's grant
     /// aborts it (a grant that comes later is released unused).
     pub(crate) fn abort_asks(s: &mut ClusterState, client: u8) {

@@ -1,17 +1,15 @@
-//! [`ClusterModel`]: the [`stateright::Model`] of a controller pair, and the plumbing its steps
-//! share: feeding a controller's `Node` and routing its outputs, killing a controller, and what a
-//! controller does with a client command. The steps are in [`crate::actions`], the properties in
+//! [`ClusterModel`], the model of a controller pair, and the plumbing its steps share: feeding a
+//! controller's `Node` and routing its outputs, killing a controller, and what a controller does
+//! with a client command. Its [`stateright::Model`] implementation and steps are in
+//! [`crate::actions`], the grant exchange in [`crate::grants`], the properties in
 //! [`crate::properties`], the trace text in [`crate::trace`].
 
-use crate::actions::Action;
 use crate::options::{ModelOptions, LUN};
-use crate::state::{Budget, Client, ClusterState, Controller, Lock, Msg};
+use crate::state::{Client, ClusterState, Controller, Lock, Msg};
 use duet_core::alua::{self, AluaState, HaMode};
-use duet_core::ha::grant::Access;
-use duet_core::ha::{Config, Input, Node, Output};
-use stateright::semantics::register::{Register, RegisterOp};
-use stateright::semantics::LinearizabilityTester;
-use stateright::{Model, Property};
+use duet_core::ha::grant::{Access, GrantMsg, PrimaryFacts};
+use duet_core::ha::{Config, Input, Output};
+use stateright::semantics::register::RegisterOp;
 
 const WRITE10: [u8; 10] = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
@@ -240,81 +238,50 @@ impl ClusterModel {
         }
         true
     }
-}
 
-impl Model for ClusterModel {
-    type State = ClusterState;
-    type Action = Action;
-
-    fn init_states(&self) -> Vec<ClusterState> {
-        let ctl = |cfg: &Config| Controller::new(Some(Node::new(cfg.clone(), 0)));
-        let o = &self.opts;
-        let mut s = ClusterState {
-            clock: [0, 0],
-            ctl: [ctl(&self.configs[0]), ctl(&self.configs[1])],
-            slots: [None, None],
-            link_up: true,
-            net: Vec::new(),
-            backend: 0,
-            acked: 0,
-            clients: (0..o.clients)
-                .map(|i| Client {
-                    path: (i % 2) as u8,
-                    op: 0,
-                    invoked: false,
-                    waiting: false,
-                    attempt: 0,
-                })
-                .collect(),
-            history: LinearizabilityTester::new(Register(0)),
-            budget: Budget {
-                crashes: o.crashes,
-                link_cuts: o.link_cuts,
-                losses: o.msg_losses,
-                dups: o.msg_dups,
-                quorum_failures: o.quorum_failures,
-                stalls: o.quorum_stalls,
-                pauses: o.pauses,
-                drift: o.drift_steps,
-                fence_failures: o.fence_failures,
-                timeouts: o.client_timeouts,
-            },
-            primary_lost: false,
+    /// Mode 1: controller `n`'s grantor acts on its node's facts (revokes what no longer orders
+    /// anything, answers waiting requests).
+    pub(crate) fn grant_update(&self, s: &mut ClusterState, n: usize) {
+        if self.opts.mode != HaMode::ActiveActiveShared {
+            return;
+        }
+        let Some(node) = &s.ctl[n].node else {
+            return;
         };
-        self.route(&mut s, 0);
-        self.route(&mut s, 1);
-        self.link_up_both(&mut s);
-        vec![s]
+        let facts = PrimaryFacts::of(node, LUN);
+        for (req, answer) in s.ctl[n].grantor.update(LUN, facts) {
+            self.send(s, n, Msg::Grant(GrantMsg::Answer { req, answer }));
+        }
     }
 
-    fn actions(&self, s: &ClusterState, actions: &mut Vec<Action>) {
-        self.enabled(s, actions)
+    /// Controller `n`'s link session ended (cut, or the peer died): its grants and requests
+    /// end with it; the commands that waited for a grant fail.
+    pub(crate) fn grants_link_lost(&self, s: &mut ClusterState, n: usize) {
+        let c = &mut s.ctl[n];
+        c.grantor.link_down();
+        let (asked, _) = c.grantee.link_down();
+        let mut failed = Vec::new();
+        c.asks.retain(|a| {
+            let gone = asked.contains(&a.req);
+            if gone {
+                failed.push(*a);
+            }
+            !gone
+        });
+        for a in failed {
+            Self::fail_attempt(s, a.client, a.op, a.attempt);
+        }
+        self.grant_update(s, n);
     }
 
-    fn next_state(&self, last: &ClusterState, action: Action) -> Option<ClusterState> {
-        self.apply(last, action)
-    }
-
-    fn format_action(&self, action: &Action) -> String {
-        self.describe_action(action)
-    }
-
-    fn format_step(&self, last: &ClusterState, action: Action) -> Option<String> {
-        let line = self.describe_step(last, &action);
-        self.next_state(last, action)
-            .map(|next| format!("{line}\n{}", self.describe_state(&next)))
-    }
-
-    fn within_boundary(&self, s: &ClusterState) -> bool {
-        s.ctl.iter().all(|c| {
-            c.node
-                .as_ref()
-                .is_none_or(|n| n.epoch(LUN) <= self.opts.max_epoch)
-                && c.grantee.requests() <= self.opts.max_grant_requests
-        })
-    }
-
-    fn properties(&self) -> Vec<Property<Self>> {
-        crate::properties::properties()
+    /// A client's attempt failed (refused, or its connection dropped): if the client still waits
+    /// for it, it retries on the other path.
+    pub(crate) fn fail_attempt(s: &mut ClusterState, client: u8, op: u8, attempt: u8) {
+        if let Some(c) = s.clients.get_mut(client as usize) {
+            if c.waiting && c.op == op && c.attempt == attempt {
+                c.waiting = false;
+                c.path = 1 - c.path;
+            }
+        }
     }
 }
