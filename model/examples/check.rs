@@ -1,8 +1,8 @@
 //! Runs a full check of the cluster model and prints each property's verdict.
 //!
 //! `cargo run --release -p duet-model --example check -- [manual|automatic|naive] [0|1|2]
-//!  [agent|none] [margin] [key=value ...]` (keys: the numeric bounds of `ModelOptions`, see the
-//! match below). Environment: `THREADS=n`, `LIMIT=seconds`, `FIRST=1` (stop at the first
+//!  [agent|none] [margin] [ungranted] [key=value ...]` (keys: the numeric bounds of
+//! `ModelOptions`, see the match below). Environment: `THREADS=n`, `LIMIT=seconds`, `FIRST=1` (stop at the first
 //! failure), `WALK=seed` (print one random run instead of checking).
 
 use duet_core::alua::HaMode;
@@ -23,6 +23,7 @@ fn main() {
             "agent" => o.fencing = Fencing::Agent,
             "none" => o.fencing = Fencing::None,
             "margin" => o.margin_below_drift = true,
+            "ungranted" => o.ungranted_write = true,
             kv => {
                 let Some((k, v)) = kv.split_once('=') else {
                     eprintln!("unknown argument {kv}");
@@ -36,6 +37,7 @@ fn main() {
                     "clients" => o.clients = v as usize,
                     "ops" => o.ops_per_client = v as u8,
                     "max_epoch" => o.max_epoch = v,
+                    "max_grant_requests" => o.max_grant_requests = v,
                     "restarts" => o.restarts = v as u8,
                     "crashes" => o.crashes = v as u8,
                     "link_cuts" => o.link_cuts = v as u8,

@@ -141,6 +141,28 @@ fn without_fencing_a_paused_controller_writes_stale_data() {
 }
 
 #[test]
+fn a_secondary_writing_without_a_grant_loses_an_acknowledged_write() {
+    // Mode 1, the `ungranted_write` mutation: the primary's queued write no longer orders the
+    // secondary's, so a write the client gave up on lands after a newer acknowledged one.
+    let mut o = quiet(
+        Policy::Automatic,
+        HaMode::ActiveActiveShared,
+        Fencing::Agent,
+    );
+    o.client_timeouts = 1;
+    o.ungranted_write = true;
+    let found = first_of(o.clone(), &["acked-writes-durable", "linearizable"]);
+    assert!(
+        found.contains("acked-writes-durable") || found.contains("linearizable"),
+        "{found:?}"
+    );
+    // The control: with grants, the same bounds hold everything.
+    o.ungranted_write = false;
+    let found = full(o);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
 fn with_fencing_the_paused_controller_is_stopped_in_time() {
     let mut o = quiet(Policy::Automatic, HaMode::ActiveStandby, Fencing::Agent);
     o.quorum_stalls = 1;

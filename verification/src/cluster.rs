@@ -67,6 +67,28 @@ impl FencingName {
     }
 }
 
+/// A deliberate bug the model can be checked with (`--mutation`), as spelled on the command
+/// line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MutationName {
+    /// Mode 1: the secondary writes to the shared backend without a grant from the primary.
+    UngrantedWrite,
+}
+
+impl MutationName {
+    pub fn name(self) -> &'static str {
+        match self {
+            MutationName::UngrantedWrite => "ungranted-write",
+        }
+    }
+
+    fn apply(self, o: &mut ModelOptions) {
+        match self {
+            MutationName::UngrantedWrite => o.ungranted_write = true,
+        }
+    }
+}
+
 /// Which cluster to check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -76,6 +98,8 @@ pub struct ClusterConfig {
     pub fencing: FencingName,
     /// Set the lease safety margin below the clock-drift bound (a deliberate bug).
     pub margin_below_drift: bool,
+    /// Further deliberate bugs.
+    pub mutations: Vec<MutationName>,
     /// Number of clients (`None`: the model's default).
     pub clients: Option<usize>,
     /// Overrides of the model's bounds, by name (see [`BOUND_NAMES`]).
@@ -83,9 +107,10 @@ pub struct ClusterConfig {
 }
 
 /// The model bounds that `--bound NAME=VALUE` can change.
-pub const BOUND_NAMES: [&str; 16] = [
+pub const BOUND_NAMES: [&str; 17] = [
     "ops_per_client",
     "max_epoch",
+    "max_grant_requests",
     "restarts",
     "crashes",
     "link_cuts",
@@ -111,6 +136,7 @@ fn set_bound(o: &mut ModelOptions, name: &str, v: u64) -> Result<(), String> {
     match name {
         "ops_per_client" => o.ops_per_client = small(name, v)?,
         "max_epoch" => o.max_epoch = v,
+        "max_grant_requests" => o.max_grant_requests = v,
         "restarts" => o.restarts = small(name, v)?,
         "crashes" => o.crashes = small(name, v)?,
         "link_cuts" => o.link_cuts = small(name, v)?,
@@ -161,6 +187,7 @@ impl Default for ClusterConfig {
             mode: 1,
             fencing: FencingName::Agent,
             margin_below_drift: false,
+            mutations: Vec::new(),
             clients: None,
             bounds: Vec::new(),
         }
@@ -186,6 +213,9 @@ impl ClusterConfig {
             clients,
             ..defaults
         };
+        for m in &self.mutations {
+            m.apply(&mut o);
+        }
         for (name, v) in &self.bounds {
             set_bound(&mut o, name, *v)?;
         }
@@ -213,6 +243,9 @@ impl ClusterConfig {
         if self.margin_below_drift {
             h.push(("lease margin", "below the drift bound".to_string()));
         }
+        for m in &self.mutations {
+            h.push(("mutation", m.name().to_string()));
+        }
         for (name, v) in &self.bounds {
             h.push(("bound", format!("{name}={v}")));
         }
@@ -225,6 +258,8 @@ impl ClusterConfig {
         m.insert("mode".into(), json!(self.mode));
         m.insert("fencing".into(), json!(self.fencing.name()));
         m.insert("margin_below_drift".into(), json!(self.margin_below_drift));
+        let mutations: Vec<&str> = self.mutations.iter().map(|m| m.name()).collect();
+        m.insert("mutations".into(), json!(mutations));
         m.insert("clients".into(), json!(self.effective_clients()));
         let bounds: Map<String, Value> = self
             .bounds
@@ -378,5 +413,22 @@ mod tests {
         assert_eq!(h["policy"], "naive");
         assert_eq!(h["mode"], 2);
         assert_eq!(h["fencing"], "agent");
+        assert_eq!(h["mutations"], json!([]));
+    }
+
+    #[test]
+    fn a_mutation_reaches_the_model() {
+        let cfg = ClusterConfig {
+            mutations: vec![MutationName::UngrantedWrite],
+            ..ClusterConfig::default()
+        };
+        assert!(cfg.options().expect("valid options").ungranted_write);
+        assert!(
+            !ClusterConfig::default()
+                .options()
+                .expect("valid")
+                .ungranted_write
+        );
+        assert_eq!(cfg.header_json()["mutations"], json!(["ungranted-write"]));
     }
 }

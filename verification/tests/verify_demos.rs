@@ -152,7 +152,7 @@ fn automatic_failover_holds_in_the_other_ha_modes() {
     }
 }
 
-// The two mutations' counterexamples need no cut of the HA link; without link cuts the checks
+// The mutations' counterexamples need no cut of the HA link; without link cuts the checks
 // take seconds instead of minutes.
 
 #[test]
@@ -191,8 +191,33 @@ fn failover_without_fencing_is_caught() {
 }
 
 #[test]
+fn an_ungranted_write_of_the_secondary_is_caught() {
+    // Mode 1: the secondary queues a write without a grant; the client times out, the primary
+    // takes the retry and a newer write, and the secondary's write lands last.
+    let (code, report) = check_json(&[
+        "--policy",
+        "automatic",
+        "--mode",
+        "1",
+        "--mutation",
+        "ungranted-write",
+        "--bound",
+        "link_cuts=0",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(report["mutations"], serde_json::json!(["ungranted-write"]));
+    let broken = failing(&report);
+    assert!(
+        broken
+            .iter()
+            .any(|b| b == "acked-writes-durable" || b == "linearizable"),
+        "the secondary's ungranted write must show: {report}"
+    );
+}
+
+#[test]
 fn the_same_checks_with_fencing_and_the_right_margin_hold() {
-    // The controls for the two mutations above: same bounds, no mutation, no counterexample.
+    // The controls for the mutations above: same bounds, no mutation, no counterexample.
     let (code, report) = check_json(&["--policy", "automatic", "--bound", "link_cuts=0"]);
     assert_eq!(code, 0, "{:?}", failing(&report));
 }
@@ -233,6 +258,7 @@ fn bad_usage_exits_2_with_a_message() {
         vec!["check", "--policy", "optimistic"],
         vec!["check", "--mode", "7"],
         vec!["check", "--fencing", "maybe"],
+        vec!["check", "--mutation", "typo"],
         vec!["check", "--depth", "many"],
         vec!["frobnicate"],
         vec![],

@@ -114,9 +114,11 @@
 //! - The quorum area's slots are read and written atomically; operations may be slow or fail.
 //! - A fence reported `ok` has stopped the peer and discarded the writes it had in flight.
 
+pub mod grant;
 mod node;
 mod types;
 
+pub use grant::{Grantee, Grantor};
 pub use node::{ClaimPhase, HaStatus, LunStatusView, Node};
 pub use types::*;
 

@@ -5,7 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use duet_verification::check::{default_threads, RunSettings, Search};
-use duet_verification::cluster::{self, ClusterConfig, FencingName, PolicyName};
+use duet_verification::cluster::{self, ClusterConfig, FencingName, MutationName, PolicyName};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -39,13 +39,17 @@ struct ModelArgs {
     /// Set the lease safety margin below the clock-drift bound (a deliberate bug).
     #[arg(long)]
     margin_below_drift: bool,
+    /// Check with a deliberate bug (repeatable). ungranted-write (mode 1): the secondary writes
+    /// to the shared backend without a grant from the primary.
+    #[arg(long = "mutation", value_enum, value_name = "NAME")]
+    mutations: Vec<MutationName>,
     /// Number of clients, 1 or 2 (default: the model's).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=2))]
     clients: Option<u64>,
     /// Change one of the model's bounds, e.g. `--bound max_ticks=16` (repeatable). Names:
-    /// ops_per_client, max_epoch, restarts, crashes, link_cuts, max_in_flight, msg_losses,
-    /// msg_dups, quorum_failures, quorum_stalls, pauses, drift_steps, fence_failures,
-    /// client_timeouts, max_ticks, fault_ticks.
+    /// ops_per_client, max_epoch, max_grant_requests, restarts, crashes, link_cuts,
+    /// max_in_flight, msg_losses, msg_dups, quorum_failures, quorum_stalls, pauses, drift_steps,
+    /// fence_failures, client_timeouts, max_ticks, fault_ticks.
     #[arg(long = "bound", value_name = "NAME=VALUE", value_parser = cluster::parse_bound)]
     bounds: Vec<(String, u64)>,
 }
@@ -57,6 +61,7 @@ impl ModelArgs {
             mode: self.mode,
             fencing: self.fencing,
             margin_below_drift: self.margin_below_drift,
+            mutations: self.mutations.clone(),
             clients: self.clients.map(|c| c as usize),
             bounds: self.bounds.clone(),
         }
