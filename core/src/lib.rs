@@ -11,10 +11,14 @@
 //! - [`scsi`]: CDB decoding, sense data, unit attentions, reservations and the command executor.
 //! - [`sense`]: SCSI sense codes shared by the modules above.
 //! - [`units`]: sizes as people write them.
+//! - [`LunNumber`]: the one type of a LUN number.
 
 pub mod alua;
 pub mod ha;
 pub mod iscsi;
+mod lun;
 pub mod scsi;
 pub mod sense;
 pub mod units;
+
+pub use lun::{LunNumber, MAX_LUN};

@@ -11,19 +11,20 @@ use duet_core::ha::grant::{
     Access, Answer, GrantId, GrantMsg, PrimaryFacts, Received, SecondaryFacts, Start, Ticket,
 };
 use duet_core::ha::{Grantee, Grantor};
+use duet_core::LunNumber;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
-const LUNS: u32 = 2;
+const LUNS: LunNumber = 2;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Ask(u32, bool),
+    Ask(LunNumber, bool),
     Deliver(usize),
     Lose(usize),
     Duplicate(usize),
     Finish(usize),
-    LocalBegin(u32, bool),
+    LocalBegin(LunNumber, bool),
     LocalEnd(usize),
     LinkDown,
     LinkUp,
@@ -67,7 +68,7 @@ struct World {
     epoch: u64,
     /// The epoch the secondary knows.
     s_epoch: u64,
-    local: Vec<(u64, u32, Access)>,
+    local: Vec<(u64, LunNumber, Access)>,
     started: Vec<Ticket>,
     issued: BTreeSet<GrantId>,
     released: BTreeSet<GrantId>,
@@ -221,7 +222,7 @@ impl World {
 
     fn check(&self) {
         // The lock: no two conflicting holders on one LUN.
-        let mut holders: Vec<(u32, Access)> =
+        let mut holders: Vec<(LunNumber, Access)> =
             self.p.grants().map(|(_, h)| (h.lun, h.access)).collect();
         holders.extend(self.local.iter().map(|&(_, l, a)| (l, a)));
         for (i, a) in holders.iter().enumerate() {

@@ -17,13 +17,14 @@ use duet_core::ha::{
     QuorumOp, QuorumRecord, QuorumResult, Role, SlotLun, Time, TimerKind, PROTOCOL_VERSION,
 };
 use duet_core::sense::SenseCode;
+use duet_core::LunNumber;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 
 /// The LUNs the nodes are configured with; LUN 3 is never configured.
-const LUNS: [u32; 2] = [0, 7];
+const LUNS: [LunNumber; 2] = [0, 7];
 
 fn any_mode() -> impl Strategy<Value = HaMode> {
     prop_oneof![
@@ -49,8 +50,8 @@ fn any_role() -> impl Strategy<Value = Role> {
     prop_oneof![Just(Role::Primary), Just(Role::Secondary)]
 }
 
-fn any_lun() -> impl Strategy<Value = u32> {
-    prop_oneof![Just(0u32), Just(7u32), Just(3u32), any::<u32>()]
+fn any_lun() -> impl Strategy<Value = LunNumber> {
+    prop_oneof![Just(0), Just(7), Just(3), any::<LunNumber>()]
 }
 
 fn any_epoch() -> impl Strategy<Value = u64> {
@@ -211,7 +212,7 @@ fn drain_checked(node: &mut Node) -> Result<Vec<Output>, TestCaseError> {
     while let Some(o) = node.poll_output() {
         outs.push(o);
     }
-    let luns: Vec<u32> = node.luns().collect();
+    let luns: Vec<LunNumber> = node.luns().collect();
     for lun in &luns {
         let view = node.lun_view(*lun);
         prop_assert_eq!(
@@ -448,7 +449,7 @@ struct World {
     /// Messages in flight to node `i`.
     queues: [VecDeque<HaMsg>; 2],
     /// (LUN, epoch) -> ha_id of the node that announced the primary role at that epoch.
-    claims: BTreeMap<(u32, u64), u8>,
+    claims: BTreeMap<(LunNumber, u64), u8>,
     history: Vec<String>,
 }
 
@@ -543,7 +544,7 @@ impl World {
     }
 
     /// Records that `ha_id` announced the primary role for `lun` at `epoch`.
-    fn claim(&mut self, ha_id: u8, lun: u32, epoch: u64) -> Result<(), TestCaseError> {
+    fn claim(&mut self, ha_id: u8, lun: LunNumber, epoch: u64) -> Result<(), TestCaseError> {
         // Under the manual policy epochs are volatile (an administrator names primaries), so
         // only the automatic policy promises one primary per epoch.
         if self.policy() != Policy::Automatic {

@@ -5,7 +5,7 @@ use duet_core::alua::HaMode;
 use duet_core::ha::{Config, Fencing, LunConfig, Policy, Role, Timing};
 
 /// The LUN the model's clients use.
-pub const LUN: u32 = 0;
+pub const LUN: duet_core::LunNumber = 0;
 
 /// What to check, and how far.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -23,6 +23,7 @@
 //! The daemon provides the answers by implementing [`AdminApi`] and running [`serve`]; clients
 //! use [`request`].
 
+use duet_core::LunNumber;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -73,7 +74,7 @@ pub struct PortInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LunInfo {
     /// LUN number.
-    pub lun: u32,
+    pub lun: LunNumber,
     /// The iSCSI target it belongs to.
     pub target: String,
     /// Backing file or device.
@@ -98,7 +99,7 @@ pub struct LunInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaLunInfo {
     /// LUN number.
-    pub lun: u32,
+    pub lun: LunNumber,
     /// `primary`, `secondary`, `claiming` or `transitioning`.
     pub role: String,
     /// Current epoch.
@@ -194,13 +195,13 @@ pub enum Request {
         role: String,
         /// One LUN, or every LUN when absent.
         #[serde(default)]
-        lun: Option<u32>,
+        lun: Option<LunNumber>,
     },
     /// Hand the primary role over to the peer (for one LUN or all).
     Switchover {
         /// One LUN, or every LUN when absent.
         #[serde(default)]
-        lun: Option<u32>,
+        lun: Option<LunNumber>,
     },
     /// Read the I/O statistics.
     Stat,
@@ -262,9 +263,9 @@ pub trait AdminApi: Send + Sync + 'static {
     fn ha(&self) -> HaInfo;
     /// Sets the preferred role of the controller (`lun` = None) or of one LUN; `Ok` carries a
     /// message for the administrator, `Err` the reason for a refusal.
-    fn set_role(&self, role: RoleArg, lun: Option<u32>) -> Result<String, String>;
+    fn set_role(&self, role: RoleArg, lun: Option<LunNumber>) -> Result<String, String>;
     /// Starts a planned hand-over of the primary role to the peer.
-    fn switchover(&self, lun: Option<u32>) -> Result<String, String>;
+    fn switchover(&self, lun: Option<LunNumber>) -> Result<String, String>;
     /// I/O statistics.
     fn stat(&self) -> StatInfo;
 }

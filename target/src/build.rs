@@ -3,6 +3,7 @@
 //! session needs (CHAP credentials, allowed initiators, SendTargets addresses, limits).
 //! Touches the backends and reservation files while it builds; nothing after.
 
+use duet_core::LunNumber;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ pub enum StartError {
     #[error("lun {lun} of {target}: {message}")]
     Lun {
         target: String,
-        lun: u16,
+        lun: LunNumber,
         message: String,
     },
     #[error("cannot start the connection threads: {0}")]

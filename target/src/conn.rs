@@ -248,10 +248,7 @@ pub(crate) async fn run_connection(
     if let (Some(t), Some(n)) = (&cx.target, &cx.nexus) {
         for lu in t.luns.values() {
             lu.lock().nexus_lost(n);
-            shared
-                .pair()
-                .clone()
-                .nexus_lost(u32::from(lu.number), n.clone());
+            shared.pair().clone().nexus_lost(lu.number, n.clone());
         }
     }
     shared.sessions.remove(id);

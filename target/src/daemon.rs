@@ -1,6 +1,7 @@
 //! Start-up glue of `duetd`: the HA runtime (quorum area, fencing agent, pid file, link) and the
 //! admin socket that `duetctl` talks to.
 
+use duet_core::LunNumber;
 use std::sync::Arc;
 
 use duet_core::alua::AluaState;
@@ -176,10 +177,10 @@ impl AdminApi for DaemonAdmin {
                 };
                 let role = match self.ha() {
                     None => "primary".to_string(),
-                    Some(h) => lun_role(h, u32::from(lu.number)),
+                    Some(h) => lun_role(h, lu.number),
                 };
                 out.push(LunInfo {
-                    lun: u32::from(lu.number),
+                    lun: lu.number,
                     target: t.name.clone(),
                     path: lu.store.path().display().to_string(),
                     size_bytes: duet_core::scsi::BlockStore::len(&*lu.store),
@@ -252,7 +253,7 @@ impl AdminApi for DaemonAdmin {
         }
     }
 
-    fn set_role(&self, role: RoleArg, lun: Option<u32>) -> Result<String, String> {
+    fn set_role(&self, role: RoleArg, lun: Option<LunNumber>) -> Result<String, String> {
         let h = self.ha().ok_or("HA is not configured on this controller")?;
         h.set_role(
             match role {
@@ -263,7 +264,7 @@ impl AdminApi for DaemonAdmin {
         )
     }
 
-    fn switchover(&self, lun: Option<u32>) -> Result<String, String> {
+    fn switchover(&self, lun: Option<LunNumber>) -> Result<String, String> {
         let h = self.ha().ok_or("HA is not configured on this controller")?;
         h.switchover(lun)
     }
@@ -274,7 +275,7 @@ impl AdminApi for DaemonAdmin {
 }
 
 /// The role word for `duetctl`: primary, secondary, claiming or transitioning.
-fn lun_role(h: &HaRuntime, lun: u32) -> String {
+fn lun_role(h: &HaRuntime, lun: LunNumber) -> String {
     let (status, _, _) = h.status();
     let Some(s) = status.and_then(|s| s.luns.into_iter().find(|l| l.lun == lun)) else {
         return "unknown".into();

@@ -7,6 +7,7 @@
 //! configuration files into DIR, so each controller can also be stopped and started by hand
 //! (`duetd --config DIR/ctrl-a.toml`).
 
+use duet_core::LunNumber;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::Ipv4Addr;
@@ -21,7 +22,7 @@ use crate::ha::quorum::FileQuorum;
 /// The lab's target name (the seed's).
 pub const LAB_TARGET: &str = "iqn.2016-01.local.beast:target0";
 /// The lab's LUN number.
-pub const LAB_LUN: u16 = 1;
+pub const LAB_LUN: LunNumber = 1;
 
 /// What `duetd lab` was asked for.
 #[derive(Clone, Debug)]

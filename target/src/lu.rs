@@ -7,6 +7,7 @@
 //! inputs ([`Target::set_alua`]). This file touches the LU's own state and its reservation file;
 //! it knows nothing of connections, execution or HA.
 
+use duet_core::LunNumber;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,7 +122,7 @@ pub struct Target {
     pub tpgt: u16,
     /// The relative target port id of this target's port (target name + portal group tag).
     pub rtpi: u16,
-    pub luns: BTreeMap<u16, Arc<Lu>>,
+    pub luns: BTreeMap<LunNumber, Arc<Lu>>,
     pub lun_list: Vec<u64>,
     /// This controller's HA id (1 when HA is off).
     pub ha_id: u8,

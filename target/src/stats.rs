@@ -16,6 +16,7 @@
 //! Counters are cumulative since the `Stats` was created; [`IoStat::since`] gives the activity
 //! between two snapshots and [`IoStat::rates`] turns it into per-second rates.
 
+use duet_core::LunNumber;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -307,7 +308,7 @@ pub struct IoRates {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LunStat {
     /// LUN number.
-    pub lun: u32,
+    pub lun: LunNumber,
     /// Its counters.
     #[serde(flatten)]
     pub io: IoStat,
@@ -382,7 +383,7 @@ impl StatInfo {
 pub struct Stats {
     started: Instant,
     total: Counters,
-    luns: RwLock<HashMap<u32, Counters>>,
+    luns: RwLock<HashMap<LunNumber, Counters>>,
     ports: RwLock<HashMap<u16, Counters>>,
 }
 
@@ -427,7 +428,7 @@ impl Stats {
 
     /// Counts one command of `kind` on `lun` through `port` that moved `bytes` bytes and took
     /// `latency` from arrival to completion.
-    pub fn record(&self, lun: u32, port: u16, kind: OpKind, bytes: u64, latency: Duration) {
+    pub fn record(&self, lun: LunNumber, port: u16, kind: OpKind, bytes: u64, latency: Duration) {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         let bucket = latency_bucket(ns / 1_000);
         self.total.record(kind, bytes, ns, bucket);

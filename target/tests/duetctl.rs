@@ -1,6 +1,7 @@
 //! `duetctl` against the admin socket served by `admin::serve` with a fake daemon, and the I/O
 //! statistics behind `duetctl stat`.
 
+use duet_core::LunNumber;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -24,7 +25,7 @@ const TARGET: &str = "iqn.2026-11.dev.duet:target0";
 
 /// A daemon stand-in with fixed answers that remembers the role and switchover requests.
 struct Fake {
-    calls: Mutex<Vec<(String, Option<u32>)>>,
+    calls: Mutex<Vec<(String, Option<LunNumber>)>>,
     stats: Stats,
 }
 
@@ -36,7 +37,7 @@ impl Fake {
         }
     }
 
-    fn calls(&self) -> Vec<(String, Option<u32>)> {
+    fn calls(&self) -> Vec<(String, Option<LunNumber>)> {
         self.calls.lock().unwrap().clone()
     }
 }
@@ -105,7 +106,7 @@ impl AdminApi for Fake {
         }
     }
 
-    fn set_role(&self, role: RoleArg, lun: Option<u32>) -> Result<String, String> {
+    fn set_role(&self, role: RoleArg, lun: Option<LunNumber>) -> Result<String, String> {
         self.calls
             .lock()
             .unwrap()
@@ -121,7 +122,7 @@ impl AdminApi for Fake {
         }
     }
 
-    fn switchover(&self, lun: Option<u32>) -> Result<String, String> {
+    fn switchover(&self, lun: Option<LunNumber>) -> Result<String, String> {
         self.calls
             .lock()
             .unwrap()
@@ -797,7 +798,7 @@ fn stats_from_many_threads_add_up() {
             std::thread::spawn(move || {
                 for i in 0..1000u32 {
                     s.record(
-                        i % 4,
+                        (i % 4) as LunNumber,
                         t,
                         OpKind::Write,
                         512,

@@ -1,6 +1,7 @@
 //! The HA runtime's parts that touch the outside world: the quorum area on a shared file, the
 //! fencing agents (killing a real `duetd`, running commands) and the `[ha]` configuration section.
 
+use duet_core::LunNumber;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ impl Drop for TempDir {
     }
 }
 
-fn record(seq: u64, luns: &[(u32, u64, bool)]) -> QuorumRecord {
+fn record(seq: u64, luns: &[(LunNumber, u64, bool)]) -> QuorumRecord {
     QuorumRecord {
         seq,
         luns: luns
@@ -790,7 +791,7 @@ fn fencing_choices() {
 fn per_lun_overrides() {
     let text = minimal("\n[ha.lun.3]\nrole = \"primary\"\n\n[ha.lun.1]\nrole = \"secondary\"\n");
     let c = parse_ha("ha.toml", &text).unwrap().unwrap();
-    let luns: Vec<(u32, Role)> = c.luns.iter().map(|l| (l.lun, l.role)).collect();
+    let luns: Vec<(LunNumber, Role)> = c.luns.iter().map(|l| (l.lun, l.role)).collect();
     assert_eq!(luns, vec![(1, Role::Secondary), (3, Role::Primary)]);
     let core = c.core_config(&[1, 2, 3]);
     assert_eq!(core.role_for(1), Role::Secondary);

@@ -19,6 +19,7 @@
 //! that the invariants have teeth.
 #![cfg(duet_loom)]
 
+use duet_core::LunNumber;
 use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::time::Duration;
 
@@ -170,7 +171,7 @@ fn status() -> HaStatus {
 
 /// The pictures the driver publishes, by generation: 0 nothing, 1 LUN 1 here and LUN 2 on the
 /// peer, 2 a switchover of both.
-fn picture(generation: u64) -> Vec<(u32, LunFacts)> {
+fn picture(generation: u64) -> Vec<(LunNumber, LunFacts)> {
     let here = LunFacts {
         primary_here: true,
         may_io: true,
@@ -189,7 +190,7 @@ fn picture(generation: u64) -> Vec<(u32, LunFacts)> {
 }
 
 /// `forward_mode(lun)` as the published picture of `generation` makes it (mode 2, link up).
-fn forward_of(generation: u64, lun: u32) -> Option<bool> {
+fn forward_of(generation: u64, lun: LunNumber) -> Option<bool> {
     picture(generation)
         .into_iter()
         .find(|(l, _)| *l == lun)
@@ -203,7 +204,7 @@ fn check_snapshot(snap: &RoleFacts) -> u64 {
         "unknown generation {}",
         snap.generation
     );
-    let want: std::collections::BTreeMap<u32, LunFacts> =
+    let want: std::collections::BTreeMap<LunNumber, LunFacts> =
         picture(snap.generation).into_iter().collect();
     for f in snap.luns.values() {
         assert!(

@@ -44,7 +44,7 @@
 use std::collections::BTreeMap;
 
 use super::node::Node;
-use super::types::Lun;
+use super::types::LunNumber;
 
 /// A grant's id, unique on one primary for as long as it runs (ids are never reused, also across
 /// link sessions).
@@ -79,7 +79,7 @@ pub struct PrimaryFacts {
 
 impl PrimaryFacts {
     /// The facts of `node` about `lun`.
-    pub fn of(node: &Node, lun: Lun) -> PrimaryFacts {
+    pub fn of(node: &Node, lun: LunNumber) -> PrimaryFacts {
         PrimaryFacts {
             serving_primary: node.is_primary(lun) && node.serving(lun),
             epoch: node.epoch(lun),
@@ -99,7 +99,7 @@ pub struct SecondaryFacts {
 
 impl SecondaryFacts {
     /// The facts of `node` about `lun`.
-    pub fn of(node: &Node, lun: Lun) -> SecondaryFacts {
+    pub fn of(node: &Node, lun: LunNumber) -> SecondaryFacts {
         SecondaryFacts {
             epoch: node.epoch(lun),
             connected: node.link_state() == 2,
@@ -144,7 +144,11 @@ pub enum Answer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GrantMsg {
     /// Secondary to primary: request `req` for `lun` with `access`.
-    Request { req: u64, lun: Lun, access: Access },
+    Request {
+        req: u64,
+        lun: LunNumber,
+        access: Access,
+    },
     /// Primary to secondary: the answer to request `req`.
     Answer { req: u64, answer: Answer },
     /// Secondary to primary: the I/O under `grant` has completed.
@@ -154,7 +158,7 @@ pub enum GrantMsg {
 /// A grant the primary holds for the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Held {
-    pub lun: Lun,
+    pub lun: LunNumber,
     pub access: Access,
     /// The epoch the primary served at when it granted.
     pub epoch: u64,
@@ -164,7 +168,7 @@ pub struct Held {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Queued {
     req: u64,
-    lun: Lun,
+    lun: LunNumber,
     access: Access,
 }
 
@@ -176,7 +180,7 @@ pub struct Grantor {
     next_grant: GrantId,
     next_local: u64,
     grants: BTreeMap<GrantId, Held>,
-    local: BTreeMap<u64, (Lun, Access)>,
+    local: BTreeMap<u64, (LunNumber, Access)>,
     queued: Vec<Queued>,
 }
 
@@ -193,7 +197,7 @@ impl Grantor {
     }
 
     /// Whether a holder with `access` on `lun` would conflict with a grant or local I/O.
-    fn taken(&self, lun: Lun, access: Access) -> bool {
+    fn taken(&self, lun: LunNumber, access: Access) -> bool {
         self.grants
             .values()
             .any(|g| g.lun == lun && g.access.conflicts(access))
@@ -214,7 +218,7 @@ impl Grantor {
         }
     }
 
-    fn grant(&mut self, lun: Lun, access: Access, epoch: u64) -> Answer {
+    fn grant(&mut self, lun: LunNumber, access: Access, epoch: u64) -> Answer {
         self.next_grant += 1;
         let grant = self.next_grant;
         self.grants.insert(grant, Held { lun, access, epoch });
@@ -228,7 +232,7 @@ impl Grantor {
         &mut self,
         session: u64,
         req: u64,
-        lun: Lun,
+        lun: LunNumber,
         access: Access,
         facts: PrimaryFacts,
     ) -> Option<Answer> {
@@ -259,7 +263,7 @@ impl Grantor {
     /// The primary's own I/O on `lun` with `access` begins, if the lock is free of grants and of
     /// other local I/O that conflict: returns its id for [`Grantor::end_local`], or `None` (the
     /// I/O waits).
-    pub fn begin_local(&mut self, lun: Lun, access: Access) -> Option<u64> {
+    pub fn begin_local(&mut self, lun: LunNumber, access: Access) -> Option<u64> {
         if self.taken(lun, access) {
             return None;
         }
@@ -269,7 +273,7 @@ impl Grantor {
     }
 
     /// Whether [`Grantor::begin_local`] would let the I/O begin now.
-    pub fn may_begin_local(&self, lun: Lun, access: Access) -> bool {
+    pub fn may_begin_local(&self, lun: LunNumber, access: Access) -> bool {
         !self.taken(lun, access)
     }
 
@@ -290,7 +294,7 @@ impl Grantor {
     /// `lun` that no longer order anything (the node no longer serves it, or serves it at another
     /// epoch), refuses the waiting requests of `lun` if the node may not grant, and grants those
     /// whose lock is free now, in order. Returns the answers to send, by request id.
-    pub fn update(&mut self, lun: Lun, facts: PrimaryFacts) -> Vec<(u64, Answer)> {
+    pub fn update(&mut self, lun: LunNumber, facts: PrimaryFacts) -> Vec<(u64, Answer)> {
         self.grants
             .retain(|_, g| g.lun != lun || (facts.serving_primary && g.epoch == facts.epoch));
         let mut out = Vec::new();
@@ -349,7 +353,7 @@ pub struct Ticket {
 /// A grant the secondary holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Holding {
-    pub lun: Lun,
+    pub lun: LunNumber,
     /// The epoch of the grant.
     pub epoch: u64,
     /// The medium phase has started (its I/O may land whatever happens next).
@@ -384,7 +388,7 @@ pub enum Start {
 pub struct Grantee {
     session: u64,
     next_req: u64,
-    asked: BTreeMap<u64, (Lun, Access)>,
+    asked: BTreeMap<u64, (LunNumber, Access)>,
     held: BTreeMap<Ticket, Holding>,
 }
 
@@ -395,7 +399,7 @@ impl Grantee {
     }
 
     /// A new request for `lun` with `access`: returns its id, to send to the primary.
-    pub fn ask(&mut self, lun: Lun, access: Access) -> u64 {
+    pub fn ask(&mut self, lun: LunNumber, access: Access) -> u64 {
         self.next_req += 1;
         self.asked.insert(self.next_req, (lun, access));
         self.next_req

@@ -73,7 +73,7 @@ enum LunRole {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct LunState {
-    lun: Lun,
+    lun: LunNumber,
     epoch: u64,
     role: LunRole,
     /// The peer said (over the link) that it is primary at `epoch`.
@@ -125,7 +125,7 @@ pub struct HaStatus {
 /// One LUN in [`HaStatus`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LunStatusView {
-    pub lun: Lun,
+    pub lun: LunNumber,
     pub epoch: u64,
     /// ha_id of the primary as this node knows it (`None`: no primary known).
     pub primary: Option<u8>,
@@ -248,11 +248,11 @@ impl Node {
     }
 
     /// The LUNs this node knows, in configuration order.
-    pub fn luns(&self) -> impl Iterator<Item = Lun> + '_ {
+    pub fn luns(&self) -> impl Iterator<Item = LunNumber> + '_ {
         self.luns.iter().map(|l| l.lun)
     }
 
-    fn lun_state(&self, lun: Lun) -> Option<&LunState> {
+    fn lun_state(&self, lun: LunNumber) -> Option<&LunState> {
         self.luns.iter().find(|l| l.lun == lun)
     }
 
@@ -276,7 +276,7 @@ impl Node {
     }
 
     /// What this node knows about `lun`, as the ALUA table needs it.
-    pub fn lun_view(&self, lun: Lun) -> LunView {
+    pub fn lun_view(&self, lun: LunNumber) -> LunView {
         let primary = match self.lun_state(lun) {
             Some(l) if l.role == LunRole::Primary && !self.suspended => PrimaryView::Local,
             Some(l) if l.role == LunRole::Secondary && self.peer_primacy_valid(l) => {
@@ -292,19 +292,19 @@ impl Node {
     }
 
     /// The ALUA states of both port groups for `lun`, as this node reports them.
-    pub fn alua(&self, lun: Lun) -> GroupStates {
+    pub fn alua(&self, lun: LunNumber) -> GroupStates {
         alua::group_states(self.lun_view(lun))
     }
 
     /// This node holds the primary role for `lun` (it may be suspended; see [`Node::serving`]).
-    pub fn is_primary(&self, lun: Lun) -> bool {
+    pub fn is_primary(&self, lun: LunNumber) -> bool {
         self.lun_state(lun)
             .is_some_and(|l| l.role == LunRole::Primary)
     }
 
     /// This node may execute I/O for `lun` now: as primary with a valid lease and not suspended,
     /// or in mode 1 as a secondary whose primary is reachable and vouched for by a read lease.
-    pub fn serving(&self, lun: Lun) -> bool {
+    pub fn serving(&self, lun: LunNumber) -> bool {
         match self.lun_state(lun) {
             Some(l) if l.role == LunRole::Primary => !self.suspended,
             Some(l) => {
@@ -318,7 +318,7 @@ impl Node {
     }
 
     /// The newest epoch this node knows for `lun`.
-    pub fn epoch(&self, lun: Lun) -> u64 {
+    pub fn epoch(&self, lun: LunNumber) -> u64 {
         self.lun_state(lun).map_or(0, |l| match l.role {
             LunRole::Claiming(c) if c.intent => l.epoch.max(c.epoch),
             _ => l.epoch,
@@ -326,7 +326,7 @@ impl Node {
     }
 
     /// The ha_id of the primary for `lun` as this node knows it.
-    pub fn primary_of(&self, lun: Lun) -> Option<u8> {
+    pub fn primary_of(&self, lun: LunNumber) -> Option<u8> {
         match self.lun_view(lun).primary {
             PrimaryView::Local => Some(self.cfg.ha_id),
             PrimaryView::Peer => Some(peer_of(self.cfg.ha_id)),
@@ -335,7 +335,7 @@ impl Node {
     }
 
     /// The claim phase for `lun`, while this node claims it.
-    pub fn claim_phase(&self, lun: Lun) -> Option<ClaimPhase> {
+    pub fn claim_phase(&self, lun: LunNumber) -> Option<ClaimPhase> {
         match self.lun_state(lun)?.role {
             LunRole::Claiming(c) => Some(c.phase),
             _ => None,

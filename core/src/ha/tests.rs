@@ -5,7 +5,7 @@ use super::*;
 use crate::alua::{AluaState, HaMode};
 use std::collections::VecDeque;
 
-const LUN: Lun = 7;
+const LUN: LunNumber = 7;
 
 fn timing() -> Timing {
     Timing {

@@ -10,8 +10,7 @@ use std::fmt;
 /// not comparable with each other; only durations measured on one clock mean anything.
 pub type Time = u64;
 
-/// A logical unit number.
-pub type Lun = u32;
+pub use crate::LunNumber;
 
 /// The HA id of the other controller of a pair (ids are 1 and 2; anything else is taken as the
 /// nearer of the two).
@@ -125,7 +124,7 @@ impl Timing {
 /// Per-LUN configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LunConfig {
-    pub lun: Lun,
+    pub lun: LunNumber,
     /// Per-LUN override of the node's `ha_role`.
     pub role: Option<Role>,
 }
@@ -149,7 +148,7 @@ pub struct Config {
 
 impl Config {
     /// A stand-alone controller (HA off) serving `luns`.
-    pub fn standalone(luns: &[Lun]) -> Config {
+    pub fn standalone(luns: &[LunNumber]) -> Config {
         Config {
             ha_id: 0,
             mode: HaMode::ActiveStandby,
@@ -167,7 +166,7 @@ impl Config {
 
     /// A node of an HA pair with default timing, automatic failover and agent fencing. Node 1
     /// prefers to be primary, node 2 secondary.
-    pub fn pair(ha_id: u8, mode: HaMode, luns: &[Lun]) -> Config {
+    pub fn pair(ha_id: u8, mode: HaMode, luns: &[LunNumber]) -> Config {
         Config {
             ha_id,
             mode,
@@ -193,7 +192,7 @@ impl Config {
     }
 
     /// The role this node prefers for `lun`.
-    pub fn role_for(&self, lun: Lun) -> Role {
+    pub fn role_for(&self, lun: LunNumber) -> Role {
         self.luns
             .iter()
             .find(|l| l.lun == lun)
@@ -210,7 +209,7 @@ impl Config {
         if self.policy == Policy::Naive {
             return Err(ConfigError::NaivePolicy);
         }
-        let mut seen: Vec<Lun> = self.luns.iter().map(|l| l.lun).collect();
+        let mut seen: Vec<LunNumber> = self.luns.iter().map(|l| l.lun).collect();
         seen.sort_unstable();
         if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::DuplicateLun(w[0]));
@@ -246,7 +245,7 @@ pub enum ConfigError {
     #[error("failover policy \"naive\" is unsafe (split brain on a cut link) and exists only for the model checker")]
     NaivePolicy,
     #[error("LUN {0} is configured twice")]
-    DuplicateLun(Lun),
+    DuplicateLun(LunNumber),
     #[error("renew interval ({renew_ms} ms) must be above 0 and below the lease ({lease_ms} ms)")]
     RenewNotBelowLease { renew_ms: u64, lease_ms: u64 },
     #[error("safety margin ({margin_ms} ms) must exceed the clock-drift bound ({drift_ms} ms)")]
@@ -303,7 +302,7 @@ impl TimerKind {
 /// One LUN's entry in a quorum slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SlotLun {
-    pub lun: Lun,
+    pub lun: LunNumber,
     /// The newest epoch the writer knows for the LUN (its claim's epoch while it claims).
     pub epoch: u64,
     /// The writer claims or holds the LUN.
@@ -322,12 +321,12 @@ pub struct QuorumRecord {
 }
 
 impl QuorumRecord {
-    pub fn lun(&self, lun: Lun) -> Option<SlotLun> {
+    pub fn lun(&self, lun: LunNumber) -> Option<SlotLun> {
         self.luns.iter().copied().find(|l| l.lun == lun)
     }
 
     /// Whether the record claims or holds `lun`.
-    pub fn owns(&self, lun: Lun) -> bool {
+    pub fn owns(&self, lun: LunNumber) -> bool {
         self.lun(lun).is_some_and(|l| l.own)
     }
 }
@@ -360,7 +359,7 @@ pub enum QuorumResult {
 /// One LUN in a [`HaMsg::State`] message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LunStatus {
-    pub lun: Lun,
+    pub lun: LunNumber,
     pub epoch: u64,
     pub primary: bool,
 }
@@ -387,7 +386,7 @@ pub enum HaMsg {
     },
     /// Planned switchover: the sender stopped serving `lun` and recorded that in the quorum area;
     /// the receiver may take the LUN at `epoch` without waiting for a lease to expire.
-    Handover { lun: Lun, epoch: u64 },
+    Handover { lun: LunNumber, epoch: u64 },
 }
 
 /// Health of the backing store, reported by the runtime.
@@ -402,11 +401,11 @@ pub enum BackendHealth {
 pub enum AdminCmd {
     /// Manual policy: make this node primary for `lun` (all LUNs if `None`) now, as CTL's
     /// `ha_role=0` does. The administrator vouches that the peer is not serving.
-    SetPrimary { lun: Option<Lun> },
+    SetPrimary { lun: Option<LunNumber> },
     /// Change the preferred role (for one LUN, or the node default).
-    SetRole { lun: Option<Lun>, role: Role },
+    SetRole { lun: Option<LunNumber>, role: Role },
     /// Planned switchover: hand `lun` over to the peer over the link, with no lease wait.
-    Switchover { lun: Lun },
+    Switchover { lun: LunNumber },
 }
 
 /// An input to [`super::Node::handle`].
@@ -432,12 +431,12 @@ pub enum Output {
         at: Time,
     },
     AluaChanged {
-        lun: Lun,
+        lun: LunNumber,
         local: AluaState,
         peer: AluaState,
     },
     RaiseUa {
-        lun: Lun,
+        lun: LunNumber,
         sense: SenseCode,
     },
     /// Stop the peer controller for good (kill, power off, preempt its reservation), then report
@@ -445,11 +444,11 @@ pub enum Output {
     FencePeer,
     /// Stop executing I/O for `lun` (drain what is in flight).
     FenceIo {
-        lun: Lun,
+        lun: LunNumber,
     },
     /// I/O for `lun` may run here again.
     ResumeIo {
-        lun: Lun,
+        lun: LunNumber,
     },
     Log(Event),
 }
@@ -465,19 +464,19 @@ pub enum Event {
         reason: String,
     },
     BecamePrimary {
-        lun: Lun,
+        lun: LunNumber,
         epoch: u64,
     },
     LostPrimary {
-        lun: Lun,
+        lun: LunNumber,
         epoch: u64,
         reason: String,
     },
     ClaimStarted {
-        lun: Lun,
+        lun: LunNumber,
     },
     ClaimAborted {
-        lun: Lun,
+        lun: LunNumber,
         reason: String,
     },
     LeaseExpired,
@@ -495,7 +494,7 @@ pub enum Event {
         seq: u64,
     },
     HandoverSent {
-        lun: Lun,
+        lun: LunNumber,
         epoch: u64,
     },
     Refused {

@@ -118,7 +118,7 @@ pub struct Lun(pub u64);
 
 impl Lun {
     /// The LUN field for LUN number `n` (peripheral addressing below 256, flat above).
-    pub fn from_number(n: u16) -> Lun {
+    pub fn from_number(n: crate::LunNumber) -> Lun {
         if n < 256 {
             Lun((n as u64) << 48)
         } else {
@@ -128,7 +128,7 @@ impl Lun {
 
     /// The LUN number for peripheral (00b, bus 0) or flat (01b) addressing with the other levels
     /// zero; `None` for any other form.
-    pub fn number(self) -> Option<u16> {
+    pub fn number(self) -> Option<crate::LunNumber> {
         if self.0 & 0x0000_ffff_ffff_ffff != 0 {
             return None;
         }

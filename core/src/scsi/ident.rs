@@ -18,7 +18,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 
 /// The default serial of a LUN: derived from the target name (case-insensitively) and the LUN
 /// number, so that it is stable across restarts and the same on both controllers.
-pub fn default_serial(target: &str, lun: u16) -> String {
+pub fn default_serial(target: &str, lun: crate::LunNumber) -> String {
     let h = fnv1a(format!("{}/{}", target.to_ascii_lowercase(), lun).as_bytes());
     format!("DUET{:012X}", h & 0xFFFF_FFFF_FFFF)
 }

@@ -12,6 +12,7 @@
 //! The socket defaults to `$DUET_SOCKET`, else `/run/duet/duetd.sock`. Exit status: 0 done,
 //! 1 the daemon refused or the operation failed, 2 bad usage or the daemon cannot be reached.
 
+use duet_core::LunNumber;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,13 +65,13 @@ enum Cmd {
         role: RoleValue,
         /// Only this LUN (default: every LUN)
         #[arg(long, value_name = "N")]
-        lun: Option<u32>,
+        lun: Option<LunNumber>,
     },
     /// Hand the primary role over to the peer (planned switchover)
     Switchover {
         /// Only this LUN (default: every LUN)
         #[arg(long, value_name = "N")]
-        lun: Option<u32>,
+        lun: Option<LunNumber>,
     },
     /// Show I/O statistics per LUN and per port (like ctlstat)
     ///
@@ -252,7 +253,7 @@ fn emit_message(json: bool, message: &str) {
 #[derive(Serialize)]
 struct SampleRow {
     #[serde(skip_serializing_if = "Option::is_none")]
-    lun: Option<u32>,
+    lun: Option<LunNumber>,
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
     delta: IoStat,

@@ -5,6 +5,7 @@
 //!
 //! Uses `model.rs`, `values.rs` and `error.rs`; knows no syntax.
 
+use duet_core::LunNumber;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -203,7 +204,7 @@ pub struct LunFields {
 }
 
 /// Finishes a LUN whose fields were read: fills in the derived defaults and checks the values.
-pub fn make_lun(target: &str, number: u16, f: LunFields) -> Result<Lun, String> {
+pub fn make_lun(target: &str, number: LunNumber, f: LunFields) -> Result<Lun, String> {
     let who = format!("lun {number}");
     let path = f.path.ok_or_else(|| format!("{who}: `path`: missing"))?;
     if path.is_empty() {

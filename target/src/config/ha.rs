@@ -36,6 +36,7 @@
 //! What the HA runtime derives from an [`HaConfig`] (link settings, durations, start-up warnings)
 //! is in `crate::ha::config`, which re-exports these types; this file does not use it.
 
+use duet_core::LunNumber;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -132,7 +133,7 @@ impl Serialize for HaPeer {
 /// A per-LUN override of the preferred role (`[ha.lun.N]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HaLunConfig {
-    pub lun: u32,
+    pub lun: LunNumber,
     #[serde(serialize_with = "ser_role")]
     pub role: Role,
     /// Line of the `[ha.lun.N]` table, for later errors.
@@ -204,7 +205,7 @@ fn role_name(r: Role) -> &'static str {
 impl HaConfig {
     /// The HA state machine's configuration for a controller serving `luns` (the target's LUN
     /// numbers), with this section's per-LUN overrides.
-    pub fn core_config(&self, luns: &[u32]) -> ha::Config {
+    pub fn core_config(&self, luns: &[LunNumber]) -> ha::Config {
         ha::Config {
             ha_id: self.id,
             mode: self.mode,
@@ -227,7 +228,7 @@ impl HaConfig {
     }
 
     /// Checks that every `[ha.lun.N]` override names one of `luns` (the LUNs the targets serve).
-    pub fn check_luns(&self, file: &str, luns: &[u32]) -> Result<(), ConfigError> {
+    pub fn check_luns(&self, file: &str, luns: &[LunNumber]) -> Result<(), ConfigError> {
         match self.luns.iter().find(|l| !luns.contains(&l.lun)) {
             None => Ok(()),
             Some(l) => Err(ConfigError::new(
@@ -519,7 +520,7 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
     let mut luns = Vec::new();
     for (key, t) in &raw.lun {
         let line = at(t.span());
-        let lun: u32 = key
+        let lun: LunNumber = key
             .parse::<i64>()
             .ok()
             .and_then(|n| in_range(n, &LUN_NUMBERS))
@@ -571,7 +572,7 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
         luns,
         line: table_line,
     };
-    let override_luns: Vec<u32> = cfg.luns.iter().map(|l| l.lun).collect();
+    let override_luns: Vec<LunNumber> = cfg.luns.iter().map(|l| l.lun).collect();
     if let Err(e) = cfg.core_config(&override_luns).validate() {
         // Point at the key the complaint is about, when it was written.
         let key_line = |v: &Option<Spanned<i64>>| v.as_ref().and_then(|v| at(v.span()));
@@ -598,10 +599,10 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
 pub fn check_luns_served(
     file: &str,
     ha: &HaConfig,
-    served: impl IntoIterator<Item = u16>,
+    served: impl IntoIterator<Item = LunNumber>,
 ) -> Result<(), ConfigError> {
-    let mut luns: Vec<u32> = Vec::new();
-    for n in served.into_iter().map(u32::from) {
+    let mut luns: Vec<LunNumber> = Vec::new();
+    for n in served {
         if luns.contains(&n) {
             return Err(ConfigError::new(
                 file,

@@ -4,6 +4,7 @@
 //!
 //! Uses `build.rs`, `ha.rs`, `model.rs`, `values.rs` and `error.rs`.
 
+use duet_core::LunNumber;
 use std::collections::BTreeMap;
 
 use ::toml::Spanned;
@@ -334,7 +335,7 @@ fn target(
     for l in &t.lun {
         let n = &l.get_ref().number;
         let key = format!("target {name}: lun: `number`");
-        let number: u16 = src.range(n, &key, LUN_NUMBERS, "")?;
+        let number: LunNumber = src.range(n, &key, LUN_NUMBERS, "")?;
         if luns.iter().any(|x| x.number == number) {
             return Err(fail(
                 at(n.span()),
@@ -354,7 +355,12 @@ fn target(
 }
 
 /// A `[[target.lun]]` table of the target `name`, its `number` checked.
-fn lun(src: Source<'_>, name: &str, number: u16, l: &Spanned<RawLun>) -> Result<Lun, ConfigError> {
+fn lun(
+    src: Source<'_>,
+    name: &str,
+    number: LunNumber,
+    l: &Spanned<RawLun>,
+) -> Result<Lun, ConfigError> {
     let at = |span: std::ops::Range<usize>| src.at(span);
     let fail = |line: Option<usize>, msg: String| src.err(line, msg);
     let ll = at(l.span());

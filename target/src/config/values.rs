@@ -13,7 +13,7 @@ pub use duet_core::scsi::ident::{default_naa, default_serial};
 /// The default iSCSI port.
 pub const ISCSI_PORT: u16 = 3260;
 /// The highest LUN number accepted (flat addressing, SAM-5 4.7.7.3).
-pub const MAX_LUN: u16 = 16383;
+pub use duet_core::MAX_LUN;
 /// The LUN numbers accepted, for the range checks of `error.rs`.
 pub const LUN_NUMBERS: RangeInclusive<i64> = 0..=MAX_LUN as i64;
 /// The logical block sizes a LUN may have.

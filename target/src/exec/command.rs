@@ -3,6 +3,7 @@
 //! medium phase in place or on the blocking pool, and the statistics. Touches the LU (through
 //! [`super::medium`]) and the statistics.
 
+use duet_core::LunNumber;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,7 +56,7 @@ where
         };
         return Some(no_such_lun(target, &cmd, &ctx));
     };
-    let lun = u32::from(lu.number);
+    let lun = lu.number;
     let timer = CommandTimer {
         stats: from.stats.clone(),
         lun,
@@ -153,7 +154,7 @@ fn no_such_lun(target: &Target, cmd: &ScsiCommand, ctx: &CommandContext<'_>) -> 
 /// Counts a command in the statistics when it finishes.
 struct CommandTimer {
     stats: Arc<Stats>,
-    lun: u32,
+    lun: LunNumber,
     port: u16,
     op: u8,
     started: Instant,

@@ -9,6 +9,7 @@
 //!
 //! Touches nothing itself: it only names what a pair does.
 
+use duet_core::LunNumber;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ pub trait Pair: Send + Sync {
     /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
     /// controller does not serve it, the link is up and the peer is its primary. `plan_only`
     /// (HA mode 1): the primary answers with a plan that runs here under its grant.
-    fn forward_mode(&self, lun: u32) -> Option<bool>;
+    fn forward_mode(&self, lun: LunNumber) -> Option<bool>;
 
     /// Runs a command received here for a LUN the peer serves, through the peer, and gives its
     /// completion to `done` (called exactly once, on whichever task the answer arrives). Only
@@ -50,18 +51,18 @@ pub trait Pair: Send + Sync {
 
     /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
     /// their commands).
-    fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32>;
+    fn resets_to_forward(&self, luns: &[LunNumber]) -> Vec<LunNumber>;
 
     /// Performs a reset received here on the primary's LUs too, finishing once it did (bounded),
     /// so that the task management response means the reset happened on the LU that serves.
     fn peer_reset(
         self: Arc<Self>,
-        luns: Vec<u32>,
+        luns: Vec<LunNumber>,
         cold: bool,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
     /// Tells the primary that a nexus of this controller ended on `lun`.
-    fn nexus_lost(self: Arc<Self>, lun: u32, nexus: Nexus);
+    fn nexus_lost(self: Arc<Self>, lun: LunNumber, nexus: Nexus);
 }
 
 /// A controller running alone: it serves every LUN itself, so nothing goes anywhere.
@@ -69,7 +70,7 @@ pub trait Pair: Send + Sync {
 pub struct Standalone;
 
 impl Pair for Standalone {
-    fn forward_mode(&self, _lun: u32) -> Option<bool> {
+    fn forward_mode(&self, _lun: LunNumber) -> Option<bool> {
         None
     }
 
@@ -88,17 +89,17 @@ impl Pair for Standalone {
 
     fn sync_lu(&self, _lu: &Lu) {}
 
-    fn resets_to_forward(&self, _luns: &[u32]) -> Vec<u32> {
+    fn resets_to_forward(&self, _luns: &[LunNumber]) -> Vec<LunNumber> {
         Vec::new()
     }
 
     fn peer_reset(
         self: Arc<Self>,
-        _luns: Vec<u32>,
+        _luns: Vec<LunNumber>,
         _cold: bool,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(std::future::ready(()))
     }
 
-    fn nexus_lost(self: Arc<Self>, _lun: u32, _nexus: Nexus) {}
+    fn nexus_lost(self: Arc<Self>, _lun: LunNumber, _nexus: Nexus) {}
 }

@@ -3,6 +3,7 @@
 //! the target are told ([`Sessions::broadcast`]), and which resets the HA primary must perform
 //! too ([`Pair::resets_to_forward`]). Touches the LUs' SCSI state and the session registry.
 
+use duet_core::LunNumber;
 use std::sync::Arc;
 
 use duet_core::iscsi::{TmfFunction, TmfRequest, TmfResponse};
@@ -19,7 +20,7 @@ pub struct Tmf {
     pub resp: TmfResponse,
     /// LUNs whose reset the primary must also perform before the response goes out (HA; empty
     /// otherwise).
-    pub peer_reset: Vec<u32>,
+    pub peer_reset: Vec<LunNumber>,
     /// Whether that reset is a cold target reset.
     pub cold: bool,
 }
@@ -67,7 +68,7 @@ pub fn task_management(
             lu.lock().reset(ResetKind::LunReset);
             Tmf {
                 resp: TmfResponse::Complete,
-                peer_reset: pair.resets_to_forward(&[u32::from(lu.number)]),
+                peer_reset: pair.resets_to_forward(&[lu.number]),
                 cold: false,
             }
         }
@@ -90,7 +91,7 @@ pub fn task_management(
                     ResetKind::TargetWarm
                 });
             }
-            let luns: Vec<u32> = target.luns.keys().map(|&n| u32::from(n)).collect();
+            let luns: Vec<LunNumber> = target.luns.keys().copied().collect();
             Tmf {
                 resp: TmfResponse::Complete,
                 peer_reset: pair.resets_to_forward(&luns),

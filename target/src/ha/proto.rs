@@ -14,6 +14,7 @@
 use bytes::Bytes;
 use duet_core::ha::HaMsg;
 use duet_core::scsi::{IoPlan, Nexus, SharedLuState};
+use duet_core::LunNumber;
 use serde::{Deserialize, Serialize};
 
 /// One message between the controllers.
@@ -22,7 +23,10 @@ pub enum LinkMsg {
     /// A message of the HA state machines.
     Ha(HaMsg),
     /// The primary's replicated LU state after a command that may have changed it.
-    LuSync { lun: u32, state: SharedLuState },
+    LuSync {
+        lun: LunNumber,
+        state: SharedLuState,
+    },
     /// A request from the secondary to the primary.
     Request { id: u64, req: PeerRequest },
     /// The primary's answer to request `id`.
@@ -39,7 +43,7 @@ pub enum PeerRequest {
     /// secondary runs on the shared backend. `data_out` is empty when it was left out (mode 1
     /// writes); `data_len` is its real length.
     Execute {
-        lun: u32,
+        lun: LunNumber,
         nexus: Nexus,
         cdb: Bytes,
         data_out: Bytes,
@@ -47,9 +51,9 @@ pub enum PeerRequest {
         plan_only: bool,
     },
     /// A LOGICAL UNIT RESET (or target reset) received on the secondary.
-    Reset { lun: u32, cold: bool },
+    Reset { lun: LunNumber, cold: bool },
     /// A nexus of the secondary ended (logout or connection loss).
-    NexusLost { lun: u32, nexus: Nexus },
+    NexusLost { lun: LunNumber, nexus: Nexus },
 }
 
 /// The primary's answer.

@@ -565,7 +565,7 @@ mod tests {
             seq: u64::MAX,
             luns: Vec::new(),
         };
-        let mut n = 0u32;
+        let mut n: duet_core::LunNumber = 0;
         loop {
             rec.luns.push(SlotLun {
                 lun: n,

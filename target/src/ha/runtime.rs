@@ -12,6 +12,7 @@
 //! It touches the LUs only through [`crate::lu`] and [`crate::exec`], never the daemon's
 //! connections or listeners.
 
+use duet_core::LunNumber;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,7 +89,7 @@ pub struct HaRuntime {
     cfg: HaConfig,
     peer_id: u8,
     mode: HaMode,
-    luns: BTreeMap<u32, (Arc<Target>, Arc<Lu>)>,
+    luns: BTreeMap<LunNumber, (Arc<Target>, Arc<Lu>)>,
     link: LinkHandle,
     tx: mpsc::UnboundedSender<DriverIn>,
     /// The role facts every I/O path reads (loom-checked: never torn).
@@ -107,7 +108,7 @@ pub struct HaRuntime {
 #[derive(Debug, thiserror::Error)]
 pub enum HaStartError {
     #[error("HA: LUN {lun} appears in two targets; LUN numbers must be unique in an HA pair")]
-    DuplicateLun { lun: u32 },
+    DuplicateLun { lun: LunNumber },
     #[error("HA: {0}")]
     Config(String),
 }
@@ -128,13 +129,13 @@ impl HaRuntime {
         let mut luns = BTreeMap::new();
         for t in targets {
             for lu in t.luns.values() {
-                let key = u32::from(lu.number);
+                let key = lu.number;
                 if luns.insert(key, (t.clone(), lu.clone())).is_some() {
                     return Err(HaStartError::DuplicateLun { lun: key });
                 }
             }
         }
-        let keys: Vec<u32> = luns.keys().copied().collect();
+        let keys: Vec<LunNumber> = luns.keys().copied().collect();
         let core_cfg = cfg.core_config(&keys);
         core_cfg
             .validate()
@@ -222,12 +223,12 @@ impl HaRuntime {
     }
 
     /// The LUN numbers under HA.
-    pub fn lun_numbers(&self) -> Vec<u32> {
+    pub fn lun_numbers(&self) -> Vec<LunNumber> {
         self.luns.keys().copied().collect()
     }
 
     /// Whether this controller is the serving primary of `lun`.
-    pub fn serving(&self, lun: u32) -> bool {
+    pub fn serving(&self, lun: LunNumber) -> bool {
         self.published.serving(lun)
     }
 
@@ -495,7 +496,7 @@ impl HaRuntime {
     }
 
     /// Role change at run time (CTL's ha_role): `lun` None = every LUN.
-    pub fn set_role(&self, role: Role, lun: Option<u32>) -> Result<String, String> {
+    pub fn set_role(&self, role: Role, lun: Option<LunNumber>) -> Result<String, String> {
         if let Some(l) = lun {
             if !self.luns.contains_key(&l) {
                 return Err(format!("no LUN {l}"));
@@ -516,8 +517,8 @@ impl HaRuntime {
     }
 
     /// Planned switchover of `lun` (None: every LUN this controller serves) to the peer.
-    pub fn switchover(&self, lun: Option<u32>) -> Result<String, String> {
-        let luns: Vec<u32> = match lun {
+    pub fn switchover(&self, lun: Option<LunNumber>) -> Result<String, String> {
+        let luns: Vec<LunNumber> = match lun {
             Some(l) if !self.luns.contains_key(&l) => return Err(format!("no LUN {l}")),
             Some(l) => vec![l],
             None => self

@@ -14,6 +14,7 @@
 //! Values leaving a table (reply senders, grant guards) are dropped after its lock is released:
 //! dropping them wakes tasks or releases other locks, which must not happen under ours.
 
+use duet_core::LunNumber;
 use std::collections::{BTreeMap, HashMap};
 
 use duet_core::alua::HaMode;
@@ -41,7 +42,7 @@ pub struct RoleFacts {
     /// How many times [`Published::publish`] ran before this picture (0: nothing published yet).
     pub generation: u64,
     /// Per LUN number.
-    pub luns: BTreeMap<u32, LunFacts>,
+    pub luns: BTreeMap<LunNumber, LunFacts>,
     /// The node sees the pair formed and the link is up.
     pub link_up: bool,
     /// The node's status summary for `duetctl ha`.
@@ -91,12 +92,12 @@ impl Published {
     /// once. Returns the new generation.
     pub fn publish(
         &self,
-        luns: impl IntoIterator<Item = (u32, LunFacts)>,
+        luns: impl IntoIterator<Item = (LunNumber, LunFacts)>,
         link_up: bool,
         status: HaStatus,
     ) -> u64 {
         // Built before taking the lock: readers wait only for the swap.
-        let luns: BTreeMap<u32, LunFacts> = luns.into_iter().collect();
+        let luns: BTreeMap<LunNumber, LunFacts> = luns.into_iter().collect();
         let mut s = sync::write(&self.state);
         let generation = s.roles.generation + 1;
         s.roles = RoleFacts {
@@ -114,12 +115,12 @@ impl Published {
     }
 
     /// The current facts of `lun` (`None`: not under HA, or nothing published yet).
-    pub fn lun(&self, lun: u32) -> Option<LunFacts> {
+    pub fn lun(&self, lun: LunNumber) -> Option<LunFacts> {
         sync::read(&self.state).roles.luns.get(&lun).copied()
     }
 
     /// Whether this controller is the serving primary of `lun`.
-    pub fn serving(&self, lun: u32) -> bool {
+    pub fn serving(&self, lun: LunNumber) -> bool {
         self.lun(lun).is_some_and(|l| l.primary_here)
     }
 
@@ -132,7 +133,7 @@ impl Published {
     /// controller does not serve it, the link is up and the peer is its primary. In mode 1 the
     /// command goes (plan only) only while the node allows I/O here (read lease); otherwise the
     /// ALUA picture answers. `None`: run it here.
-    pub fn forward_mode(&self, lun: u32) -> Option<bool> {
+    pub fn forward_mode(&self, lun: LunNumber) -> Option<bool> {
         let s = sync::read(&self.state);
         let l = s.roles.luns.get(&lun)?;
         if l.primary_here || !s.roles.link_up || l.primary != Some(self.peer_id) {

@@ -256,7 +256,7 @@ impl Node {
         }
     }
 
-    pub(super) fn on_handover(&mut self, now: Time, lun: Lun, epoch: u64) {
+    pub(super) fn on_handover(&mut self, now: Time, lun: LunNumber, epoch: u64) {
         let Some(i) = self.luns.iter().position(|l| l.lun == lun) else {
             return;
         };

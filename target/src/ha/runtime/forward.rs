@@ -4,6 +4,7 @@
 //! primary's lock; mode 0: everything a Standby port may answer). This is where the HA runtime
 //! plugs into command execution ([`Pair`]). Touches the link and, for mode-1 plans, the LU.
 
+use duet_core::LunNumber;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,7 +82,7 @@ impl HaRuntime {
 impl Pair for HaRuntime {
     /// `Some(plan_only)` when a command for `lun` received here must go to the primary: this
     /// controller does not serve it, the link is up and the peer is its primary.
-    fn forward_mode(&self, lun: u32) -> Option<bool> {
+    fn forward_mode(&self, lun: LunNumber) -> Option<bool> {
         self.published.forward_mode(lun)
     }
 
@@ -96,7 +97,7 @@ impl Pair for HaRuntime {
         plan_only: bool,
         done: Reply,
     ) {
-        let lun = u32::from(lu.number);
+        let lun = lu.number;
         let data_len = u32::try_from(data_out.len()).unwrap_or(u32::MAX);
         // Mode 1 keeps bulk write data off the link: the plan comes back and runs here.
         let bulk = carries_bulk_data(cdb.first().copied().unwrap_or(0));
@@ -153,7 +154,7 @@ impl Pair for HaRuntime {
 
     /// Sends the replicated state of `lu` to the peer (primary only).
     fn sync_lu(&self, lu: &Lu) {
-        let lun = u32::from(lu.number);
+        let lun = lu.number;
         if !self.serving(lun) {
             return;
         }
@@ -163,7 +164,7 @@ impl Pair for HaRuntime {
 
     /// The LUNs of `luns` whose resets must also reach the primary (this controller forwards
     /// their commands).
-    fn resets_to_forward(&self, luns: &[u32]) -> Vec<u32> {
+    fn resets_to_forward(&self, luns: &[LunNumber]) -> Vec<LunNumber> {
         luns.iter()
             .copied()
             .filter(|&l| self.forward_mode(l).is_some())
@@ -174,7 +175,7 @@ impl Pair for HaRuntime {
     /// that the task management response means the reset happened on the LU that serves.
     fn peer_reset(
         self: Arc<Self>,
-        luns: Vec<u32>,
+        luns: Vec<LunNumber>,
         cold: bool,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
@@ -191,7 +192,7 @@ impl Pair for HaRuntime {
     }
 
     /// Tells the primary that a nexus of this controller ended.
-    fn nexus_lost(self: Arc<Self>, lun: u32, nexus: Nexus) {
+    fn nexus_lost(self: Arc<Self>, lun: LunNumber, nexus: Nexus) {
         if self.forward_mode(lun).is_some() {
             let me = self;
             tokio::spawn(async move {
