@@ -180,7 +180,7 @@ pub struct GroupStates {
     pub peer: AluaState,
 }
 
-/// The ALUA table (DESIGN §2.3): CTL's table, where a node that is not primary and lost its
+/// The ALUA table (ARCHITECTURE.md §2.3): CTL's table, where a node that is not primary and lost its
 /// primary reports Transitioning (link unknown) or Unavailable (peer known down). Duet's election
 /// bounds how long that lasts; the table itself is the same.
 ///

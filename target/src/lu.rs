@@ -20,7 +20,7 @@ use crate::backend::{write_file_atomically, FileStore};
 use crate::ha::gate::IoGate;
 use crate::sync::{self, Mutex, MutexGuard, RwLock};
 
-/// This controller's HA id while HA is off (DESIGN §2.3: a stand-alone controller is node 1).
+/// This controller's HA id while HA is off (ARCHITECTURE.md §2.3: a stand-alone controller is node 1).
 pub const STANDALONE_HA_ID: u8 = 1;
 
 /// Vendor identification reported in INQUIRY.

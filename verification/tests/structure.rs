@@ -556,3 +556,86 @@ fn the_checker_finds_a_cycle_behind_a_reexport() {
         "the cycle a <-> b through the root's re-export"
     );
 }
+
+/// The repository paths a document names in code spans (`core/src/ha/grant.rs`, with `{a,b}`
+/// alternatives expanded) and in relative links.
+fn named_paths(doc: &Path) -> Vec<(usize, String)> {
+    const ROOTS: &[&str] = &[
+        "core/",
+        "model/",
+        "target/",
+        "verification/",
+        "bench/",
+        "fuzz/",
+        "examples/",
+        "docs/",
+        ".ci/",
+    ];
+    let text = fs::read_to_string(doc).unwrap();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        // Code spans.
+        for (k, span) in line.split('`').enumerate() {
+            if k % 2 == 1
+                && ROOTS.iter().any(|r| span.starts_with(r))
+                && !span.contains(|c: char| c.is_whitespace() || "*<>$".contains(c))
+            {
+                let span = span.trim_end_matches([',', '.', ':', ')']);
+                if let (Some(a), Some(b)) = (span.find('{'), span.find('}')) {
+                    for alt in span[a + 1..b].split(',') {
+                        out.push((i + 1, format!("{}{}{}", &span[..a], alt, &span[b + 1..])));
+                    }
+                } else {
+                    out.push((i + 1, span.to_string()));
+                }
+            }
+        }
+        // Relative links: ](path) or ](path#anchor).
+        let mut rest = line;
+        while let Some(p) = rest.find("](") {
+            let after = &rest[p + 2..];
+            let end = after.find(')').unwrap_or(after.len());
+            let target = after[..end].split('#').next().unwrap_or("");
+            if !target.is_empty() && !target.contains("://") {
+                let base = doc.parent().unwrap().strip_prefix(root()).unwrap();
+                let joined = base.join(target);
+                out.push((i + 1, joined.to_string_lossy().into_owned()));
+            }
+            rest = &after[end.min(after.len())..];
+        }
+    }
+    out
+}
+
+#[test]
+fn the_documents_name_only_paths_that_exist() {
+    let mut docs = vec![root().join("README.md"), root().join("ARCHITECTURE.md")];
+    for e in fs::read_dir(root().join("docs")).unwrap() {
+        docs.push(e.unwrap().path());
+    }
+    let mut missing = Vec::new();
+    for doc in &docs {
+        for (line, path) in named_paths(doc) {
+            // Normalise `a/../b` from relative links.
+            let mut parts: Vec<&str> = Vec::new();
+            for seg in path.split('/') {
+                match seg {
+                    ".." => {
+                        parts.pop();
+                    }
+                    "." | "" => {}
+                    s => parts.push(s),
+                }
+            }
+            let p = root().join(parts.join("/"));
+            if !p.exists() {
+                missing.push(format!("{}:{line}: {path}", doc.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "paths named in the documents that do not exist:\n{}",
+        missing.join("\n")
+    );
+}

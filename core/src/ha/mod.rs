@@ -1,4 +1,4 @@
-//! The per-controller HA state machine (DESIGN §2.1-2.2).
+//! The per-controller HA state machine (ARCHITECTURE.md §2.1-2.2).
 //!
 //! One [`Node`] per controller. It is pure: the runtime feeds it [`Input`]s with the time of its
 //! own monotonic clock, drains [`Output`]s with [`Node::poll_output`], and calls it again at

@@ -1,5 +1,5 @@
 //! The quorum area: the arbiter both controllers reach on a path other than the HA link
-//! (DESIGN §2.2).
+//! (ARCHITECTURE.md §2.2).
 //!
 //! [`duet_core::ha::Node`] asks for quorum I/O with [`QuorumOp`]; the runtime carries it out on an
 //! [`Arbiter`] (on a blocking thread: every call here blocks) and answers with the
