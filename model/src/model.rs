@@ -9,10 +9,12 @@ use crate::state::{Client, ClusterState, Controller, Lock, Msg};
 use duet_core::alua::{self, AluaState, HaMode};
 use duet_core::ha::grant::{Access, GrantMsg, PrimaryFacts};
 use duet_core::ha::{Config, Input, Output};
+use duet_core::scsi::host;
 use stateright::semantics::register::RegisterOp;
 
-const WRITE10: [u8; 10] = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+/// The clients' commands: one block at LBA 0.
+const WRITE10: [u8; 10] = host::write10_cdb(0, 1);
+const READ10: [u8; 10] = host::read10_cdb(0, 1);
 
 /// The cluster model. See the crate documentation.
 #[derive(Clone, Debug)]

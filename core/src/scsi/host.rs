@@ -11,16 +11,14 @@ pub fn test_unit_ready_cdb() -> [u8; 6] {
 }
 
 /// READ (10) of `blocks` blocks at `lba`.
-pub fn read10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = 0x28;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
+pub const fn read10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
+    let l = lba.to_be_bytes();
+    let b = blocks.to_be_bytes();
+    [0x28, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
 }
 
 /// WRITE (10) of `blocks` blocks at `lba`.
-pub fn write10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
+pub const fn write10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = read10_cdb(lba, blocks);
     c[0] = 0x2a;
     c

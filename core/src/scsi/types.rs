@@ -155,15 +155,6 @@ impl Outcome {
 
     /// The sense key/ASC/ASCQ carried, if any (either format).
     pub fn sense_code(&self) -> Option<crate::sense::SenseCode> {
-        let s = self.sense.as_ref()?;
-        match s.first().map(|b| b & 0x7F) {
-            Some(0x70) | Some(0x71) if s.len() >= 14 => {
-                Some(crate::sense::SenseCode::new(s[2] & 0x0F, s[12], s[13]))
-            }
-            Some(0x72) | Some(0x73) if s.len() >= 4 => {
-                Some(crate::sense::SenseCode::new(s[1] & 0x0F, s[2], s[3]))
-            }
-            _ => None,
-        }
+        crate::sense::SenseCode::from_sense_data(self.sense.as_ref()?)
     }
 }

@@ -122,7 +122,7 @@ pub fn fixed_sense_code(s: &[u8]) -> Option<SenseCode> {
     if s.len() < 14 || s[0] & 0x7F != 0x70 {
         return None;
     }
-    Some(SenseCode::new(s[2] & 0x0F, s[12], s[13]))
+    SenseCode::from_sense_data(s)
 }
 
 /// The INFORMATION field of sense bytes (either format), if valid.
