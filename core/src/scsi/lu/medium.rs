@@ -6,6 +6,12 @@
 use super::*;
 
 impl LogicalUnit {
+    /// How many blocks of `range` a write may write: only whole blocks received (the iSCSI
+    /// expected data transfer length may be shorter than the CDB's transfer length).
+    fn whole_blocks(&self, data_out: &[u8], range: &BlockRange) -> u64 {
+        (data_out.len() as u64 / self.cfg.block_size as u64).min(range.blocks as u64)
+    }
+
     /// Reads and writes: READ, WRITE, VERIFY, WRITE AND VERIFY, ORWRITE, COMPARE AND WRITE,
     /// WRITE SAME, UNMAP, SYNCHRONIZE CACHE, PRE-FETCH and GET LBA STATUS.
     pub(super) fn medium(&self, cmd: &Command, data_out: &[u8], wanted: u32) -> R<Prepared> {
@@ -39,8 +45,7 @@ impl LogicalUnit {
                 self.check_range(range)?;
                 self.check_transfer(range, if *cdb_len == 6 { 4 } else { 7 })?;
                 self.check_writable()?;
-                // Write only the whole blocks received (iSCSI EDTL may be shorter).
-                let have = (data_out.len() as u64 / bs).min(range.blocks as u64);
+                let have = self.whole_blocks(data_out, range);
                 if have == 0 {
                     return Self::good(Vec::new(), wanted);
                 }
@@ -98,7 +103,7 @@ impl LogicalUnit {
                 self.check_range(range)?;
                 self.check_transfer(range, 7)?;
                 self.check_writable()?;
-                let have = (data_out.len() as u64 / bs).min(range.blocks as u64);
+                let have = self.whole_blocks(data_out, range);
                 if have == 0 {
                     return Self::good(Vec::new(), wanted);
                 }
