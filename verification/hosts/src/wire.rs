@@ -19,6 +19,18 @@ pub fn advances_stat_sn(pdu: &Pdu) -> bool {
     }
 }
 
+/// Whether a target PDU carries a StatSN that advances ExpStatSN (RFC 7143 §4.2.2.2): every
+/// response does, but an R2T, a Data-In without S and a NOP-In that answers no NOP-Out (a
+/// target ping or an unsolicited NOP-In, ITT reserved) do not.
+pub fn carries_stat_sn(pdu: &Pdu) -> bool {
+    match pdu.opcode() {
+        Some(Opcode::R2t) => false,
+        Some(Opcode::DataIn) => pdu.flags() & flags::STATUS != 0,
+        Some(Opcode::NopIn) => pdu.itt() != RESERVED_TAG,
+        _ => true,
+    }
+}
+
 /// The sequence numbers of a session: the next CmdSN, the StatSN expected next and the last
 /// CmdSN the target admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
