@@ -1,9 +1,12 @@
 //! Harness for the hostile-peer tests (the daemon itself is `crate::support::Daemon`, started per
 //! test on its own loopback address): the test target's configuration, a raw iSCSI initiator
-//! on `std::net::TcpStream` (PDUs, text keys, CDBs and sense come from duet-core, the login,
-//! PDU reading and the full-feature rules from duet-hosts; a test that wants a malformed PDU
-//! builds a well-formed one and alters it or its bytes), a well-behaved background session that writes, reads and verifies blocks, a bound
-//! on the daemon's memory (VmRSS) and its admin socket.
+//! on `std::net::TcpStream`, a well-behaved background session that writes, reads and verifies
+//! blocks, a bound on the daemon's memory (VmRSS) and its admin socket.
+//!
+//! No protocol rule is written here: PDUs, text keys, CDBs and sense decoding are duet-core's;
+//! the login, reading PDUs off the socket and the full-feature rules (sequence numbers, how a
+//! command is laid out, Data-Out on R2T, ping answers) are duet-hosts'. A test that wants a
+//! malformed PDU builds a well-formed one and then alters it or its wire bytes.
 //!
 //! Everything is bounded in time: sockets carry read and write timeouts, loops have deadlines,
 //! and the daemon is killed by PID when its guard is dropped.
@@ -265,7 +268,7 @@ impl Initiator {
     pub fn recv(&mut self) -> Result<Pdu, String> {
         loop {
             let p = read_pdu(&mut self.sock)?.ok_or("the target closed the connection")?;
-            self.seq.note(&p, wire::carries_stat_sn(&p));
+            self.seq.note(&p, wire::advances_stat_sn(&p));
             match p.opcode() {
                 Some(Opcode::NopIn) if p.itt() == RESERVED_TAG => {
                     if let Some(mut answer) = wire::ping_answer(&p, self.seq.cmd_sn) {
