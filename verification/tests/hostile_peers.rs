@@ -11,7 +11,11 @@ mod hostile_common;
 mod support;
 
 use duet_core::iscsi::initiator::{InitiatorChap, LoginError, LoginPlan};
-use duet_hosts::login::ClientError;
+use duet_core::iscsi::pdu::{flags, reject_reason};
+use duet_core::iscsi::{text, Opcode, Pdu, TaskAttr, TextPairs};
+use duet_core::scsi::host;
+use duet_core::sense::SenseCode;
+use duet_hosts::login::{blocking, ClientError};
 use hostile_common::*;
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
@@ -42,16 +46,23 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
     // Unknown opcode in full feature phase: Reject reason 05 (command not supported) quoting
     // our header, and the session stays usable.
     let mut a = abuser(&d, 1);
-    let mut p = RawPdu::new(0x40 | 0x0f);
-    p.bhs[1] = 0x80;
-    p.set_u32(16, 0xabcd).set_u32(24, a.cmd_sn);
+    let mut p = a.nop_out(0xabcd, &[]);
+    p.bhs[0] = 0x40 | 0x0f; // an opcode RFC 7143 does not define
     a.send(&p).expect("send an unknown opcode");
     let r = a.recv().expect("an answer to an unknown opcode");
-    assert_eq!(r.opcode(), op::REJECT, "unknown opcode: expected a Reject");
-    assert_eq!(r.bhs[2], 0x05, "Reject reason for an unknown opcode");
+    assert_eq!(
+        r.opcode(),
+        Some(Opcode::Reject),
+        "unknown opcode: expected a Reject"
+    );
+    assert_eq!(
+        r.response(),
+        reject_reason::COMMAND_NOT_SUPPORTED,
+        "Reject reason for an unknown opcode"
+    );
     assert_eq!(
         &r.data[..48],
-        &p.encode()[..48],
+        &blocking::wire_bytes(&p)[..48],
         "the Reject quotes the header"
     );
     a.ping(b"still here")
@@ -59,18 +70,19 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
 
     // An AHS whose AHSLength runs past TotalAHSLength: Reject (protocol error) or a close,
     // never a crash; if the session stays, it stays usable.
-    let mut p = RawPdu::new(0x40 | op::NOP_OUT);
-    p.bhs[1] = 0x80;
-    p.set_u32(16, 0xabce)
-        .set_u32(20, 0xffff_ffff)
-        .set_u32(24, a.cmd_sn);
-    p.ahs = vec![0xff, 0xff, 0x01, 0x00, 1, 2, 3, 4];
+    let mut p = a.nop_out(0xabce, &[]);
+    p.ahs = vec![0xff, 0xff, 0x01, 0x00, 1, 2, 3, 4].into();
     a.send(&p).expect("send a bad AHS");
     match a.recv() {
         Ok(r) => {
-            assert_eq!(r.opcode(), op::REJECT, "bad AHS: expected a Reject");
             assert_eq!(
-                r.bhs[2], 0x04,
+                r.opcode(),
+                Some(Opcode::Reject),
+                "bad AHS: expected a Reject"
+            );
+            assert_eq!(
+                r.response(),
+                reject_reason::PROTOCOL_ERROR,
                 "Reject reason for a bad AHS (protocol error)"
             );
             a.ping(b"after ahs")
@@ -82,11 +94,15 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
         ),
     }
     // A zero AHSLength.
-    p.ahs = vec![0x00, 0x00, 0x01, 0x00];
-    p.set_u32(16, 0xabcf);
+    p.ahs = vec![0x00, 0x00, 0x01, 0x00].into();
+    p.set_itt(0xabcf);
     if a.send(&p).is_ok() {
         match a.recv() {
-            Ok(r) => assert_eq!(r.opcode(), op::REJECT, "zero AHSLength: expected a Reject"),
+            Ok(r) => assert_eq!(
+                r.opcode(),
+                Some(Opcode::Reject),
+                "zero AHSLength: expected a Reject"
+            ),
             Err(e) => assert!(e.contains("closed"), "zero AHSLength: {e}"),
         }
     }
@@ -94,25 +110,37 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
 
     // Before login: an unknown opcode, a SCSI READ, a NOP-Out and a Data-Out all end the
     // connection, and none of them gets data or a SCSI status.
-    for opcode in [0x0f, op::SCSI_CMD, op::NOP_OUT, op::DATA_OUT, 0x3c] {
+    let opcodes = [
+        0x0f,
+        Opcode::ScsiCommand as u8,
+        Opcode::NopOut as u8,
+        Opcode::DataOut as u8,
+        0x3c,
+    ];
+    for opcode in opcodes {
         let mut s = connect(d.portal());
-        let mut p = RawPdu::new(opcode);
-        p.bhs[1] = 0x80 | 0x40 | 1;
-        p.set_lun(1);
-        p.set_u32(16, 7).set_u32(20, 4096).set_u32(24, 1);
-        p.bhs[32] = 0x28; // READ(10)
-        p.bhs[39] = 8;
-        s.write_all(&p.encode()).expect("send a PDU before login");
+        let mut p = Pdu::scsi_command(
+            7,
+            lun1(),
+            &host::read10_cdb(0, 8),
+            4096,
+            1,
+            flags::FINAL | flags::READ,
+            TaskAttr::Simple,
+        );
+        p.bhs[0] = opcode; // the READ's header under each opcode
+        s.write_all(&blocking::wire_bytes(&p))
+            .expect("send a PDU before login");
         let seen = read_until_closed(&mut s, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("opcode {opcode:#04x} before login: {e}"));
         for r in seen {
             assert!(
-                matches!(r.opcode(), op::LOGIN_RSP | op::REJECT),
+                matches!(r.opcode(), Some(Opcode::LoginResponse | Opcode::Reject)),
                 "opcode {opcode:#04x} before login was answered with {:#04x}",
-                r.opcode()
+                r.opcode_raw()
             );
-            if r.opcode() == op::LOGIN_RSP {
-                assert_ne!(r.bhs[36], 0, "a login success for a non-login PDU");
+            if r.opcode() == Some(Opcode::LoginResponse) {
+                assert_ne!(r.status_class(), 0, "a login success for a non-login PDU");
             }
         }
     }
@@ -126,9 +154,9 @@ fn malformed_pdus_get_a_reject_or_a_close_and_duetd_survives() {
             true,
             i as u16,
             1,
-            text_segment(&vec![format!("InitiatorName={BAD_INIT}"); 40]),
+            text_segment(&vec![("InitiatorName", BAD_INIT.to_string()); 40]),
         );
-        let bytes = req.encode();
+        let bytes = blocking::wire_bytes(&req);
         let cut = if i % 2 == 0 {
             1 + (i as usize % 47)
         } else {
@@ -172,7 +200,7 @@ fn oversized_data_segments_are_refused_without_allocating_them() {
     let mut socks = Vec::new();
     for i in 0..64u16 {
         let mut s = connect(d.portal());
-        let mut b = login_request(1, 3, true, i, 1, Vec::new()).encode();
+        let mut b = blocking::wire_bytes(&login_request(1, 3, true, i, 1, Vec::new()));
         b[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
         b.extend_from_slice(b"InitiatorName=x\0");
         s.write_all(&b).expect("send an oversized login");
@@ -189,18 +217,17 @@ fn oversized_data_segments_are_refused_without_allocating_them() {
     let mut sessions = Vec::new();
     for i in 0..32u16 {
         let mut a = abuser(&d, 200 + i);
-        let mut p = a.scsi_command(&[0x2a, 0, 0, 0, 0, 0, 0, 0x80, 0, 0], false, true, 1 << 24);
-        p.data = vec![0x55; 64];
-        let mut b = p.encode();
-        b[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
-        a.sock.write_all(&b).expect("send an oversized WRITE");
+        let mut p = a.scsi_command(&host::write10_cdb(0, 0x8000), 1 << 24, 0);
+        p.set_data(vec![0x55; 64].into());
+        a.send_altered(&p, |b| b[5..8].copy_from_slice(&[0xff, 0xff, 0xff]))
+            .expect("send an oversized WRITE");
         sessions.push(a);
     }
     for (i, a) in sessions.iter_mut().enumerate() {
         let seen = read_until_closed(&mut a.sock, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("oversized WRITE {i}: {e}"));
         assert!(
-            seen.iter().all(|p| p.opcode() != op::R2T),
+            seen.iter().all(|p| p.opcode() != Some(Opcode::R2t)),
             "an oversized WRITE got an R2T"
         );
     }
@@ -211,11 +238,12 @@ fn oversized_data_segments_are_refused_without_allocating_them() {
     let mut holders = Vec::new();
     for i in 0..64u16 {
         let mut a = abuser(&d, 400 + i);
-        let mut p = a.scsi_command(&[0x2a, 0, 0, 0, 0, 0, 0, 2, 0, 0], false, true, 262_144);
-        p.data = vec![0x66; 100];
-        let mut b = p.encode();
-        b[5..8].copy_from_slice(&262_144u32.to_be_bytes()[1..]);
-        a.sock.write_all(&b).expect("send a partial WRITE");
+        let mut p = a.scsi_command(&host::write10_cdb(0, 0x200), 262_144, 0);
+        p.set_data(vec![0x66; 100].into());
+        a.send_altered(&p, |b| {
+            b[5..8].copy_from_slice(&262_144u32.to_be_bytes()[1..]);
+        })
+        .expect("send a partial WRITE");
         holders.push(a);
     }
     good.assert_progress("with 64 half-sent segments pending");
@@ -245,10 +273,10 @@ fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
     // CmdSN far outside the window (and just behind it): dropped without an answer; the next
     // in-window command is answered and nothing ever comes back for the dropped ones.
     for offset in [1_000_000u32, 0x8000_0000, 0xffff_fff0] {
-        let mut p = a.scsi_command(&[0u8; 6], false, false, 0);
-        a.cmd_sn = a.cmd_sn.wrapping_sub(1); // not consumed
-        let bad_sn = a.cmd_sn.wrapping_add(offset);
-        p.set_u32(24, bad_sn);
+        let mut p = a.scsi_command(&host::test_unit_ready_cdb(), 0, 0);
+        a.seq.cmd_sn = a.seq.cmd_sn.wrapping_sub(1); // not consumed
+        let bad_sn = a.seq.cmd_sn.wrapping_add(offset);
+        p.set_cmd_sn(bad_sn);
         a.send(&p).expect("send an out-of-window command");
         assert_eq!(
             a.test_unit_ready()
@@ -262,8 +290,8 @@ fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
     // A wrong ExpStatSN (far ahead and far behind) acknowledges nothing that exists; the
     // command is still carried out.
     for skew in [5000u32, 0x8000_0000] {
-        let mut p = a.scsi_command(&[0u8; 6], false, false, 0);
-        p.set_u32(28, a.exp_stat_sn.wrapping_add(skew));
+        let mut p = a.scsi_command(&host::test_unit_ready_cdb(), 0, 0);
+        p.set_exp_stat_sn(a.seq.exp_stat_sn.wrapping_add(skew));
         let itt = p.itt();
         a.send(&p).expect("send with a wrong ExpStatSN");
         let r = a
@@ -276,35 +304,18 @@ fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
     // (ABORTED COMMAND, data phase error), the medium is untouched, the session carries on.
     for what in ["ttt", "datasn", "offset"] {
         let data = pattern(7, 8 * BLOCK);
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x2a;
-        cdb[5] = 0; // LBA 0
-        cdb[8] = 8;
-        let p = a.scsi_command(&cdb, false, true, data.len() as u32);
+        let p = a.scsi_command(&host::write10_cdb(0, 8), data.len(), 0);
         let itt = p.itt();
         a.send(&p).expect("send WRITE");
         let r2t = a.recv().expect("an R2T");
-        assert_eq!(r2t.opcode(), op::R2T, "expected an R2T");
-        let mut dout = RawPdu::new(op::DATA_OUT);
-        dout.bhs[1] = 0x80;
-        dout.set_lun(1);
-        dout.set_u32(16, itt)
-            .set_u32(20, r2t.ttt())
-            .set_u32(28, a.exp_stat_sn)
-            .set_u32(36, 0)
-            .set_u32(40, 0);
+        assert_eq!(r2t.opcode(), Some(Opcode::R2t), "expected an R2T");
+        let mut dout = Pdu::data_out(itt, r2t.ttt(), lun1(), 0, 0, true, data.clone().into());
+        dout.set_exp_stat_sn(a.seq.exp_stat_sn);
         match what {
-            "ttt" => {
-                dout.set_u32(20, r2t.ttt() ^ 0x5a5a_0000);
-            }
-            "datasn" => {
-                dout.set_u32(36, 7);
-            }
-            _ => {
-                dout.set_u32(40, 512);
-            }
-        }
-        dout.data = data.clone();
+            "ttt" => dout.set_ttt(r2t.ttt() ^ 0x5a5a_0000),
+            "datasn" => dout.set_data_sn(7),
+            _ => dout.set_buffer_offset(512),
+        };
         a.send(&dout).expect("send a bad Data-Out");
         let r = a
             .finish(itt, None)
@@ -314,8 +325,8 @@ fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
             "wrong Data-Out {what}: expected CHECK CONDITION"
         );
         assert_eq!(
-            sense_code(&r.sense).0,
-            0x0b,
+            SenseCode::from_sense_data(&r.sense).map(|c| c.key),
+            Some(0x0b),
             "wrong Data-Out {what}: expected ABORTED COMMAND, sense {:02x?}",
             r.sense
         );
@@ -328,11 +339,7 @@ fn wrong_sequence_numbers_and_data_out_fields_leave_the_session_usable() {
     }
 
     // A Data-Out for a task that does not exist is discarded.
-    let mut dout = RawPdu::new(op::DATA_OUT);
-    dout.bhs[1] = 0x80;
-    dout.set_lun(1);
-    dout.set_u32(16, 0x7777_7777).set_u32(20, 0x1234);
-    dout.data = vec![1; 512];
+    let dout = Pdu::data_out(0x7777_7777, 0x1234, lun1(), 0, 0, true, vec![1; 512].into());
     a.send(&dout).expect("send a stray Data-Out");
     a.write_read_verify(16, 8, 43)
         .expect("the session after a stray Data-Out");
@@ -478,13 +485,13 @@ fn chap_config(s: &Site) -> String {
 /// One login with a made-up CHAP response; returns the final Login Response status.
 fn chap_guess(addr: SocketAddr, isid: u16, guess: &[u8]) -> Result<(u8, u8), String> {
     let mut s = connect(addr);
-    let mut exchange = |req: RawPdu| -> Result<RawPdu, String> {
-        s.write_all(&req.encode()).map_err(|e| e.to_string())?;
+    let mut exchange = |req: Pdu| -> Result<Pdu, String> {
+        blocking::send_pdu(&mut s, &req).map_err(|e| e.to_string())?;
         let r = read_pdu(&mut s)?.ok_or("closed during login")?;
-        if r.opcode() != op::LOGIN_RSP {
+        if r.opcode() != Some(Opcode::LoginResponse) {
             return Err(format!(
                 "expected a Login Response, got {:#04x}",
-                r.opcode()
+                r.opcode_raw()
             ));
         }
         Ok(r)
@@ -496,14 +503,14 @@ fn chap_guess(addr: SocketAddr, isid: u16, guess: &[u8]) -> Result<(u8, u8), Str
         isid,
         1,
         text_segment(&[
-            format!("InitiatorName={BAD_INIT}"),
-            format!("TargetName={TARGET}"),
-            "SessionType=Normal".into(),
-            "AuthMethod=CHAP".into(),
+            ("InitiatorName", BAD_INIT.to_string()),
+            ("TargetName", TARGET.to_string()),
+            ("SessionType", "Normal".into()),
+            ("AuthMethod", "CHAP".into()),
         ]),
     ))?;
-    if (r.bhs[36], r.bhs[37]) != (0, 0) {
-        return Ok((r.bhs[36], r.bhs[37]));
+    if (r.status_class(), r.status_detail()) != (0, 0) {
+        return Ok((r.status_class(), r.status_detail()));
     }
     let r = exchange(login_request(
         0,
@@ -511,25 +518,27 @@ fn chap_guess(addr: SocketAddr, isid: u16, guess: &[u8]) -> Result<(u8, u8), Str
         false,
         isid,
         1,
-        text_segment(&["CHAP_A=5".into()]),
+        text_segment(&[("CHAP_A", "5".into())]),
     ))?;
-    if (r.bhs[36], r.bhs[37]) != (0, 0) {
-        return Ok((r.bhs[36], r.bhs[37]));
+    if (r.status_class(), r.status_detail()) != (0, 0) {
+        return Ok((r.status_class(), r.status_detail()));
     }
-    let keys = parse_text(&r.data);
-    if !keys.iter().any(|(k, _)| k == "CHAP_C") {
+    let keys = TextPairs::parse(&r.data).unwrap_or_default();
+    if !keys.contains("CHAP_C") {
         return Err(format!("no CHAP challenge: {keys:?}"));
     }
-    let hex: String = guess.iter().map(|b| format!("{b:02x}")).collect();
     let r = exchange(login_request(
         0,
         1,
         true,
         isid,
         1,
-        text_segment(&[format!("CHAP_N={CHAP_USER}"), format!("CHAP_R=0x{hex}")]),
+        text_segment(&[
+            ("CHAP_N", CHAP_USER.to_string()),
+            ("CHAP_R", text::format_hex(guess)),
+        ]),
     ))?;
-    Ok((r.bhs[36], r.bhs[37]))
+    Ok((r.status_class(), r.status_detail()))
 }
 
 #[test]
@@ -860,7 +869,7 @@ fn ha_link_garbage_is_dropped_and_silent_connections_time_out() {
         ("random bytes", pattern(3, 4096)),
         (
             "an iSCSI login",
-            login_request(1, 3, true, 1, 1, Vec::new()).encode(),
+            blocking::wire_bytes(&login_request(1, 3, true, 1, 1, Vec::new())),
         ),
         ("a 16 MiB login frame", oversized),
         ("another frame version", bad_version),

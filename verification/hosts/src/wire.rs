@@ -9,13 +9,16 @@ use duet_core::iscsi::{Lun, Pdu, SessionParams, BHS_LEN, RESERVED_TAG};
 
 pub use duet_core::iscsi::serial::{sn_gt, sn_le};
 
-/// Whether a PDU about a SCSI command carries a StatSN (SCSI Response, Data-In with S); R2T
-/// does not.
+/// Whether a target PDU carries a StatSN that advances ExpStatSN (RFC 7143 §4.2.2.2): every
+/// response does (SCSI Response, Data-In with S, ...), but an R2T, a Data-In without S and a
+/// NOP-In that answers no NOP-Out (a target ping or an unsolicited NOP-In, ITT reserved) do
+/// not.
 pub fn advances_stat_sn(pdu: &Pdu) -> bool {
     match pdu.opcode() {
-        Some(Opcode::ScsiResponse) => true,
+        Some(Opcode::R2t) => false,
         Some(Opcode::DataIn) => pdu.flags() & flags::STATUS != 0,
-        _ => false,
+        Some(Opcode::NopIn) => pdu.itt() != RESERVED_TAG,
+        _ => true,
     }
 }
 
@@ -193,6 +196,23 @@ mod tests {
         assert!(sn_le(0xffff_fffe, 2));
         assert!(!sn_le(3, 2));
         assert!(sn_gt(1, 0xffff_ffff));
+    }
+
+    #[test]
+    fn responses_advance_stat_sn_but_r2t_partial_data_in_and_pings_do_not() {
+        let mut data_in = Pdu::new(Opcode::DataIn);
+        data_in.set_flags(0);
+        assert!(!advances_stat_sn(&data_in));
+        data_in.set_flags(flags::FINAL | flags::STATUS);
+        assert!(advances_stat_sn(&data_in));
+        assert!(advances_stat_sn(&Pdu::new(Opcode::ScsiResponse)));
+        assert!(advances_stat_sn(&Pdu::new(Opcode::Reject)));
+        assert!(!advances_stat_sn(&Pdu::new(Opcode::R2t)));
+        let mut nop_in = Pdu::new(Opcode::NopIn);
+        nop_in.set_itt(RESERVED_TAG).set_ttt(7);
+        assert!(!advances_stat_sn(&nop_in), "a target ping");
+        nop_in.set_itt(3).set_ttt(RESERVED_TAG);
+        assert!(advances_stat_sn(&nop_in), "the answer to our ping");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Harness for the hostile-peer tests (the daemon itself is `crate::support::Daemon`, started per
 //! test on its own loopback address): the test target's configuration, a raw iSCSI initiator
-//! built on `std::net::TcpStream` (PDUs assembled by hand, RFC 7143 §11, so that they can be
-//! as malformed as a test wants; the login is duet-hosts' client, i.e. duet-core's initiator
-//! machine), a well-behaved background session that writes, reads and verifies blocks, a bound
-//! on the daemon's memory (VmRSS) and its admin socket.
+//! on `std::net::TcpStream`, a well-behaved background session that writes, reads and verifies
+//! blocks, a bound on the daemon's memory (VmRSS) and its admin socket.
+//!
+//! No protocol rule is written here: PDUs, text keys, CDBs and sense decoding are duet-core's;
+//! the login, reading PDUs off the socket and the full-feature rules (sequence numbers, how a
+//! command is laid out, Data-Out on R2T, ping answers) are duet-hosts'. A test that wants a
+//! malformed PDU builds a well-formed one and then alters it or its wire bytes.
 //!
 //! Everything is bounded in time: sockets carry read and write timeouts, loops have deadlines,
 //! and the daemon is killed by PID when its guard is dropped.
@@ -12,10 +15,12 @@
 
 use crate::support::{Daemon, Site, TargetConfig};
 use duet_core::iscsi::initiator::{LoginPlan, OperationalOffer};
-use duet_core::iscsi::TextPairs;
-use duet_core::sense::SenseCode;
-use duet_hosts::login::blocking;
-use std::io::{BufRead, BufReader, Read, Write};
+use duet_core::iscsi::pdu::flags;
+use duet_core::iscsi::{Lun, Opcode, Pdu, TaskAttr, TextPairs, RESERVED_TAG};
+use duet_core::scsi::host;
+use duet_hosts::login::blocking::{self, Received};
+use duet_hosts::wire::{self, Sequence, WriteLimits};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -65,119 +70,26 @@ pub fn assert_rss_bounded(d: &Daemon, baseline: u64, when: &str) {
 }
 
 // ------------------------------------------------------------------------------------------
-// iSCSI PDUs
+// Raw access to the wire (PDUs are duet-core's; malformations alter their bytes)
 // ------------------------------------------------------------------------------------------
 
-/// Opcodes used here (RFC 7143 §11.2.1.2).
-pub mod op {
-    pub const NOP_OUT: u8 = 0x00;
-    pub const SCSI_CMD: u8 = 0x01;
-    pub const LOGIN_REQ: u8 = 0x03;
-    pub const DATA_OUT: u8 = 0x05;
-    pub const NOP_IN: u8 = 0x20;
-    pub const SCSI_RSP: u8 = 0x21;
-    pub const LOGIN_RSP: u8 = 0x23;
-    pub const DATA_IN: u8 = 0x25;
-    pub const R2T: u8 = 0x31;
-    pub const ASYNC: u8 = 0x32;
-    pub const REJECT: u8 = 0x3f;
+/// LUN 1, the test LUN, as it travels.
+pub fn lun1() -> Lun {
+    Lun::from_number(1)
 }
 
-/// One PDU as it travels (no digests).
-#[derive(Clone, Debug)]
-pub struct RawPdu {
-    /// The basic header segment.
-    pub bhs: [u8; 48],
-    /// The additional header segments (TotalAHSLength is taken from it, padded to 4).
-    pub ahs: Vec<u8>,
-    /// The data segment (unpadded).
-    pub data: Vec<u8>,
-}
-
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-impl RawPdu {
-    /// An empty PDU with `opcode` (the I bit included in `opcode` if wanted).
-    pub fn new(opcode: u8) -> RawPdu {
-        let mut bhs = [0u8; 48];
-        bhs[0] = opcode;
-        RawPdu {
-            bhs,
-            ahs: Vec::new(),
-            data: Vec::new(),
-        }
+/// Reads one PDU; `Ok(None)` when the peer closed the connection (or cut a PDU short and
+/// closed), `Err` on a timeout, a reset mid-read or bytes that are no PDU (the text says which).
+pub fn read_pdu(s: &mut TcpStream) -> Result<Option<Pdu>, String> {
+    match blocking::recv_pdu_or_close(s).map_err(|e| e.to_string())? {
+        Received::Pdu(p) => Ok(Some(p)),
+        Received::Closed { .. } => Ok(None),
     }
-    pub fn opcode(&self) -> u8 {
-        self.bhs[0] & 0x3f
-    }
-    pub fn itt(&self) -> u32 {
-        be32(&self.bhs[16..20])
-    }
-    pub fn ttt(&self) -> u32 {
-        be32(&self.bhs[20..24])
-    }
-    pub fn stat_sn(&self) -> u32 {
-        be32(&self.bhs[24..28])
-    }
-    pub fn exp_cmd_sn(&self) -> u32 {
-        be32(&self.bhs[28..32])
-    }
-    pub fn set_u32(&mut self, at: usize, v: u32) -> &mut Self {
-        self.bhs[at..at + 4].copy_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub fn set_lun(&mut self, lun: u16) -> &mut Self {
-        self.bhs[8] = (lun >> 8) as u8 & 0x3f;
-        self.bhs[9] = lun as u8;
-        self
-    }
-    /// The wire bytes: BHS (with lengths filled in), padded AHS, padded data.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut bhs = self.bhs;
-        let ahs_words = self.ahs.len().div_ceil(4);
-        bhs[4] = ahs_words as u8;
-        let dlen = self.data.len() as u32;
-        bhs[5..8].copy_from_slice(&dlen.to_be_bytes()[1..]);
-        let mut out = bhs.to_vec();
-        out.extend_from_slice(&self.ahs);
-        out.resize(48 + ahs_words * 4, 0);
-        out.extend_from_slice(&self.data);
-        out.resize(out.len() + (4 - self.data.len() % 4) % 4, 0);
-        out
-    }
-}
-
-/// Reads one PDU; `Ok(None)` when the peer closed the connection cleanly, `Err` on a timeout
-/// or a reset (the text says which).
-pub fn read_pdu(s: &mut TcpStream) -> Result<Option<RawPdu>, String> {
-    let mut bhs = [0u8; 48];
-    let mut got = 0;
-    while got < 48 {
-        match s.read(&mut bhs[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(format!("closed after {got} bytes of a BHS")),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
-            Err(e) => return Err(format!("reading a BHS: {e}")),
-        }
-    }
-    let ahs = bhs[4] as usize * 4;
-    let dlen = be32(&[0, bhs[5], bhs[6], bhs[7]]) as usize;
-    let mut rest = vec![0u8; ahs + dlen.div_ceil(4) * 4];
-    s.read_exact(&mut rest)
-        .map_err(|e| format!("reading a data segment of {dlen} bytes: {e}"))?;
-    Ok(Some(RawPdu {
-        bhs,
-        ahs: rest[..ahs].to_vec(),
-        data: rest[ahs..ahs + dlen].to_vec(),
-    }))
 }
 
 /// Reads until the target closes the connection (within `within`), returning the PDUs it sent
 /// first; `Err` if the connection is still open at the deadline.
-pub fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<RawPdu>, String> {
+pub fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<Pdu>, String> {
     let deadline = Instant::now() + within;
     let mut seen = Vec::new();
     loop {
@@ -185,7 +97,7 @@ pub fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<RawP
         if left.is_zero() {
             return Err(format!(
                 "the connection was still open after {within:?} (PDUs: {:?})",
-                seen.iter().map(|p: &RawPdu| p.opcode()).collect::<Vec<_>>()
+                seen.iter().map(Pdu::opcode_raw).collect::<Vec<_>>()
             ));
         }
         s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
@@ -193,10 +105,6 @@ pub fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<RawP
         match read_pdu(s) {
             Ok(None) => return Ok(seen),
             Ok(Some(p)) => seen.push(p),
-            Err(e) if e.contains("closed after") => return Ok(seen),
-            Err(e) if e.contains("reading a data segment") && e.contains("end of file") => {
-                return Ok(seen)
-            }
             Err(e) => {
                 if Instant::now() >= deadline {
                     return Err(format!("the connection was not closed: {e}"));
@@ -220,18 +128,12 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// A text segment from `key=value` pairs.
-pub fn text_segment(pairs: &[String]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for kv in pairs {
-        data.extend_from_slice(kv.as_bytes());
-        data.push(0);
+pub fn text_segment(pairs: &[(&str, String)]) -> Vec<u8> {
+    let mut t = TextPairs::new();
+    for (k, v) in pairs {
+        t.push(*k, v.clone());
     }
-    data
-}
-
-/// Parses a text segment into `key=value` pairs (none when it is not well-formed).
-pub fn parse_text(data: &[u8]) -> Vec<(String, String)> {
-    TextPairs::parse(data).map(|t| t.0).unwrap_or_default()
+    t.to_bytes().to_vec()
 }
 
 /// The ISID of the tests' sessions: type 2 (random), qualifier `isid` in the last two bytes.
@@ -240,20 +142,17 @@ pub fn isid(qualifier: u16) -> [u8; 6] {
     [0x80, 0x00, 0x4e, 0x11, hi, lo]
 }
 
-/// Sense key, ASC and ASCQ of sense data (all 0xff when there is none).
-pub fn sense_code(sense: &[u8]) -> (u8, u8, u8) {
-    SenseCode::from_sense_data(sense).map_or((0xff, 0xff, 0xff), |c| (c.key, c.asc, c.ascq))
-}
-
-/// A Login Request: `csg`/`nsg` stages, transit bit `t`, ISID qualifier `isid`.
-pub fn login_request(csg: u8, nsg: u8, t: bool, isid: u16, cmd_sn: u32, data: Vec<u8>) -> RawPdu {
-    let mut p = RawPdu::new(0x40 | op::LOGIN_REQ);
-    p.bhs[1] = if t { 0x80 } else { 0 } | (csg << 2) | if t { nsg } else { 0 };
-    p.bhs[8..14].copy_from_slice(&self::isid(isid));
-    p.set_u32(16, 0x1000 + isid as u32); // ITT
-    p.set_u32(24, cmd_sn);
-    p.data = data;
-    p
+/// A Login Request from `csg` to `nsg` (transit bit `t`), ISID qualifier `isid`, with `data`.
+pub fn login_request(csg: u8, nsg: u8, t: bool, isid: u16, cmd_sn: u32, data: Vec<u8>) -> Pdu {
+    let nsg = if t { nsg } else { 0 };
+    Pdu::login_request(
+        self::isid(isid),
+        0,
+        0x1000 + isid as u32,
+        cmd_sn,
+        (t, csg, nsg),
+        data.into(),
+    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -272,14 +171,14 @@ pub struct ScsiResult {
 }
 
 /// A logged-in iSCSI session over one connection: no digests, InitialR2T=Yes,
-/// ImmediateData=No, so every write goes through R2T and Data-Out.
+/// ImmediateData=No, so every write goes through R2T and Data-Out. The full-feature rules
+/// (sequence numbers, command layout, Data-Out, ping answers) are duet-hosts' [`wire`].
 pub struct Initiator {
     /// The connection (public so that tests can send raw bytes on it).
     pub sock: TcpStream,
-    /// The next CmdSN to use.
-    pub cmd_sn: u32,
-    /// The next StatSN expected.
-    pub exp_stat_sn: u32,
+    /// CmdSN and ExpStatSN (public so that tests can send wrong ones).
+    pub seq: Sequence,
+    limits: WriteLimits,
     next_itt: u32,
     /// How many target NOP-In pings were answered.
     pub pings_answered: u64,
@@ -312,8 +211,12 @@ impl Initiator {
         let done = blocking::login(&mut sock, plan).map_err(|e| format!("login: {e}"))?;
         let mut me = Initiator {
             sock,
-            cmd_sn: done.cmd_sn,
-            exp_stat_sn: done.exp_stat_sn,
+            seq: Sequence {
+                cmd_sn: done.cmd_sn,
+                exp_stat_sn: done.exp_stat_sn,
+                max_cmd_sn: done.cmd_sn,
+            },
+            limits: WriteLimits::from_params(&done.params),
             next_itt: 1,
             pings_answered: 0,
         };
@@ -326,7 +229,7 @@ impl Initiator {
     pub fn clear_unit_attentions(&mut self) -> Result<(), String> {
         let mut last = Vec::new();
         for _ in 0..8 {
-            let r = self.command(&[0u8; 6], 0, None)?;
+            let r = self.command(&host::test_unit_ready_cdb(), 0, None)?;
             if r.status == 0 {
                 return Ok(());
             }
@@ -337,11 +240,20 @@ impl Initiator {
         ))
     }
 
-    /// Sends one PDU.
-    pub fn send(&mut self, p: &RawPdu) -> Result<(), String> {
-        self.sock
-            .write_all(&p.encode())
-            .map_err(|e| format!("send: {e}"))
+    /// Sends one PDU as it is.
+    pub fn send(&mut self, p: &Pdu) -> Result<(), String> {
+        blocking::send_pdu(&mut self.sock, p).map_err(|e| e.to_string())
+    }
+
+    /// Sends one PDU's bytes after `alter` changed them.
+    pub fn send_altered(
+        &mut self,
+        p: &Pdu,
+        alter: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), String> {
+        let mut b = blocking::wire_bytes(p);
+        alter(&mut b);
+        self.sock.write_all(&b).map_err(|e| format!("send: {e}"))
     }
 
     /// A fresh initiator task tag.
@@ -351,53 +263,44 @@ impl Initiator {
         t
     }
 
-    /// The next PDU that is not a target ping (those are answered here), with ExpStatSN
-    /// bookkeeping.
-    pub fn recv(&mut self) -> Result<RawPdu, String> {
+    /// The next PDU that is not a target ping (those are answered here) nor an Async Message,
+    /// with ExpStatSN bookkeeping.
+    pub fn recv(&mut self) -> Result<Pdu, String> {
         loop {
             let p = read_pdu(&mut self.sock)?.ok_or("the target closed the connection")?;
-            let carries_status = match p.opcode() {
-                op::DATA_IN => p.bhs[1] & 0x01 != 0,
-                op::R2T => false,
-                op::NOP_IN => p.ttt() == 0xffff_ffff || p.itt() != 0xffff_ffff,
-                _ => true,
-            };
-            if carries_status {
-                self.exp_stat_sn = p.stat_sn().wrapping_add(1);
-            }
-            if p.opcode() == op::NOP_IN && p.itt() == 0xffff_ffff {
-                if p.ttt() != 0xffff_ffff {
-                    let mut out = RawPdu::new(0x40 | op::NOP_OUT);
-                    out.bhs[1] = 0x80;
-                    out.bhs[8..16].copy_from_slice(&p.bhs[8..16]);
-                    out.set_u32(16, 0xffff_ffff)
-                        .set_u32(20, p.ttt())
-                        .set_u32(24, self.cmd_sn)
-                        .set_u32(28, self.exp_stat_sn);
-                    self.send(&out)?;
-                    self.pings_answered += 1;
+            self.seq.note(&p, wire::advances_stat_sn(&p));
+            match p.opcode() {
+                Some(Opcode::NopIn) if p.itt() == RESERVED_TAG => {
+                    if let Some(mut answer) = wire::ping_answer(&p, self.seq.cmd_sn) {
+                        answer
+                            .set_lun(p.lun())
+                            .set_exp_stat_sn(self.seq.exp_stat_sn);
+                        self.send(&answer)?;
+                        self.pings_answered += 1;
+                    }
                 }
-                continue;
+                Some(Opcode::AsyncMessage) => {}
+                _ => return Ok(p),
             }
-            if p.opcode() == op::ASYNC {
-                continue;
-            }
-            return Ok(p);
         }
     }
 
-    /// A SCSI command header for LUN 1 (CmdSN taken and advanced).
-    pub fn scsi_command(&mut self, cdb: &[u8], read: bool, write: bool, edtl: u32) -> RawPdu {
-        let mut p = RawPdu::new(op::SCSI_CMD);
-        p.bhs[1] = 0x80 | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | 1;
-        p.set_lun(1);
+    /// A SCSI command for LUN 1 writing `write_len` bytes and reading `read_len`, laid out as
+    /// the session's parameters say (CmdSN taken).
+    pub fn scsi_command(&mut self, cdb: &[u8], write_len: usize, read_len: u32) -> Pdu {
+        let layout = self.limits.layout(write_len, read_len);
         let itt = self.itt();
-        p.set_u32(16, itt)
-            .set_u32(20, edtl)
-            .set_u32(24, self.cmd_sn)
-            .set_u32(28, self.exp_stat_sn);
-        self.cmd_sn = self.cmd_sn.wrapping_add(1);
-        p.bhs[32..32 + cdb.len()].copy_from_slice(cdb);
+        let cmd_sn = self.seq.take_cmd_sn();
+        let mut p = Pdu::scsi_command(
+            itt,
+            lun1(),
+            cdb,
+            layout.edtl,
+            cmd_sn,
+            layout.flags,
+            TaskAttr::Simple,
+        );
+        p.set_exp_stat_sn(self.seq.exp_stat_sn);
         p
     }
 
@@ -409,8 +312,7 @@ impl Initiator {
         read_len: u32,
         data_out: Option<&[u8]>,
     ) -> Result<ScsiResult, String> {
-        let edtl = data_out.map(|d| d.len() as u32).unwrap_or(read_len);
-        let p = self.scsi_command(cdb, read_len > 0, data_out.is_some(), edtl);
+        let p = self.scsi_command(cdb, data_out.map_or(0, <[u8]>::len), read_len);
         let itt = p.itt();
         self.send(&p)?;
         self.finish(itt, data_out)
@@ -418,64 +320,57 @@ impl Initiator {
 
     /// Collects the answer to task `itt` (see [`Initiator::command`]).
     pub fn finish(&mut self, itt: u32, data_out: Option<&[u8]>) -> Result<ScsiResult, String> {
+        let out = data_out.unwrap_or_default();
+        let payload = out.to_vec().into();
         let mut data = Vec::new();
         loop {
             let p = self.recv()?;
             if p.itt() != itt {
                 return Err(format!(
                     "PDU {:#04x} for task {:#x} while waiting for task {itt:#x}",
-                    p.opcode(),
+                    p.opcode_raw(),
                     p.itt()
                 ));
             }
             match p.opcode() {
-                op::R2T => {
-                    let out = data_out.ok_or("R2T for a command without data")?;
-                    let ttt = p.ttt();
-                    let offset = be32(&p.bhs[40..44]) as usize;
-                    let len = be32(&p.bhs[44..48]) as usize;
-                    let end = (offset + len).min(out.len());
-                    let mut sn = 0u32;
-                    let mut at = offset;
-                    while at < end {
-                        let n = (end - at).min(8192);
-                        let mut d = RawPdu::new(op::DATA_OUT);
-                        d.bhs[1] = if at + n == end { 0x80 } else { 0 };
-                        d.set_lun(1);
-                        d.set_u32(16, itt)
-                            .set_u32(20, ttt)
-                            .set_u32(28, self.exp_stat_sn)
-                            .set_u32(36, sn)
-                            .set_u32(40, at as u32);
-                        d.data = out[at..at + n].to_vec();
+                Some(Opcode::R2t) => {
+                    if data_out.is_none() {
+                        return Err("R2T for a command without data".into());
+                    }
+                    let start = (p.buffer_offset() as usize).min(out.len());
+                    let end = (start + p.desired_length() as usize).min(out.len());
+                    let seg = self.limits.max_xmit_seg;
+                    let outs: Vec<Pdu> =
+                        wire::data_out_pdus(itt, p.ttt(), lun1(), &payload, (start, end), seg)
+                            .collect();
+                    for mut d in outs {
+                        d.set_exp_stat_sn(self.seq.exp_stat_sn);
                         self.send(&d)?;
-                        sn += 1;
-                        at += n;
                     }
                 }
-                op::DATA_IN => {
+                Some(Opcode::DataIn) => {
                     data.extend_from_slice(&p.data);
-                    if p.bhs[1] & 0x01 != 0 {
+                    if p.flags() & flags::STATUS != 0 {
                         return Ok(ScsiResult {
-                            status: p.bhs[3],
+                            status: p.status(),
                             data,
                             sense: Vec::new(),
                         });
                     }
                 }
-                op::SCSI_RSP => {
-                    let sense = if p.data.len() > 2 {
-                        p.data[2..].to_vec()
-                    } else {
-                        Vec::new()
-                    };
+                Some(Opcode::ScsiResponse) => {
                     return Ok(ScsiResult {
-                        status: p.bhs[3],
+                        status: p.status(),
                         data,
-                        sense,
+                        sense: p.sense_data().map(|s| s.to_vec()).unwrap_or_default(),
                     });
                 }
-                other => return Err(format!("unexpected PDU {other:#04x} for task {itt:#x}")),
+                _ => {
+                    return Err(format!(
+                        "unexpected PDU {:#04x} for task {itt:#x}",
+                        p.opcode_raw()
+                    ))
+                }
             }
         }
     }
@@ -483,11 +378,7 @@ impl Initiator {
     /// WRITE(10) of `data` (a whole number of blocks) at `lba`; Ok if GOOD.
     pub fn write(&mut self, lba: u32, data: &[u8]) -> Result<(), String> {
         let blocks = (data.len() / BLOCK) as u16;
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x2a;
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-        let r = self.command(&cdb, 0, Some(data))?;
+        let r = self.command(&host::write10_cdb(lba, blocks), 0, Some(data))?;
         if r.status != 0 {
             return Err(format!(
                 "WRITE(10) status {:#04x} sense {:02x?}",
@@ -499,11 +390,11 @@ impl Initiator {
 
     /// READ(10) of `blocks` blocks at `lba`.
     pub fn read(&mut self, lba: u32, blocks: u16) -> Result<Vec<u8>, String> {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x28;
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-        let r = self.command(&cdb, blocks as u32 * BLOCK as u32, None)?;
+        let r = self.command(
+            &host::read10_cdb(lba, blocks),
+            blocks as u32 * BLOCK as u32,
+            None,
+        )?;
         if r.status != 0 {
             return Err(format!(
                 "READ(10) status {:#04x} sense {:02x?}",
@@ -515,25 +406,26 @@ impl Initiator {
 
     /// TEST UNIT READY; returns the status.
     pub fn test_unit_ready(&mut self) -> Result<u8, String> {
-        Ok(self.command(&[0u8; 6], 0, None)?.status)
+        Ok(self.command(&host::test_unit_ready_cdb(), 0, None)?.status)
+    }
+
+    /// An immediate NOP-Out ping (ITT `itt`, CmdSN not taken) carrying `payload`.
+    pub fn nop_out(&self, itt: u32, payload: &[u8]) -> Pdu {
+        let mut p = Pdu::nop_out(itt, RESERVED_TAG, self.seq.cmd_sn, payload.to_vec().into());
+        p.set_immediate(true).set_exp_stat_sn(self.seq.exp_stat_sn);
+        p
     }
 
     /// An immediate NOP-Out ping that must be answered with a NOP-In echoing `payload`.
     pub fn ping(&mut self, payload: &[u8]) -> Result<(), String> {
-        let mut p = RawPdu::new(0x40 | op::NOP_OUT);
-        p.bhs[1] = 0x80;
         let itt = self.itt();
-        p.set_u32(16, itt)
-            .set_u32(20, 0xffff_ffff)
-            .set_u32(24, self.cmd_sn)
-            .set_u32(28, self.exp_stat_sn);
-        p.data = payload.to_vec();
+        let p = self.nop_out(itt, payload);
         self.send(&p)?;
         let r = self.recv()?;
-        if r.opcode() != op::NOP_IN || r.itt() != itt {
+        if r.opcode() != Some(Opcode::NopIn) || r.itt() != itt {
             return Err(format!(
                 "expected the NOP-In for {itt:#x}, got {:#04x} for {:#x}",
-                r.opcode(),
+                r.opcode_raw(),
                 r.itt()
             ));
         }
