@@ -16,6 +16,10 @@ use duet_core::iscsi::{text, Opcode, Pdu, TaskAttr, TextPairs};
 use duet_core::scsi::host;
 use duet_core::sense::SenseCode;
 use duet_hosts::login::{blocking, ClientError};
+use duet_target::ha::link::handshake::{Hello, LoginMsg};
+use duet_target::ha::link::{
+    Channel, FrameHeader, FrameKind, HEADER_LEN, LINK_VERSION, MAX_LOGIN_PAYLOAD,
+};
 use hostile_common::*;
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
@@ -668,34 +672,43 @@ fn admin_socket(d: &Daemon) -> PathBuf {
     d.dir.join("ctrl-a.sock")
 }
 
-/// The HA link's version, as a peer that speaks the wire protocol knows it (duetd's
-/// `LINK_VERSION`).
-const LINK_VERSION: u8 = 2;
-
-/// A link frame: magic, version, kind, flags, length, payload.
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = b"DUET".to_vec();
-    f.extend_from_slice(&u16::from(LINK_VERSION).to_be_bytes());
-    f.push(kind);
-    f.push(0);
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+/// A link frame of `kind` around `payload`, from the link's own header encoding.
+fn frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+    let mut f = FrameHeader {
+        kind,
+        len: payload.len() as u32,
+    }
+    .encode()
+    .to_vec();
     f.extend_from_slice(payload);
     f
 }
 
-/// A postcard-encoded `LoginMsg::Hello` (variant 0: version varint, ha_id, mode, channel
-/// varint, attempt varint, 32-byte nonce).
+/// A hello of an impostor that does not know the secret, from the link's own message types.
 fn hello(ha_id: u8, mode: u8, channel: u8, attempt: u8, nonce_seed: u64) -> Vec<u8> {
-    let mut p = vec![0u8, LINK_VERSION, ha_id, mode, channel, attempt & 0x7f];
-    p.extend_from_slice(&pattern(nonce_seed, 32));
-    p
+    let mut nonce = [0u8; 32];
+    nonce.copy_from_slice(&pattern(nonce_seed, 32));
+    LoginMsg::Hello(Hello {
+        version: LINK_VERSION,
+        ha_id,
+        mode,
+        channel: if channel == 0 {
+            Channel::Control
+        } else {
+            Channel::Data
+        },
+        attempt: u64::from(attempt),
+        nonce,
+    })
+    .to_bytes()
+    .expect("a hello encodes")
 }
 
-/// A postcard-encoded `LoginMsg::Proof` (variant 1, 32 bytes).
+/// A proof with the given (wrong) MAC.
 fn proof(mac: &[u8; 32]) -> Vec<u8> {
-    let mut p = vec![1u8];
-    p.extend_from_slice(mac);
-    p
+    LoginMsg::Proof { mac: *mac }
+        .to_bytes()
+        .expect("a proof encodes")
 }
 
 /// What reading one link frame gave.
@@ -712,7 +725,7 @@ enum Got {
 /// Reads one link frame.
 fn read_frame(s: &mut TcpStream) -> Got {
     use std::io::{ErrorKind, Read};
-    let mut h = [0u8; 12];
+    let mut h = [0u8; HEADER_LEN];
     let mut buf: Vec<u8> = Vec::new();
     let mut want = 12usize;
     let mut have_header = false;
@@ -729,13 +742,13 @@ fn read_frame(s: &mut TcpStream) -> Got {
             }
         }
         if have_header {
-            return Got::Frame(h[6], buf[12..].to_vec());
+            return Got::Frame(h[6], buf[HEADER_LEN..].to_vec());
         }
-        h.copy_from_slice(&buf[..12]);
-        assert_eq!(&h[..4], b"DUET", "a frame from duetd without the magic");
-        let len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize;
-        assert!(len <= 1024, "a login-phase frame of {len} bytes from duetd");
-        want = 12 + len;
+        h.copy_from_slice(&buf[..HEADER_LEN]);
+        let header = FrameHeader::decode(&h, MAX_LOGIN_PAYLOAD).unwrap_or_else(|e| {
+            panic!("a login-phase frame from duetd that the link refuses: {e}")
+        });
+        want = HEADER_LEN + header.len as usize;
         have_header = true;
     }
 }
@@ -779,7 +792,8 @@ fn assert_ha_unharmed(d: &mut Daemon, baseline: u64, reason_in_log: &str) {
 
 /// Sends our hello and returns duetd's answer (a hello or a bye).
 fn hello_exchange(s: &mut TcpStream, ours: Vec<u8>, what: &str) -> (u8, Vec<u8>) {
-    s.write_all(&frame(1, &ours)).expect("send hello");
+    s.write_all(&frame(FrameKind::Login, &ours))
+        .expect("send hello");
     expect_frame(s, what)
 }
 
@@ -795,13 +809,21 @@ fn ha_peer_with_a_wrong_secret_is_refused() {
             hello(2, 1, attempt % 2, attempt, attempt as u64),
             "a valid hello",
         );
-        assert_eq!(kind, 1, "duetd answers a hello with its own hello");
+        assert_eq!(
+            kind,
+            FrameKind::Login as u8,
+            "duetd answers a hello with its own hello"
+        );
         let mut mac = [0u8; 32];
         mac.copy_from_slice(&pattern(500 + attempt as u64, 32));
-        s.write_all(&frame(1, &proof(&mac)))
+        s.write_all(&frame(FrameKind::Login, &proof(&mac)))
             .expect("send a bad proof");
         let (kind, reason) = expect_frame(&mut s, "a bad proof");
-        assert_eq!(kind, 4, "a wrong proof is answered with a bye");
+        assert_eq!(
+            kind,
+            FrameKind::Bye as u8,
+            "a wrong proof is answered with a bye"
+        );
         let reason = String::from_utf8_lossy(&reason).to_string();
         assert!(reason.contains("authentication"), "bye reason: {reason}");
         assert!(
@@ -825,7 +847,7 @@ fn ha_peer_with_another_mode_is_refused() {
             hello(2, mode, 0, i as u8, i as u64),
             "another ha_mode",
         );
-        assert_eq!(kind, 4, "ha_mode {mode}: expected a bye");
+        assert_eq!(kind, FrameKind::Bye as u8, "ha_mode {mode}: expected a bye");
         let reason = String::from_utf8_lossy(&reason).to_string();
         assert!(
             reason.contains("ha_mode"),
@@ -843,7 +865,7 @@ fn ha_peer_with_an_equal_or_invalid_id_is_refused() {
         let mut s = connect(link_addr(&d));
         let (kind, reason) =
             hello_exchange(&mut s, hello(id, 1, 0, i as u8, i as u64), "a bad ha_id");
-        assert_eq!(kind, 4, "ha_id {id}: expected a bye");
+        assert_eq!(kind, FrameKind::Bye as u8, "ha_id {id}: expected a bye");
         let reason = String::from_utf8_lossy(&reason).to_string();
         assert!(reason.contains("ha_id"), "ha_id {id}: bye reason {reason}");
     }
@@ -856,12 +878,12 @@ fn ha_link_garbage_is_dropped_and_silent_connections_time_out() {
     let baseline = d.rss_kib();
     let good = GoodSession::start(d.portal());
     let addr = link_addr(&d);
-    let mut oversized = frame(1, &[]);
+    let mut oversized = frame(FrameKind::Login, &[]);
     oversized[8..12].copy_from_slice(&(16u32 << 20).to_be_bytes());
     oversized.extend_from_slice(&[0u8; 64]);
-    let mut bad_version = frame(1, &hello(2, 1, 0, 0, 1));
+    let mut bad_version = frame(FrameKind::Login, &hello(2, 1, 0, 0, 1));
     bad_version[4..6].copy_from_slice(&9u16.to_be_bytes());
-    let mut bad_flags = frame(1, &hello(2, 1, 0, 0, 1));
+    let mut bad_flags = frame(FrameKind::Login, &hello(2, 1, 0, 0, 1));
     bad_flags[7] = 0x80;
     let mut bad_hello_version = hello(2, 1, 0, 0, 1);
     bad_hello_version[1] = 9;
@@ -874,15 +896,31 @@ fn ha_link_garbage_is_dropped_and_silent_connections_time_out() {
         ("a 16 MiB login frame", oversized),
         ("another frame version", bad_version),
         ("unknown flags", bad_flags),
-        ("an unknown kind", frame(9, &[])),
-        ("a ping before login", frame(2, &[])),
-        ("a message before login", frame(3, b"hello")),
-        ("a proof before a hello", frame(1, &proof(&[0; 32]))),
-        ("a truncated hello", frame(1, &hello(2, 1, 0, 0, 1)[..10])),
-        ("an unknown login variant", frame(1, &[7, 1, 2, 3])),
+        ("an unknown kind", {
+            let mut f = frame(FrameKind::Ping, &[]);
+            f[6] = 9;
+            f
+        }),
+        ("a ping before login", frame(FrameKind::Ping, &[])),
+        (
+            "a message before login",
+            frame(FrameKind::Message, b"hello"),
+        ),
+        (
+            "a proof before a hello",
+            frame(FrameKind::Login, &proof(&[0; 32])),
+        ),
+        (
+            "a truncated hello",
+            frame(FrameKind::Login, &hello(2, 1, 0, 0, 1)[..10]),
+        ),
+        (
+            "an unknown login variant",
+            frame(FrameKind::Login, &[7, 1, 2, 3]),
+        ),
         (
             "an unknown channel",
-            frame(1, &{
+            frame(FrameKind::Login, &{
                 let mut h = hello(2, 1, 0, 0, 1);
                 h[4] = 5;
                 h
@@ -890,7 +928,7 @@ fn ha_link_garbage_is_dropped_and_silent_connections_time_out() {
         ),
         (
             "another link version in the hello",
-            frame(1, &bad_hello_version),
+            frame(FrameKind::Login, &bad_hello_version),
         ),
         ("half a header", b"DUET\0".to_vec()),
     ];
@@ -904,7 +942,11 @@ fn ha_link_garbage_is_dropped_and_silent_connections_time_out() {
                 Got::Closed => break,
                 Got::TimedOut => panic!("{what}: the connection stayed open for 20 s"),
                 Got::Frame(kind, p) => {
-                    assert_ne!(kind, 1, "{what}: duetd went on with the login ({p:?})");
+                    assert_ne!(
+                        kind,
+                        FrameKind::Login as u8,
+                        "{what}: duetd went on with the login ({p:?})"
+                    );
                 }
             }
         }
@@ -922,7 +964,11 @@ fn ha_link_garbage_is_dropped_and_silent_connections_time_out() {
     }
     let mut s = connect(addr);
     let (kind, _) = hello_exchange(&mut s, hello(2, 1, 0, 1, 77), "a hello after the garbage");
-    assert_eq!(kind, 1, "the link port answers a hello after the garbage");
+    assert_eq!(
+        kind,
+        FrameKind::Login as u8,
+        "the link port answers a hello after the garbage"
+    );
     drop(s);
     good.assert_progress("after HA link garbage");
     good.finish("during HA link garbage");

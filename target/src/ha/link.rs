@@ -51,7 +51,8 @@ mod wire;
 pub use channel::Channel;
 pub use config::{LinkConfig, PeerAddr, PeerAddrError};
 pub use frame::{
-    FrameError, FrameHeader, FrameKind, FRAME_MAGIC, HEADER_LEN, LINK_VERSION, MAX_PAYLOAD,
+    FrameError, FrameHeader, FrameKind, FRAME_MAGIC, HEADER_LEN, LINK_VERSION, MAX_LOGIN_PAYLOAD,
+    MAX_PAYLOAD,
 };
 pub use handle::{DataHandler, LinkDown, LinkEvent, LinkHandle};
 pub use stats::{ChannelStats, LinkStats};

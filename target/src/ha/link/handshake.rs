@@ -26,23 +26,33 @@ use super::config::LinkConfig;
 use super::frame::{bye_text, FrameKind, LINK_VERSION};
 
 /// A login message (the payload of a login frame), postcard-encoded. The encoding is part of
-/// the wire protocol: variant 0 is the hello, variant 1 the proof.
+/// the wire protocol: variant 0 is the hello, variant 1 the proof. Public so that tests and
+/// tools that speak the link (an impostor, in the hostile tests) build it from this one
+/// definition.
 #[derive(Debug, Serialize, Deserialize)]
-enum LoginMsg {
+pub enum LoginMsg {
     Hello(Hello),
     Proof { mac: [u8; 32] },
 }
 
+impl LoginMsg {
+    /// The message's encoding, as a login frame carries it.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, HandshakeError> {
+        encode(self)
+    }
+}
+
+/// A hello: who speaks, for which connection, with which fresh nonce.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Hello {
-    version: u16,
-    ha_id: u8,
-    mode: u8,
-    channel: Channel,
+pub struct Hello {
+    pub version: u16,
+    pub ha_id: u8,
+    pub mode: u8,
+    pub channel: Channel,
     /// Identifies one connection attempt of the dialer, so that the acceptor pairs the right
     /// control and data connections.
-    attempt: u64,
-    nonce: [u8; 32],
+    pub attempt: u64,
+    pub nonce: [u8; 32],
 }
 
 /// Which side of the connection this login runs on.
