@@ -661,7 +661,7 @@ fn admin_socket(d: &Daemon) -> PathBuf {
 
 /// The HA link's version, as a peer that speaks the wire protocol knows it (duetd's
 /// `LINK_VERSION`).
-const LINK_VERSION: u8 = 2;
+const LINK_VERSION: u8 = 3;
 
 /// A link frame: magic, version, kind, flags, length, payload.
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
