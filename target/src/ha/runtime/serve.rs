@@ -21,11 +21,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use duet_core::ha::grant::{Access, Answer, GrantId};
 use duet_core::iscsi::Completion;
 use duet_core::scsi::{IoPlan, Prepared, ResetKind};
 use duet_core::sense::SenseCode;
-
-use duet_core::ha::grant::{Access, Answer, GrantId};
 
 use super::super::link::Channel;
 use super::super::proto::{LinkMsg, PeerReply, PeerRequest};
