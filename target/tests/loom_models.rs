@@ -24,11 +24,14 @@ use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::time::Duration;
 
 use duet_core::alua::{HaMode, LunView};
+use duet_core::ha::grant::{Access, Answer, PrimaryFacts};
 use duet_core::ha::HaStatus;
 use duet_core::scsi::{AluaPicture, CommandContext, LogicalUnit, LuConfig, MemStore, Nexus};
 use duet_core::sense::SenseCode;
 use duet_target::ha::gate::IoGate;
-use duet_target::ha::tables::{GrantTable, LunFacts, PendingTable, Published, RoleFacts};
+use duet_target::ha::tables::{
+    GrantTable, LunFacts, PendingTable, Published, Requested, RoleFacts,
+};
 use duet_target::sync::atomic::{AtomicUsize, Ordering};
 use duet_target::sync::{self, thread, Arc, Condvar, Mutex};
 
@@ -176,11 +179,13 @@ fn picture(generation: u64) -> Vec<(LunNumber, LunFacts)> {
         primary_here: true,
         may_io: true,
         primary: Some(ME),
+        epoch: 1,
     };
     let there = LunFacts {
         primary_here: false,
         may_io: false,
         primary: Some(PEER),
+        epoch: 1,
     };
     match generation {
         0 => Vec::new(),
@@ -446,13 +451,54 @@ impl Drop for Guard {
     }
 }
 
+/// The primary's facts while it serves LUN 0 at epoch 3 with the peer connected.
+const SERVING: PrimaryFacts = PrimaryFacts {
+    serving_primary: true,
+    epoch: 3,
+    peer_connected: true,
+};
+
+/// Asks the table for a grant (request `req` of `session`, LUN 0, shared) and attaches a guard
+/// counted by `drops` if one is given. Returns the grant id if the guard is kept; a guard the
+/// table gives back (the grant was released, revoked or the session ended first) is dropped.
+fn grant_and_attach(
+    t: &GrantTable<Guard>,
+    session: u64,
+    req: u64,
+    facts: PrimaryFacts,
+    drops: &Arc<AtomicUsize>,
+) -> Option<u64> {
+    let guard = Guard {
+        drops: drops.clone(),
+    };
+    match t.request(session, req, 0, Access::Shared, facts, ()) {
+        Requested::Answered(Answer::Granted { grant, .. }, ()) => {
+            t.attach(grant, guard).ok().map(|()| grant)
+        }
+        _ => None,
+    }
+}
+
+/// Checks that every guard was dropped at most once, and is kept (its grant id among the
+/// table's guarded ids) exactly when it was not dropped.
+fn check_guards(table: &GrantTable<Guard>, ids: &[Option<u64>], drops: &[Arc<AtomicUsize>]) {
+    let kept_ids = table.guarded();
+    for (i, c) in drops.iter().enumerate() {
+        let n = c.load(Ordering::SeqCst);
+        assert!(n <= 1, "guard {i} dropped {n} times");
+        let kept = ids[i].is_some_and(|id| kept_ids.contains(&id));
+        assert_eq!(n == 0, kept, "guard {i}: kept iff not dropped");
+    }
+}
+
 #[test]
 fn grants_dropped_exactly_once() {
     explore(
         "grants_dropped_exactly_once",
-        "every GrantTable guard is dropped exactly once (released, cleared or refused as stale; \
-         a repeated release drops nothing) and no grant of a session survives the clear() that \
-         ends it; 1 granter (2 grants), 1 releaser (3 releases), 1 link-down",
+        "every GrantTable guard is dropped exactly once (released, cleared, or given back by \
+         attach() when its grant is gone; a repeated release drops nothing) and no grant of a \
+         session survives the clear() that ends it; 1 granter (2 grants), 1 releaser \
+         (3 releases), 1 link-down",
         || {
             let table = std::sync::Arc::new(GrantTable::<Guard>::new());
             let drops: Vec<Arc<AtomicUsize>> =
@@ -462,35 +508,67 @@ fn grants_dropped_exactly_once() {
                 let session = t.session();
                 let ids: Vec<Option<u64>> = d
                     .iter()
-                    .map(|c| t.insert(session, Guard { drops: c.clone() }).ok())
+                    .zip(1..)
+                    .map(|(c, req)| grant_and_attach(&t, session, req, SERVING, c))
                     .collect();
                 (session, ids)
             });
             let t = table.clone();
             let releaser = thread::spawn(move || {
-                let first = t.release(1);
-                let again = t.release(1);
+                let first = t.release(1).is_some();
+                let again = t.release(1).is_some();
                 assert!(!(first && again), "grant 1 released twice");
                 t.release(2);
             });
             table.clear();
             let (session, ids) = granter.join().expect("granter");
             releaser.join().expect("releaser");
-            let held = table.ids();
-            for (i, c) in drops.iter().enumerate() {
-                let n = c.load(Ordering::SeqCst);
-                assert!(n <= 1, "guard {i} dropped {n} times");
-                let kept = ids[i].is_some_and(|id| held.contains(&id));
-                assert_eq!(n == 0, kept, "guard {i}: held iff not dropped");
-                if session == 0 {
-                    assert!(!kept, "a grant of the ended session survived clear()");
-                }
+            check_guards(&table, &ids, &drops);
+            if session == 0 {
+                assert!(
+                    table.guarded().is_empty() && table.is_empty(),
+                    "a grant of the ended session survived clear()"
+                );
             }
             table.clear();
             for c in &drops {
                 assert_eq!(c.load(Ordering::SeqCst), 1, "clear() drops every grant");
             }
             assert!(table.is_empty());
+        },
+    );
+}
+
+#[test]
+fn grants_revoked_by_update_drop_their_guards() {
+    explore(
+        "grants_revoked_by_update_drop_their_guards",
+        "a grant the grantor revokes (update() after the primary stepped down) keeps no guard: \
+         its guard is dropped exactly once, by update() or given back by attach(); a grant \
+         given after the update keeps its guard until released; 1 granter (1 grant), \
+         1 step-down",
+        || {
+            let table = std::sync::Arc::new(GrantTable::<Guard>::new());
+            let drops = vec![Arc::new(AtomicUsize::new(0))];
+            let (t, d) = (table.clone(), drops[0].clone());
+            let granter = thread::spawn(move || grant_and_attach(&t, 0, 1, SERVING, &d));
+            let stepped_down = PrimaryFacts {
+                serving_primary: false,
+                ..SERVING
+            };
+            let answered = table.update(0, stepped_down);
+            assert!(answered.is_empty(), "nothing was queued");
+            let id = granter.join().expect("granter");
+            check_guards(&table, &[id], &drops);
+            if let Some(id) = id {
+                // Attached, then revoked (its guard dropped by update()), or attached after the
+                // update and still held.
+                let kept = table.guarded().contains(&id);
+                let released = table.release(id);
+                assert_eq!(released.is_some(), kept, "a kept guard's grant is held");
+            }
+            assert_eq!(drops[0].load(Ordering::SeqCst), 1);
+            assert!(table.is_empty() && table.guarded().is_empty());
         },
     );
 }

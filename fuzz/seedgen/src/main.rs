@@ -694,6 +694,7 @@ fn ha_seeds(out: &Out) -> std::io::Result<()> {
                     data_out: Bytes::from(vec![0x99; 64]),
                     data_len: 1024,
                     plan_only: true,
+                    ask: 1,
                 },
             },
         ),
@@ -735,7 +736,12 @@ fn ha_seeds(out: &Out) -> std::io::Result<()> {
             "plan",
             LinkMsg::Reply {
                 id: 7,
-                reply: PeerReply::Plan { grant: 11, plan },
+                reply: PeerReply::Plan {
+                    ask: 1,
+                    grant: 11,
+                    epoch: 2,
+                    plan,
+                },
             },
         ),
         (

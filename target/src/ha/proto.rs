@@ -41,7 +41,8 @@ pub enum PeerRequest {
     /// Run a command received on the secondary's port for `nexus`. With `plan_only` (mode 1) the
     /// primary only prepares it; a medium phase comes back as a [`PeerReply::Plan`] that the
     /// secondary runs on the shared backend. `data_out` is empty when it was left out (mode 1
-    /// writes); `data_len` is its real length.
+    /// writes); `data_len` is its real length. `ask` is the id of the grant request this is
+    /// (core's `Grantee::ask`, mode 1), 0 without `plan_only`.
     Execute {
         lun: LunNumber,
         nexus: Nexus,
@@ -49,6 +50,7 @@ pub enum PeerRequest {
         data_out: Bytes,
         data_len: u32,
         plan_only: bool,
+        ask: u64,
     },
     /// A LOGICAL UNIT RESET (or target reset) received on the secondary.
     Reset { lun: LunNumber, cold: bool },
@@ -66,8 +68,14 @@ pub enum PeerReply {
         data_in: Bytes,
         wanted_len: u32,
     },
-    /// Mode 1: run `plan` on the shared backend, then release `grant`.
-    Plan { grant: u64, plan: IoPlan },
+    /// Mode 1: the answer to grant request `ask`: run `plan` on the shared backend under
+    /// `grant`, given at `epoch` (core's `Answer::Granted`), then release `grant`.
+    Plan {
+        ask: u64,
+        grant: u64,
+        epoch: u64,
+        plan: IoPlan,
+    },
     /// The primary cannot take it (not primary any more, no such LUN): try again later.
     Unavailable { reason: String },
     /// An acknowledgement without data (reset, nexus lost).
@@ -166,6 +174,7 @@ mod tests {
                 data_out: Bytes::new(),
                 data_len: 0,
                 plan_only: false,
+                ask: 0,
             },
         };
         let b = Bytes::from(encode(m).expect("encodes").to_vec());
@@ -217,6 +226,7 @@ mod tests {
                 data_out: data.clone(),
                 data_len: 4096,
                 plan_only: false,
+                ask: 0,
             },
         };
         match decode(&Bytes::from(encode(w).expect("encodes").to_vec())).expect("decodes") {

@@ -21,7 +21,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use duet_core::alua::HaMode;
-use duet_core::ha::{self, AdminCmd, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role};
+use duet_core::ha::grant::{Answer, Received};
+use duet_core::ha::{
+    self, AdminCmd, Grantee, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role,
+};
 
 use super::config::HaConfig;
 use super::fence::{self, FenceAgent};
@@ -97,8 +100,11 @@ pub struct HaRuntime {
     events: Mutex<VecDeque<String>>,
     /// Forwarded requests waiting for the primary's answer.
     pending: PendingTable<ReplyTo>,
-    /// Mode 1: grants held for the peer, per link session.
-    grants: GrantTable<Grant>,
+    /// Mode 1, primary side: grants held for the peer, per link session, decided by core's
+    /// grantor; requests queued for the lock wait here with what their answer needs.
+    grants: GrantTable<Grant, serve::GrantWaiter>,
+    /// Mode 1, secondary side: core's grantee (requests sent, grants held).
+    grantee: Mutex<Grantee>,
     start: Instant,
     arbiter: Arc<dyn Arbiter>,
     agent: FenceAgent,
@@ -159,6 +165,7 @@ impl HaRuntime {
             events: Mutex::new(VecDeque::new()),
             pending: PendingTable::new(),
             grants: GrantTable::new(),
+            grantee: Mutex::new(Grantee::new()),
             start: Instant::now(),
             arbiter,
             agent,
@@ -243,6 +250,12 @@ impl HaRuntime {
         loop {
             self.carry_out(&mut node);
             self.publish(&node);
+            if self.mode == HaMode::ActiveActiveShared {
+                // The step may have changed what the grantor may grant (role, epoch, link).
+                for &lun in self.luns.keys() {
+                    self.update_grants(lun);
+                }
+            }
             let now = self.now();
             let sleep = node
                 .next_timeout()
@@ -345,6 +358,7 @@ impl HaRuntime {
                         primary_here: node.is_primary(lun) && node.serving(lun),
                         may_io: node.serving(lun),
                         primary: node.primary_of(lun),
+                        epoch: node.epoch(lun),
                     },
                 )
             }),
@@ -445,6 +459,11 @@ impl HaRuntime {
                     // The peer's grants end with the link; the node suspends I/O until the peer
                     // is fenced, so its writes in flight cannot race ours.
                     self.grants.clear();
+                    // Our requests and unstarted grants end with it too. Their commands were
+                    // failed (Transitioning) by `pending.close()` above, or are by `start` (a
+                    // grant's answer and its start are one step of the grantee); started grants
+                    // finish and are not released.
+                    let _ = lock(&self.grantee).link_down();
                 }
                 LinkEvent::Message { payload, .. } => self.on_payload(&payload),
             }
@@ -472,25 +491,41 @@ impl HaRuntime {
             }
             LinkMsg::Request { id, req } => {
                 let session = self.grants.session();
-                // Answer at once what needs no waiting; only the rest leaves this task.
-                match self.serve_now(req, session) {
+                // Answer at once what needs no waiting; only the rest leaves this task, and a
+                // queued grant request is answered by the grantor later.
+                match self.serve_now(id, req, session) {
                     Ok(reply) => self.send(Channel::Data, LinkMsg::Reply { id, reply }),
+                    Err(serve::Unfinished::Queued) => {}
                     Err(rest) => {
                         let me = self.clone();
                         tokio::spawn(async move {
-                            let reply = me.serve_later(rest, session).await;
-                            me.send(Channel::Data, LinkMsg::Reply { id, reply });
+                            if let Some(reply) = me.serve_later(rest).await {
+                                me.send(Channel::Data, LinkMsg::Reply { id, reply });
+                            }
                         });
                     }
                 }
             }
-            LinkMsg::Reply { id, reply } => {
-                if let Some(reply_to) = self.pending.take(id) {
-                    reply_to.answer(reply);
+            LinkMsg::Reply { id, reply } => match self.pending.take(id) {
+                Some(reply_to) => reply_to.answer(reply),
+                // Its waiter gave up (expired): a grant nobody waits for is given back.
+                None => {
+                    if let PeerReply::Plan {
+                        ask, grant, epoch, ..
+                    } = reply
+                    {
+                        let got =
+                            lock(&self.grantee).on_answer(ask, Answer::Granted { grant, epoch });
+                        if let Received::Unwanted(grant) = got {
+                            self.send(Channel::Control, LinkMsg::Release { grant });
+                        }
+                    }
                 }
-            }
+            },
             LinkMsg::Release { grant } => {
-                self.grants.release(grant);
+                if let Some(lun) = self.grants.release(grant) {
+                    self.update_grants(lun);
+                }
             }
         }
     }

@@ -7,9 +7,10 @@
 //!   at most once; [`PendingTable::close`] (link down) cancels every waiter and refuses new ones
 //!   until [`PendingTable::open`], so a waiter gets its reply or "cancelled", never both, and
 //!   never waits for a reply that cannot come.
-//! - [`GrantTable`]: grants held on behalf of the peer (mode 1). A released grant's guard is
-//!   dropped exactly once; [`GrantTable::clear`] (link down) drops every grant and ends the link
-//!   session, so a grant prepared for a request of the old session cannot be stored after it.
+//! - [`GrantTable`]: grants held on behalf of the peer (mode 1), decided by core's
+//!   [`Grantor`], with the real guards attached. A released or revoked grant's guard is dropped
+//!   exactly once; [`GrantTable::clear`] (link down) drops every grant and ends the link
+//!   session, so a guard taken for a grant of the old session is not kept after it.
 //!
 //! Values leaving a table (reply senders, grant guards) are dropped after its lock is released:
 //! dropping them wakes tasks or releases other locks, which must not happen under ours.
@@ -18,6 +19,7 @@ use duet_core::LunNumber;
 use std::collections::{BTreeMap, HashMap};
 
 use duet_core::alua::HaMode;
+use duet_core::ha::grant::{Access, Answer, GrantId, Grantor, PrimaryFacts, SecondaryFacts};
 use duet_core::ha::HaStatus;
 
 use crate::sync::{self, Mutex, RwLock};
@@ -33,6 +35,8 @@ pub struct LunFacts {
     pub may_io: bool,
     /// The primary as this node knows it (`None`: no primary known).
     pub primary: Option<u8>,
+    /// The node's (newest known) epoch for the LUN.
+    pub epoch: u64,
 }
 
 /// One published picture: what [`Published::publish`] stored, all of it from one step of the
@@ -122,6 +126,28 @@ impl Published {
     /// Whether this controller is the serving primary of `lun`.
     pub fn serving(&self, lun: LunNumber) -> bool {
         self.lun(lun).is_some_and(|l| l.primary_here)
+    }
+
+    /// What the primary's grantor needs to know about `lun` (mode 1), from one picture: it
+    /// serves the LUN as primary, at which epoch, with the pair formed and the link up.
+    pub fn primary_facts(&self, lun: LunNumber) -> PrimaryFacts {
+        let s = sync::read(&self.state);
+        let l = s.roles.luns.get(&lun).copied().unwrap_or_default();
+        PrimaryFacts {
+            serving_primary: l.primary_here,
+            epoch: l.epoch,
+            peer_connected: s.roles.link_up,
+        }
+    }
+
+    /// What the secondary's grantee needs to know about `lun` (mode 1), from one picture: the
+    /// epoch it knows, with the pair formed and the link up.
+    pub fn secondary_facts(&self, lun: LunNumber) -> SecondaryFacts {
+        let s = sync::read(&self.state);
+        SecondaryFacts {
+            epoch: s.roles.luns.get(&lun).map_or(0, |l| l.epoch),
+            connected: s.roles.link_up,
+        }
     }
 
     /// Whether the node sees the pair formed and the link up.
@@ -291,96 +317,174 @@ impl<T> PendingTable<T> {
 
 // ---- GrantTable -----------------------------------------------------------------------------
 
-/// [`GrantTable::insert`] refused: the link session the grant was prepared for has ended; the
-/// guard was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("link session {session} ended (now {current}): grant not kept")]
-pub struct StaleSession {
-    /// The session the caller named.
-    pub session: u64,
-    /// The table's current session.
-    pub current: u64,
+/// What [`GrantTable::request`] did with a request.
+#[derive(Debug)]
+pub enum Requested<W> {
+    /// The grantor answered at once; the waiter comes back with the answer.
+    Answered(Answer, W),
+    /// The lock is taken: the request waits in the grantor's queue and its waiter in the table,
+    /// until [`GrantTable::update`] answers it.
+    Queued,
 }
 
 #[derive(Debug)]
-struct GrantState<G> {
-    session: u64,
-    next_id: u64,
-    grants: HashMap<u64, G>,
+struct GrantState<G, W> {
+    grantor: Grantor,
+    /// The real guards of the grants the grantor holds (attached once taken).
+    guards: HashMap<GrantId, G>,
+    /// What a queued request needs to be answered, by request id.
+    waiting: HashMap<u64, W>,
 }
 
-/// Grants held on behalf of the peer (mode 1): grant id -> the guard `G` that holds the LU's
-/// I/O lock and a pass through its fencing gate until the peer releases it.
+/// Grants held on behalf of the peer (mode 1): core's [`Grantor`] decides every grant, refusal,
+/// revocation and queueing; this table keeps, under the same lock, what the runtime attaches to
+/// its decisions: grant id -> the guard `G` that holds the LU's I/O lock and a pass through its
+/// fencing gate until the peer releases it, and request id -> the waiter `W` of a request queued
+/// for the lock.
 ///
-/// The table counts link sessions: [`GrantTable::clear`] (link down) ends one. A request
+/// The grantor counts link sessions: [`GrantTable::clear`] (link down) ends one. A request
 /// handler reads [`GrantTable::session`] when the request arrives and names it to
-/// [`GrantTable::insert`]; a grant for a request of an ended session is dropped at once instead
-/// of being held for a peer that will never release it.
+/// [`GrantTable::request`]; a request of an ended session is refused. A guard is kept only for
+/// a grant the grantor still holds ([`GrantTable::attach`]), so a guard taken after the grant
+/// was revoked (or the link dropped) is given back to be dropped, not held for nobody.
 #[derive(Debug)]
-pub struct GrantTable<G> {
-    state: Mutex<GrantState<G>>,
+pub struct GrantTable<G, W = ()> {
+    state: Mutex<GrantState<G, W>>,
 }
 
-impl<G> Default for GrantTable<G> {
+impl<G, W> Default for GrantTable<G, W> {
     fn default() -> Self {
         GrantTable::new()
     }
 }
 
-impl<G> GrantTable<G> {
-    /// An empty table in session 0. Ids start at 1.
-    pub fn new() -> GrantTable<G> {
+impl<G, W> GrantTable<G, W> {
+    /// An empty table in link session 0. Grant ids start at 1.
+    pub fn new() -> GrantTable<G, W> {
         GrantTable {
             state: Mutex::new(GrantState {
-                session: 0,
-                next_id: 1,
-                grants: HashMap::new(),
+                grantor: Grantor::new(),
+                guards: HashMap::new(),
+                waiting: HashMap::new(),
             }),
         }
     }
 
     /// The current link session.
     pub fn session(&self) -> u64 {
-        sync::lock(&self.state).session
+        sync::lock(&self.state).grantor.session()
     }
 
-    /// Keeps `guard` under a new grant id, if `session` is still the current one; otherwise
-    /// drops it and says so.
-    pub fn insert(&self, session: u64, guard: G) -> Result<u64, StaleSession> {
+    /// Request `req` of link session `session` for `lun` with `access`, given the primary's
+    /// `facts` ([`Grantor::request`]). `waiter` is kept while the request is queued.
+    pub fn request(
+        &self,
+        session: u64,
+        req: u64,
+        lun: LunNumber,
+        access: Access,
+        facts: PrimaryFacts,
+        waiter: W,
+    ) -> Requested<W> {
         let mut s = sync::lock(&self.state);
-        if s.session != session {
-            let current = s.session;
-            drop(s);
-            drop(guard);
-            return Err(StaleSession { session, current });
+        match s.grantor.request(session, req, lun, access, facts) {
+            Some(answer) => Requested::Answered(answer, waiter),
+            None => {
+                s.waiting.insert(req, waiter);
+                Requested::Queued
+            }
         }
-        let id = s.next_id;
-        s.next_id = s.next_id.wrapping_add(1).max(1);
-        s.grants.insert(id, guard);
-        Ok(id)
     }
 
-    /// The peer released grant `id`: drops its guard. Returns whether it was held (a second
-    /// release of the same id, or one after [`GrantTable::clear`], finds nothing).
-    pub fn release(&self, id: u64) -> bool {
-        let guard = sync::lock(&self.state).grants.remove(&id);
-        guard.is_some()
+    /// Keeps `guard` for grant `grant` if the grantor still holds the grant; otherwise gives it
+    /// back (the grant was revoked or the link dropped meanwhile): the caller drops it.
+    pub fn attach(&self, grant: GrantId, guard: G) -> Result<(), G> {
+        let mut s = sync::lock(&self.state);
+        if s.grantor.grants().any(|(id, _)| id == grant) {
+            s.guards.insert(grant, guard);
+            Ok(())
+        } else {
+            Err(guard)
+        }
     }
 
-    /// The link went down: drops every grant and ends the session. Returns how many were
-    /// dropped.
-    pub fn clear(&self) -> usize {
-        let gone = {
+    /// The peer released grant `grant` (or it could not be used): drops its guard. Returns the
+    /// grant's LUN if it was held (a second release of the same id, or one after
+    /// [`GrantTable::clear`] or a revocation, finds nothing); call [`GrantTable::update`] for it
+    /// next, since waiting requests may now be granted.
+    pub fn release(&self, grant: GrantId) -> Option<LunNumber> {
+        let (lun, guard) = {
             let mut s = sync::lock(&self.state);
-            s.session = s.session.wrapping_add(1);
-            std::mem::take(&mut s.grants)
+            let lun = s
+                .grantor
+                .grants()
+                .find(|&(id, _)| id == grant)
+                .map(|(_, h)| h.lun);
+            s.grantor.release(grant);
+            (lun, s.guards.remove(&grant))
         };
-        gone.len()
+        drop(guard);
+        lun
+    }
+
+    /// After a step of the node (or a release): [`Grantor::update`] for `lun` with `facts`.
+    /// Drops the guards of the grants it revoked and returns its answers, each with the waiter
+    /// of its request.
+    pub fn update(&self, lun: LunNumber, facts: PrimaryFacts) -> Vec<(Answer, W)> {
+        let (answers, revoked) = {
+            let mut s = sync::lock(&self.state);
+            let answers = s.grantor.update(lun, facts);
+            let state = &mut *s;
+            let held: Vec<GrantId> = state.grantor.grants().map(|(id, _)| id).collect();
+            let gone: Vec<GrantId> = state
+                .guards
+                .keys()
+                .copied()
+                .filter(|id| !held.contains(id))
+                .collect();
+            let revoked: Vec<G> = gone
+                .iter()
+                .filter_map(|id| state.guards.remove(id))
+                .collect();
+            let mut out = Vec::with_capacity(answers.len());
+            for (req, answer) in answers {
+                match state.waiting.remove(&req) {
+                    Some(w) => out.push((answer, w)),
+                    None => {
+                        // No one to answer: a grant for it would be held for nobody.
+                        if let Answer::Granted { grant, .. } = answer {
+                            state.grantor.release(grant);
+                        }
+                    }
+                }
+            }
+            (out, revoked)
+        };
+        drop(revoked);
+        answers
+    }
+
+    /// The link went down: the grantor drops every grant and queued request and ends the
+    /// session ([`Grantor::link_down`]); their guards and waiters are dropped here. Returns how
+    /// many grants were dropped.
+    pub fn clear(&self) -> usize {
+        let (n, guards, waiting) = {
+            let mut s = sync::lock(&self.state);
+            let n = s.grantor.link_down();
+            (
+                n,
+                std::mem::take(&mut s.guards),
+                std::mem::take(&mut s.waiting),
+            )
+        };
+        drop(guards);
+        drop(waiting);
+        n
     }
 
     /// How many grants are held.
     pub fn len(&self) -> usize {
-        sync::lock(&self.state).grants.len()
+        sync::lock(&self.state).grantor.grants().count()
     }
 
     /// Whether no grant is held.
@@ -389,16 +493,31 @@ impl<G> GrantTable<G> {
     }
 
     /// The ids of the grants held, ascending.
-    pub fn ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = sync::lock(&self.state).grants.keys().copied().collect();
+    pub fn ids(&self) -> Vec<GrantId> {
+        sync::lock(&self.state)
+            .grantor
+            .grants()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The ids of the grants whose guard is kept, ascending.
+    pub fn guarded(&self) -> Vec<GrantId> {
+        let mut ids: Vec<GrantId> = sync::lock(&self.state).guards.keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// How many requests wait for the lock.
+    pub fn waiting(&self) -> usize {
+        sync::lock(&self.state).waiting.len()
     }
 }
 
 #[cfg(all(test, not(duet_loom)))]
 mod tests {
     use super::*;
+    use duet_core::ha::grant::Refusal;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -425,6 +544,7 @@ mod tests {
             primary_here,
             may_io: primary_here,
             primary,
+            epoch: 1,
         }
     }
 
@@ -451,6 +571,7 @@ mod tests {
             primary_here: false,
             may_io: true,
             primary: Some(2),
+            epoch: 1,
         };
         shared.publish([(1, leased)], true, status());
         assert_eq!(shared.forward_mode(1), Some(true));
@@ -504,32 +625,130 @@ mod tests {
         assert!(t.is_empty() && t.is_open());
     }
 
+    const SERVING: PrimaryFacts = PrimaryFacts {
+        serving_primary: true,
+        epoch: 3,
+        peer_connected: true,
+    };
+
+    fn granted(r: Requested<u8>) -> GrantId {
+        match r {
+            Requested::Answered(Answer::Granted { grant, .. }, _) => grant,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
     #[test]
     fn grants_drop_once_and_stale_sessions_are_refused() {
         let drops = Arc::new(AtomicUsize::new(0));
-        let t = GrantTable::new();
+        let t: GrantTable<Counted, u8> = GrantTable::new();
         let s0 = t.session();
-        let a = t.insert(s0, Counted(drops.clone())).expect("current");
-        let b = t.insert(s0, Counted(drops.clone())).expect("current");
+        let a = granted(t.request(s0, 1, 0, Access::Shared, SERVING, 0));
+        let b = granted(t.request(s0, 2, 0, Access::Shared, SERVING, 0));
+        assert!(t.attach(a, Counted(drops.clone())).is_ok());
+        assert!(t.attach(b, Counted(drops.clone())).is_ok());
         assert_eq!(t.ids(), vec![a, b]);
-        assert!(t.release(a));
-        assert!(!t.release(a));
+        assert_eq!(t.release(a), Some(0));
+        assert_eq!(t.release(a), None);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert_eq!(t.clear(), 1);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
-        assert!(!t.release(b));
-        let err = t.insert(s0, Counted(drops.clone())).expect_err("stale");
-        assert_eq!(err.current, s0 + 1);
+        assert_eq!(t.release(b), None);
+        assert!(matches!(
+            t.request(s0, 3, 0, Access::Shared, SERVING, 0),
+            Requested::Answered(Answer::Refused(Refusal::StaleSession), 0)
+        ));
+        let back = t.attach(b, Counted(drops.clone()));
+        assert!(back.is_err(), "no guard is kept for a grant the link took");
+        drop(back);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        let c = granted(t.request(t.session(), 4, 0, Access::Shared, SERVING, 0));
+        assert!(t.attach(c, Counted(drops.clone())).is_ok());
+        assert_eq!(t.len(), 1);
+        assert!(t.release(c).is_some());
+        assert_eq!(drops.load(Ordering::SeqCst), 4);
+        assert!(t.is_empty() && t.guarded().is_empty());
+    }
+
+    #[test]
+    fn queued_requests_are_answered_by_update_with_their_waiters() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let t: GrantTable<Counted, u8> = GrantTable::new();
+        let s = t.session();
+        let x = granted(t.request(s, 1, 0, Access::Exclusive, SERVING, 10));
+        assert!(t.attach(x, Counted(drops.clone())).is_ok());
+        assert!(matches!(
+            t.request(s, 2, 0, Access::Shared, SERVING, 20),
+            Requested::Queued
+        ));
+        assert!(matches!(
+            t.request(s, 3, 1, Access::Shared, SERVING, 30),
+            Requested::Answered(Answer::Granted { .. }, 30)
+        ));
+        assert_eq!(t.waiting(), 1);
+        assert!(t.update(0, SERVING).is_empty(), "still locked");
+        assert_eq!(t.release(x), Some(0));
+        let answers = t.update(0, SERVING);
+        assert!(matches!(
+            answers.as_slice(),
+            [(Answer::Granted { epoch: 3, .. }, 20)]
+        ));
+        assert_eq!(t.waiting(), 0);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_new_epoch_revokes_grants_and_drops_their_guards() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let t: GrantTable<Counted, u8> = GrantTable::new();
+        let s = t.session();
+        let a = granted(t.request(s, 1, 0, Access::Exclusive, SERVING, 0));
+        assert!(t.attach(a, Counted(drops.clone())).is_ok());
+        assert!(matches!(
+            t.request(s, 2, 0, Access::Shared, SERVING, 7),
+            Requested::Queued
+        ));
+        let stepped_down = PrimaryFacts {
+            serving_primary: false,
+            ..SERVING
+        };
+        let answers = t.update(0, stepped_down);
+        assert!(matches!(
+            answers.as_slice(),
+            [(Answer::Refused(Refusal::NotServing), 7)]
+        ));
         assert_eq!(
             drops.load(Ordering::SeqCst),
-            3,
-            "a refused guard is dropped"
+            1,
+            "the revoked guard is dropped"
         );
-        let c = t
-            .insert(t.session(), Counted(drops.clone()))
-            .expect("new session");
-        assert_eq!(t.len(), 1);
-        assert!(t.release(c));
-        assert_eq!(drops.load(Ordering::SeqCst), 4);
+        assert!(t.is_empty() && t.guarded().is_empty());
+        assert_eq!(t.release(a), None, "a late release finds nothing");
+    }
+
+    #[test]
+    fn published_gives_the_grant_facts_of_one_picture() {
+        let p = Published::new(2, HaMode::ActiveActiveShared);
+        let here = LunFacts {
+            epoch: 5,
+            ..facts(true, Some(1))
+        };
+        p.publish([(1, here)], true, status());
+        assert_eq!(
+            p.primary_facts(1),
+            PrimaryFacts {
+                serving_primary: true,
+                epoch: 5,
+                peer_connected: true
+            }
+        );
+        assert_eq!(
+            p.secondary_facts(1),
+            SecondaryFacts {
+                epoch: 5,
+                connected: true
+            }
+        );
+        assert!(!p.primary_facts(9).serving_primary, "not under HA");
     }
 }

@@ -20,8 +20,9 @@
 use bytes::Bytes;
 
 /// Version of the HA link's framing, login and message layout, checked on every frame and at
-/// login (2: a message's bulk data follows its encoding, see [`crate::ha::proto`]).
-pub const LINK_VERSION: u16 = 2;
+/// login (2: a message's bulk data follows its encoding, see [`crate::ha::proto`]; 3: mode-1
+/// grant requests and answers carry the request's id and the grant's epoch).
+pub const LINK_VERSION: u16 = 3;
 
 /// The first four bytes of every frame: `"DUET"`.
 pub const FRAME_MAGIC: u32 = u32::from_be_bytes(*b"DUET");
@@ -220,13 +221,16 @@ mod tests {
             FrameHeader::decode(&b, MAX_PAYLOAD),
             Err(FrameError::BadMagic(_))
         ));
-        // A peer of the previous version (messages without a separate bulk part) is refused.
-        let mut b = good;
-        b[5] = 1;
-        assert_eq!(
-            FrameHeader::decode(&b, MAX_PAYLOAD),
-            Err(FrameError::UnsupportedVersion(1))
-        );
+        // A peer of a previous version (messages without a separate bulk part, or grants
+        // without their epoch) is refused.
+        for old in [1, 2] {
+            let mut b = good;
+            b[5] = old;
+            assert_eq!(
+                FrameHeader::decode(&b, MAX_PAYLOAD),
+                Err(FrameError::UnsupportedVersion(u16::from(old)))
+            );
+        }
         let mut b = good;
         b[6] = 9;
         assert_eq!(

@@ -545,6 +545,9 @@ mod tests {
 
     /// A dialer's hello, encoded by hand the way a peer that only knows the wire format
     /// writes it (postcard: variant 0, then varints and bytes).
+    /// Our link version, as a hello's low byte.
+    const V: u8 = LINK_VERSION as u8;
+
     fn raw_hello(version: u8, ha_id: u8, mode: u8, channel: u8, attempt: u8) -> Vec<u8> {
         let mut p = vec![0u8, version, ha_id, mode, channel, attempt];
         p.extend_from_slice(&[9; 32]);
@@ -556,21 +559,21 @@ mod tests {
         let c = cfg(1, 1, b"s");
         let (mut acc, _) = Handshake::new(&c, Role::Acceptor, [2; 32]).unwrap();
         let step = acc
-            .on_frame(FrameKind::Login, &raw_hello(2, 2, 1, 1, 5), false)
+            .on_frame(FrameKind::Login, &raw_hello(V, 2, 1, 1, 5), false)
             .unwrap();
         // Our answer names the same channel and attempt.
-        assert_eq!(&step.send.unwrap()[..6], &[0, 2, 1, 1, 1, 5]);
+        assert_eq!(&step.send.unwrap()[..6], &[0, V, 1, 1, 1, 5]);
         let (mut acc, _) = Handshake::new(&c, Role::Acceptor, [2; 32]).unwrap();
         assert_eq!(
             acc.on_frame(FrameKind::Login, &raw_hello(9, 2, 1, 0, 0), false),
             Err(HandshakeError::Refused(Refusal::Version {
                 peer: 9,
-                ours: 2
+                ours: LINK_VERSION
             }))
         );
         let (mut acc, _) = Handshake::new(&c, Role::Acceptor, [2; 32]).unwrap();
         assert_eq!(
-            acc.on_frame(FrameKind::Login, &raw_hello(2, 2, 1, 0, 0), true),
+            acc.on_frame(FrameKind::Login, &raw_hello(V, 2, 1, 0, 0), true),
             Err(HandshakeError::Refused(Refusal::ChannelTaken(
                 Channel::Control
             )))
@@ -593,7 +596,7 @@ mod tests {
             assert_eq!(
                 dialer.on_frame(
                     FrameKind::Login,
-                    &raw_hello(2, 2, 1, channel, attempt),
+                    &raw_hello(V, 2, 1, channel, attempt),
                     false
                 ),
                 Err(HandshakeError::Refused(Refusal::WrongAnswer))
@@ -604,7 +607,7 @@ mod tests {
     #[test]
     fn truncated_garbage_and_out_of_order_messages_are_protocol_errors() {
         let c = cfg(1, 1, b"s");
-        let hello = raw_hello(2, 2, 1, 0, 0);
+        let hello = raw_hello(V, 2, 1, 0, 0);
         let cases: Vec<(FrameKind, Vec<u8>)> = vec![
             login(&hello[..10]),
             login(&[]),

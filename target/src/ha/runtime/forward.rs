@@ -3,6 +3,10 @@
 //! data; mode 1: the command only, then runs the primary's plan on the shared backend under the
 //! primary's lock; mode 0: everything a Standby port may answer). This is where the HA runtime
 //! plugs into command execution ([`Pair`]). Touches the link and, for mode-1 plans, the LU.
+//!
+//! A mode-1 request is a grant request of core's [`Grantee`](duet_core::ha::Grantee): whether a
+//! grant may start, and whether it must be released, is the grantee's decision; this file runs
+//! the plan and sends the releases.
 
 use duet_core::LunNumber;
 use std::future::Future;
@@ -13,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use duet_core::ha::grant::{Access, Answer, Received, Start};
 use duet_core::iscsi::Completion;
 use duet_core::scsi::opclass::carries_bulk_data;
 use duet_core::scsi::Nexus;
@@ -24,6 +29,7 @@ use super::{HaRuntime, ReplyTo};
 use crate::exec::pair::Reply;
 use crate::exec::{check, never_waits, run_plan, run_plan_now, Pair};
 use crate::lu::Lu;
+use crate::sync::lock;
 
 /// How long a forwarded command waits for the primary's answer before the initiator is told to
 /// retry (NOT READY, ALUA transitioning).
@@ -106,38 +112,86 @@ impl Pair for HaRuntime {
         } else {
             data_out.clone()
         };
+        // The grant request. The access the plan needs is decided by the primary, which prepares
+        // the plan (`Access` from `IoPlan::needs_exclusive`); the grantee only records one.
+        let ask = if plan_only {
+            lock(&self.grantee).ask(lun, Access::Shared)
+        } else {
+            0
+        };
         let (me, lu) = (self.clone(), lu.clone());
         let reply_to = ReplyTo::new(move |reply| match reply {
-            Some(PeerReply::Done {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }) => done(Completion {
-                status,
-                sense,
-                data_in,
-                wanted_len,
-            }),
-            Some(PeerReply::Plan { grant, plan }) => {
+            Some(PeerReply::Plan {
+                ask,
+                grant,
+                epoch,
+                plan,
+            }) => {
                 // The primary holds the LU's I/O lock and its gate for us until we release.
+                let facts = me.published.secondary_facts(lun);
+                let started = {
+                    let mut g = lock(&me.grantee);
+                    match g.on_answer(ask, Answer::Granted { grant, epoch }) {
+                        Received::Granted(ticket) => Ok((ticket, g.start(ticket, facts))),
+                        other => Err(other),
+                    }
+                };
+                let ticket = match started {
+                    Ok((ticket, Start::Go)) => ticket,
+                    Ok((_, Start::Denied { reason, release })) => {
+                        tracing::debug!(lun, "grant {grant} not started: {}", reason.name());
+                        if release {
+                            me.send(Channel::Control, LinkMsg::Release { grant });
+                        }
+                        return done(check(SenseCode::ALUA_TRANSITIONING));
+                    }
+                    Err(Received::Unwanted(grant)) => {
+                        me.send(Channel::Control, LinkMsg::Release { grant });
+                        return done(check(SenseCode::ALUA_TRANSITIONING));
+                    }
+                    Err(_) => return done(check(SenseCode::ALUA_TRANSITIONING)),
+                };
+                let finish = move |me: &HaRuntime| {
+                    if let Some(grant) = lock(&me.grantee).finished(ticket) {
+                        me.send(Channel::Control, LinkMsg::Release { grant });
+                    }
+                };
                 if never_waits(&lu, &plan) {
                     let c = run_plan_now(&lu, &plan, &data_out);
-                    me.send(Channel::Control, LinkMsg::Release { grant });
+                    finish(&me);
                     done(c);
                 } else {
                     tokio::spawn(async move {
                         let c = run_plan(lu, plan, data_out, ()).await;
-                        me.send(Channel::Control, LinkMsg::Release { grant });
+                        finish(&me);
                         done(c);
                     });
                 }
             }
-            Some(PeerReply::Unavailable { reason }) => {
-                tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
-                done(check(SenseCode::ALUA_TRANSITIONING))
+            other => {
+                if plan_only {
+                    // No grant comes for this request (or none is wanted any more).
+                    lock(&me.grantee).forget(ask);
+                }
+                match other {
+                    Some(PeerReply::Done {
+                        status,
+                        sense,
+                        data_in,
+                        wanted_len,
+                    }) => done(Completion {
+                        status,
+                        sense,
+                        data_in,
+                        wanted_len,
+                    }),
+                    Some(PeerReply::Unavailable { reason }) => {
+                        tracing::debug!(lun, "forwarded command refused by the peer: {reason}");
+                        done(check(SenseCode::ALUA_TRANSITIONING))
+                    }
+                    _ => done(check(SenseCode::ALUA_TRANSITIONING)),
+                }
             }
-            Some(PeerReply::Ack) | None => done(check(SenseCode::ALUA_TRANSITIONING)),
         });
         self.send_request(
             PeerRequest::Execute {
@@ -147,6 +201,7 @@ impl Pair for HaRuntime {
                 data_out: send_data,
                 data_len,
                 plan_only,
+                ask,
             },
             reply_to,
         );
