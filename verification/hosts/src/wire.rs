@@ -32,10 +32,10 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// Takes ExpStatSN (when the PDU carries a StatSN) and the CmdSN window from a target PDU;
-    /// `true` when the window grew.
-    pub fn note(&mut self, pdu: &Pdu, advances_stat_sn: bool) -> bool {
-        if advances_stat_sn {
+    /// Takes ExpStatSN (when the PDU carries a StatSN: [`advances_stat_sn`]) and the CmdSN
+    /// window from a target PDU; `true` when the window grew.
+    pub fn note(&mut self, pdu: &Pdu) -> bool {
+        if advances_stat_sn(pdu) {
             let next = pdu.stat_sn().wrapping_add(1);
             if sn_gt(next, self.exp_stat_sn) {
                 self.exp_stat_sn = next;

@@ -268,7 +268,7 @@ impl Initiator {
     pub fn recv(&mut self) -> Result<Pdu, String> {
         loop {
             let p = read_pdu(&mut self.sock)?.ok_or("the target closed the connection")?;
-            self.seq.note(&p, wire::advances_stat_sn(&p));
+            self.seq.note(&p);
             match p.opcode() {
                 Some(Opcode::NopIn) if p.itt() == RESERVED_TAG => {
                     if let Some(mut answer) = wire::ping_answer(&p, self.seq.cmd_sn) {

@@ -300,8 +300,8 @@ impl Conn {
     }
 
     /// Takes ExpStatSN and the CmdSN window from a target PDU.
-    pub(super) fn note(&mut self, pdu: &Pdu, advances_stat_sn: bool) {
-        self.seq.note(pdu, advances_stat_sn);
+    pub(super) fn note(&mut self, pdu: &Pdu) {
+        self.seq.note(pdu);
     }
 
     /// Whether the CmdSN window lets one more command out.
@@ -314,14 +314,14 @@ impl Conn {
     pub(super) fn handle_other(&mut self, pdu: &Pdu) -> Result<Option<u32>, ConnError> {
         match pdu.opcode() {
             Some(Opcode::NopIn) => {
-                self.note(pdu, pdu.itt() != RESERVED_TAG);
+                self.note(pdu);
                 if let Some(p) = wire::ping_answer(pdu, self.seq.cmd_sn) {
                     self.enqueue(p);
                 }
                 Ok(None)
             }
             Some(Opcode::AsyncMessage) => {
-                self.note(pdu, true);
+                self.note(pdu);
                 if matches!(pdu.async_event(), 1..=3) {
                     if !self.leave {
                         eprintln!(
@@ -334,16 +334,16 @@ impl Conn {
                 Ok(None)
             }
             Some(Opcode::LogoutResponse) => {
-                self.note(pdu, true);
+                self.note(pdu);
                 self.logged_out = true;
                 Ok(None)
             }
             Some(Opcode::Reject) => {
-                self.note(pdu, true);
+                self.note(pdu);
                 Ok(wire::rejected_itt(pdu))
             }
             Some(Opcode::TaskMgmtResponse) | Some(Opcode::TextResponse) => {
-                self.note(pdu, true);
+                self.note(pdu);
                 Ok(None)
             }
             other => Err(ConnError::Protocol(format!(
@@ -377,7 +377,7 @@ impl Conn {
                     match p.opcode() {
                         Some(Opcode::DataIn) if p.itt() == itt => {
                             let status = p.flags() & flags::STATUS != 0;
-                            self.note(&p, status);
+                            self.note(&p);
                             let off = p.buffer_offset() as usize;
                             let end = off.saturating_add(p.data.len());
                             if end > data.len() {
@@ -398,7 +398,7 @@ impl Conn {
                             }
                         }
                         Some(Opcode::ScsiResponse) if p.itt() == itt => {
-                            self.note(&p, true);
+                            self.note(&p);
                             if p.response() != 0 {
                                 return Err(ConnError::Protocol(format!(
                                     "iSCSI response {:#04x} (target failure)",
@@ -413,7 +413,7 @@ impl Conn {
                             });
                         }
                         Some(Opcode::DataIn | Opcode::ScsiResponse | Opcode::R2t) => {
-                            self.note(&p, wire::advances_stat_sn(&p));
+                            self.note(&p);
                         }
                         _ => {
                             if self.handle_other(&p)? == Some(itt) {
@@ -474,7 +474,7 @@ impl Conn {
                 while let Some(p) = self.next_pdu()? {
                     match p.opcode() {
                         Some(Opcode::DataIn | Opcode::ScsiResponse | Opcode::R2t) => {
-                            self.note(&p, wire::advances_stat_sn(&p));
+                            self.note(&p);
                         }
                         _ => {
                             self.handle_other(&p)?;

@@ -238,7 +238,7 @@ impl Pipeline<'_> {
         match pdu.opcode() {
             Some(Opcode::DataIn) => {
                 let status = pdu.flags() & flags::STATUS != 0;
-                conn.note(&pdu, status);
+                conn.note(&pdu);
                 if let Some(i) = self.slot_of(pdu.itt()) {
                     let s = &mut self.slots[i];
                     s.received = s.received.saturating_add(pdu.data.len() as u32);
@@ -253,7 +253,7 @@ impl Pipeline<'_> {
                 }
             }
             Some(Opcode::ScsiResponse) => {
-                conn.note(&pdu, true);
+                conn.note(&pdu);
                 if let Some(i) = self.slot_of(pdu.itt()) {
                     let outcome = if pdu.response() != 0 {
                         Err(format!("iSCSI response {:#04x}", pdu.response()))
@@ -272,7 +272,7 @@ impl Pipeline<'_> {
                 }
             }
             Some(Opcode::R2t) => {
-                conn.note(&pdu, false);
+                conn.note(&pdu);
                 if let Some(i) = self.slot_of(pdu.itt()) {
                     let off = pdu.buffer_offset() as usize;
                     let len = pdu.desired_length() as usize;

@@ -227,10 +227,10 @@ impl Inner {
     }
 
     /// Updates ExpStatSN, ExpCmdSN/MaxCmdSN from a target PDU.
-    fn note_sequence(&self, pdu: &Pdu, advances_stat_sn: bool) {
+    fn note_sequence(&self, pdu: &Pdu) {
         let mut st = self.lock();
         st.last_rx = Instant::now();
-        if st.seq.note(pdu, advances_stat_sn) {
+        if st.seq.note(pdu) {
             drop(st);
             self.window.notify_waiters();
         }
@@ -249,26 +249,26 @@ impl Inner {
         match op {
             Opcode::DataIn => {
                 let status = pdu.flags() & flags::STATUS != 0;
-                self.note_sequence(&pdu, status);
+                self.note_sequence(&pdu);
                 self.data_in(&pdu, status);
             }
             Opcode::ScsiResponse => {
-                self.note_sequence(&pdu, true);
+                self.note_sequence(&pdu);
                 self.scsi_response(&pdu);
             }
             Opcode::R2t => {
-                self.note_sequence(&pdu, false);
+                self.note_sequence(&pdu);
                 self.r2t(&pdu);
             }
             Opcode::NopIn => {
-                self.note_sequence(&pdu, pdu.itt() != RESERVED_TAG);
+                self.note_sequence(&pdu);
                 let cmd_sn = self.lock().seq.cmd_sn;
                 if let Some(p) = wire::ping_answer(&pdu, cmd_sn) {
                     self.send(p);
                 }
             }
             Opcode::AsyncMessage => {
-                self.note_sequence(&pdu, true);
+                self.note_sequence(&pdu);
                 match pdu.async_event() {
                     // The target asks us to log out (it is shutting down or moving the port).
                     1 => self.logout_requested.store(true, Ordering::SeqCst),
@@ -278,7 +278,7 @@ impl Inner {
                 }
             }
             Opcode::LogoutResponse => {
-                self.note_sequence(&pdu, true);
+                self.note_sequence(&pdu);
                 let waiter = {
                     let mut st = self.lock();
                     match &st.logout {
@@ -291,7 +291,7 @@ impl Inner {
                 }
             }
             Opcode::Reject => {
-                self.note_sequence(&pdu, true);
+                self.note_sequence(&pdu);
                 if let Some(itt) = wire::rejected_itt(&pdu) {
                     self.fail_one(
                         itt,
@@ -302,7 +302,7 @@ impl Inner {
                 }
             }
             Opcode::TaskMgmtResponse | Opcode::TextResponse => {
-                self.note_sequence(&pdu, true);
+                self.note_sequence(&pdu);
             }
             other => {
                 return Err(InitError::Protocol(format!(
