@@ -47,6 +47,19 @@ pub struct OpenSpec<'a> {
     pub read_only: bool,
     /// Create the file (and its directory) if missing, and extend it to `size` if shorter.
     pub create: bool,
+    /// Open with `O_DIRECT` (every LUN of an HA controller, or `direct = true`): all media I/O
+    /// bypasses the page cache. Refused with an error if the file system cannot do it.
+    pub direct: bool,
+}
+
+/// How a store opened with `O_DIRECT` must be addressed: every transfer's memory must start on a
+/// multiple of `mem_align`, and its file offset and length be multiples of `offset_align`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectIo {
+    /// The open descriptor (owned by the store; valid while it lives).
+    pub fd: std::os::fd::RawFd,
+    pub mem_align: usize,
+    pub offset_align: u32,
 }
 
 /// A LUN's backing file or block device.
@@ -61,6 +74,8 @@ pub struct FileStore {
     can_punch: AtomicBool,
     /// The file lives in memory (tmpfs, ramfs): reading and writing it never waits for a device.
     in_memory: bool,
+    /// Set when opened with `O_DIRECT`.
+    direct: Option<DirectIo>,
 }
 
 /// Whether `file` is on a memory file system (tmpfs, ramfs), where I/O never waits for a device.
@@ -183,6 +198,7 @@ impl FileStore {
             block_device,
             can_punch: AtomicBool::new(true),
             in_memory,
+            direct: None,
         })
     }
 
@@ -198,6 +214,11 @@ impl FileStore {
     /// ramfs), so a short medium phase may run on the connection's own task.
     pub fn never_blocks(&self) -> bool {
         self.in_memory
+    }
+
+    /// How to address the store, when it was opened with `O_DIRECT`.
+    pub fn direct(&self) -> Option<DirectIo> {
+        self.direct
     }
 
     pub fn is_block_device(&self) -> bool {
@@ -372,6 +393,7 @@ mod tests {
             block_size: 512,
             read_only: ro,
             create,
+            direct: false,
         }
     }
 

@@ -116,6 +116,7 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                 block_size: l.block_size,
                 read_only: l.read_only,
                 create: l.create,
+                direct: false,
             })?;
             let mut cfg = LuConfig::new(
                 u64::from(l.number),

@@ -12,6 +12,7 @@
 //!   [`outbox`], [`threads`] and [`exec`] (command execution, with the seam HA plugs into).
 
 pub mod admin;
+pub mod aligned;
 pub mod backend;
 pub mod build;
 pub mod config;
