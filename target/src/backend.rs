@@ -241,8 +241,17 @@ impl FileStore {
     }
 }
 
+/// The store error of a failed system call on a backing file or device: Linux reports a SCSI
+/// RESERVATION CONFLICT from the device as `EBADE`.
+pub fn store_error(e: std::io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(libc::EBADE) => StoreError::ReservationConflict,
+        _ => StoreError::Io(e.to_string()),
+    }
+}
+
 fn io_err(e: std::io::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    store_error(e)
 }
 
 impl BlockStore for FileStore {

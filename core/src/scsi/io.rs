@@ -129,17 +129,25 @@ impl IoPlan {
     }
 }
 
-fn read_err(e: StoreError) -> Sense {
+/// The sense of a failed read from the store. A store fenced at the disk answers like a
+/// controller in transition, so that the host retries on the other path (never a RESERVATION
+/// CONFLICT: the conflict is between the controllers, not the host's).
+pub fn read_err(e: StoreError) -> Sense {
     match e {
         StoreError::OutOfRange => Sense::new(SenseCode::LBA_OUT_OF_RANGE),
-        _ => Sense::new(SenseCode::UNRECOVERED_READ_ERROR),
+        StoreError::ReservationConflict => Sense::new(SenseCode::ALUA_TRANSITIONING),
+        StoreError::Unsupported | StoreError::Io(_) => {
+            Sense::new(SenseCode::UNRECOVERED_READ_ERROR)
+        }
     }
 }
 
-fn write_err(e: StoreError) -> Sense {
+/// The sense of a failed write (or flush, unmap) to the store; see [`read_err`].
+pub fn write_err(e: StoreError) -> Sense {
     match e {
         StoreError::OutOfRange => Sense::new(SenseCode::LBA_OUT_OF_RANGE),
         StoreError::Unsupported => Sense::new(SenseCode::INVALID_FIELD_IN_CDB),
+        StoreError::ReservationConflict => Sense::new(SenseCode::ALUA_TRANSITIONING),
         StoreError::Io(_) => Sense::new(SenseCode::WRITE_ERROR),
     }
 }

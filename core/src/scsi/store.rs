@@ -17,6 +17,10 @@ pub enum StoreError {
     /// The backend reported an I/O error.
     #[error("I/O error: {0}")]
     Io(String),
+    /// The backing device refused the I/O because another initiator holds a reservation that
+    /// excludes this controller: the peer fenced it at the disk (`fencing = "scsi-pr"`).
+    #[error("the backing device refused the I/O: reservation conflict (fenced at the disk)")]
+    ReservationConflict,
 }
 
 /// A byte-addressed store of fixed length. All methods take `&self`: implementations must be safe
