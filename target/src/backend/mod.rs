@@ -146,7 +146,10 @@ impl FileStore {
         }
         let mut file = opts.open(path).map_err(|e| {
             if spec.direct && e.raw_os_error() == Some(libc::EINVAL) {
-                refused(path, &format!("the file system refuses O_DIRECT at open ({e})"))
+                refused(
+                    path,
+                    &format!("the file system refuses O_DIRECT at open ({e})"),
+                )
             } else {
                 BackendError::io(path, "cannot open", e)
             }
@@ -219,7 +222,8 @@ impl FileStore {
         };
         // Buffered: the page cache is the volatile cache. Direct on a block device: the device's
         // own. Direct on a file: the file system's metadata and the device under it.
-        let write_cache = !(direct.is_some() && block_device) || cache::device_write_cache(meta.rdev());
+        let write_cache =
+            !(direct.is_some() && block_device) || cache::device_write_cache(meta.rdev());
         Ok(FileStore {
             file,
             path: path.to_path_buf(),
