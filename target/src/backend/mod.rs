@@ -23,7 +23,7 @@ use duet_core::scsi::{BlockStore, StoreError};
 mod cache;
 mod direct;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use direct::Alignment;
 

@@ -274,11 +274,13 @@ fn run(prog: &str, args: &[&str]) -> bool {
     }
 }
 
-/// A ramfs mounted in a temporary directory, unmounted (lazily if busy) when dropped.
-struct Ramfs(PathBuf);
+/// A ramfs (a file system that refuses `O_DIRECT`) mounted in a temporary directory, unmounted
+/// (lazily if busy) when dropped.
+pub(crate) struct Ramfs(pub(crate) PathBuf);
 
 impl Ramfs {
-    fn mount(name: &str) -> Option<Ramfs> {
+    /// `None` (with a message) when it cannot be mounted, e.g. without root.
+    pub(crate) fn mount(name: &str) -> Option<Ramfs> {
         let d = tmpdir(name);
         if !run("mount", &["-t", "ramfs", "ramfs", &d.display().to_string()]) {
             eprintln!("SKIPPED: cannot mount a ramfs (needs root)");
