@@ -120,7 +120,7 @@ impl std::fmt::Debug for AlignedBuf {
 
 /// Whether `data` starts at an address aligned to `align`.
 pub fn is_aligned(data: &[u8], align: usize) -> bool {
-    (data.as_ptr() as usize) % align.max(1) == 0
+    (data.as_ptr() as usize).is_multiple_of(align.max(1))
 }
 
 #[cfg(test)]

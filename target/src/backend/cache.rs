@@ -64,15 +64,17 @@ mod tests {
         assert_eq!(parse_write_cache(""), None);
     }
 
+    /// glibc's `makedev`.
+    fn makedev(major: u64, minor: u64) -> u64 {
+        (major & 0xfff) << 8 | (major & !0xfff) << 32 | (minor & 0xff) | (minor & !0xff) << 12
+    }
+
     #[test]
     fn device_numbers_split_like_glibc() {
-        // makedev(8, 1) and makedev(259, 65536).
         assert_eq!(major_minor(0x801), (8, 1));
-        let rdev = (259u64 & 0xfff) << 8
-            | (259u64 & !0xfff) << 32
-            | (65536u64 & 0xff)
-            | (65536u64 & !0xff) << 12;
-        assert_eq!(major_minor(rdev), (259, 65536));
+        for (major, minor) in [(8, 1), (259, 65536), (4095, 255), (4096, 1 << 20)] {
+            assert_eq!(major_minor(makedev(major, minor)), (major, minor));
+        }
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub fn read_at(file: &File, align: Alignment, offset: u64, buf: &mut [u8]) -> io
     if len == 0 {
         return Ok(());
     }
-    if offset % a == 0 && len % a == 0 && is_aligned(buf, align.mem) {
+    if offset.is_multiple_of(a) && len.is_multiple_of(a) && is_aligned(buf, align.mem) {
         return read_aligned(file, a, offset, buf);
     }
     let start = offset - offset % a;
@@ -190,7 +190,7 @@ fn read_aligned(file: &File, a: u64, offset: u64, buf: &mut [u8]) -> io::Result<
             }
             Ok(n) => {
                 done += n;
-                if done < buf.len() && (done as u64) % a != 0 {
+                if done < buf.len() && !(done as u64).is_multiple_of(a) {
                     buf[done..].fill(0);
                     break;
                 }
@@ -211,7 +211,7 @@ pub fn write_at(file: &File, align: Alignment, offset: u64, data: &[u8]) -> io::
     if len == 0 {
         return Ok(());
     }
-    if offset % a != 0 || len % a != 0 {
+    if !offset.is_multiple_of(a) || !len.is_multiple_of(a) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -234,7 +234,7 @@ fn write_aligned(file: &File, a: u64, offset: u64, data: &[u8]) -> io::Result<()
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => {
                 done += n;
-                if done < data.len() && (done as u64) % a != 0 {
+                if done < data.len() && !(done as u64).is_multiple_of(a) {
                     return Err(io::Error::other(format!(
                         "the device wrote {done} of {} bytes, ending inside a {a}-byte block",
                         data.len()

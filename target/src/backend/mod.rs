@@ -314,7 +314,7 @@ fn open_direct(
         direct::Refusal::Unsupported(why) => refused(path, &why),
         direct::Refusal::Io(what, e) => BackendError::io(path, what, e),
     })?;
-    if block_size % align.offset != 0 {
+    if !block_size.is_multiple_of(align.offset) {
         let fix = if align.offset <= 4096 {
             "set `block_size = 4096` for this LUN".to_string()
         } else {
