@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// The major and minor numbers of a device number (glibc's encoding).
 fn major_minor(rdev: u64) -> (u64, u64) {
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & 0xffff_f000);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xffff_ff00);
     (major, minor)
 }
 
