@@ -364,6 +364,16 @@ fn a_block_size_below_the_devices_direct_alignment_names_the_block_size_to_set()
     assert_eq!(b, [11, 12, 13]);
     s.flush().unwrap();
     drop(s);
+    // The LU's initial WCE follows the device queue's cache mode (sysfs).
+    let name = dev.0.trim_start_matches("/dev/");
+    let mode = PathBuf::from(format!("/sys/block/{name}/queue/write_cache"));
+    for (word, wce) in [("write through", false), ("write back", true)] {
+        if std::fs::write(&mode, word).is_err() {
+            eprintln!("SKIPPED: cannot set {}", mode.display());
+            break;
+        }
+        assert_eq!(FileStore::open(&sp).unwrap().write_cache(), wce, "{word}");
+    }
     drop(dev);
     let _ = std::fs::remove_dir_all(&d);
 }
