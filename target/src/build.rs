@@ -116,7 +116,7 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                 block_size: l.block_size,
                 read_only: l.read_only,
                 create: l.create,
-                direct: false,
+                direct: l.direct,
             })?;
             let mut cfg = LuConfig::new(
                 u64::from(l.number),
@@ -134,6 +134,9 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                 .take(4)
                 .collect();
             cfg.thin = !store.is_block_device();
+            // WCE at power on: whether acknowledged writes sit in a volatile cache (the page
+            // cache, a file system's metadata, or a direct block device's write-back cache).
+            cfg.write_cache = store.write_cache();
             // One WRITE SAME may cover no more than one WRITE: initiators size their requests
             // (and libiscsi its tests) by either limit.
             cfg.max_write_same_blocks = cfg
@@ -164,8 +167,13 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                     }
                 }
             }
+            let (direct, align) = match store.direct() {
+                Some(d) => (true, d.offset_align),
+                None => (false, 0),
+            };
             tracing::info!(target = %t.name, lun = l.number, path = %l.path.display(),
-                bytes = store.len(), block_size = l.block_size, read_only = l.read_only, "LUN ready");
+                bytes = store.len(), block_size = l.block_size, read_only = l.read_only,
+                direct, direct_align = align, wce = store.write_cache(), "LUN ready");
             luns.insert(
                 l.number,
                 Arc::new(Lu::new(
@@ -387,6 +395,25 @@ mod tests {
         c.ping_timeout = 0;
         let l = limits_for(&c);
         assert_eq!((l.nop_in_interval_ms, l.nop_in_timeout_ms), (0, 0));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_direct_lun_is_opened_with_o_direct_and_starts_with_the_stores_write_cache() {
+        let d = tmpdir("direct");
+        let mut c = config_in(&d);
+        c.targets[0].luns[0].direct = true;
+        let shared = build(c, TargetLimits::default()).unwrap();
+        let t = shared.target_by_name("iqn.2026-11.dev.duet:t").unwrap();
+        let lu = t.luns.get(&3).unwrap();
+        assert!(lu.store.direct().is_some());
+        // A regular file: WCE=1 (fdatasync is the flush).
+        assert!(lu.lock().mode_pages().wce());
+        assert!(lu.lock().config().write_cache);
+        drop(shared);
+        let shared = build(config_in(&d), TargetLimits::default()).unwrap();
+        let t = shared.target_by_name("iqn.2026-11.dev.duet:t").unwrap();
+        assert!(t.luns.get(&3).unwrap().store.direct().is_none());
         let _ = std::fs::remove_dir_all(&d);
     }
 }

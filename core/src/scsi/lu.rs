@@ -104,10 +104,11 @@ impl LogicalUnit {
     /// A logical unit with default mode pages, no reservations, no nexus known.
     pub fn new(cfg: LuConfig) -> Result<LogicalUnit, ConfigError> {
         let naa = cfg.validate()?;
+        let mode = ModePages::new(cfg.write_cache);
         Ok(LogicalUnit {
             cfg,
             naa,
-            mode: ModePages::default(),
+            mode,
             ua: UaQueues::default(),
             scsi2: None,
             pr: PrState::default(),
@@ -195,7 +196,7 @@ impl LogicalUnit {
         // as libiscsi's login sequence treat as routine.
         let ua = SenseCode::UA_POWER_ON_RESET;
         if matches!(kind, ResetKind::TargetCold | ResetKind::PowerOn) {
-            self.mode = ModePages::default();
+            self.mode = ModePages::new(self.cfg.write_cache);
         }
         self.ua.raise_all(ua, None);
     }

@@ -33,6 +33,15 @@ pub struct LuConfig {
     /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY 16): 2^n logical blocks per
     /// physical block. Defaults to a 4096-byte physical block.
     pub lbppbe: u8,
+    /// The Caching page's WCE at power on and after a cold reset (its default value): whether the
+    /// store keeps acknowledged writes in a volatile cache until a flush. The runtime sets it from
+    /// the backing store (a direct block device whose queue is write through: `false`).
+    #[serde(default = "write_cache_default")]
+    pub write_cache: bool,
+}
+
+fn write_cache_default() -> bool {
+    true
 }
 
 impl LuConfig {
@@ -57,6 +66,7 @@ impl LuConfig {
             max_unmap_descriptors: 256,
             max_compare_write_blocks: 255,
             lbppbe: if block_size == 512 { 3 } else { 0 },
+            write_cache: true,
         }
     }
 

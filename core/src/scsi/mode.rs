@@ -15,14 +15,16 @@ const PAGES: [u8; 3] = [PAGE_CACHING, PAGE_CONTROL, PAGE_IEC];
 /// 05/39/00 SAVING PARAMETERS NOT SUPPORTED.
 const SAVING_NOT_SUPPORTED: SenseCode = SenseCode::new(0x05, 0x39, 0x00);
 
-fn default_page(code: u8) -> Vec<u8> {
+/// The default value of a page; `wce` is the Caching page's WCE (the store's own volatile cache).
+fn default_page(code: u8, wce: bool) -> Vec<u8> {
     match code {
-        // WCE=1 (write-back cache, flushed by SYNCHRONIZE CACHE / FUA).
+        // WCE=1: a write-back cache, flushed by SYNCHRONIZE CACHE and FUA. WCE=0: every write is
+        // durable before GOOD.
         PAGE_CACHING => {
             let mut p = vec![0u8; 20];
             p[0] = PAGE_CACHING;
             p[1] = 0x12;
-            p[2] = 0x04;
+            p[2] = if wce { 0x04 } else { 0 };
             p
         }
         // TST 0, D_SENSE 0, QAM 1 (unrestricted reordering), QERR 0, UA_INTLCK 0, SWP 0,
@@ -49,7 +51,7 @@ fn default_page(code: u8) -> Vec<u8> {
 }
 
 fn changeable_mask(code: u8) -> Vec<u8> {
-    let mut m = vec![0u8; default_page(code).len()];
+    let mut m = vec![0u8; default_page(code, true).len()];
     m[0] = code;
     m[1] = (m.len() - 2) as u8;
     match code {
@@ -67,17 +69,32 @@ fn changeable_mask(code: u8) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModePages {
     pages: Vec<Vec<u8>>,
+    /// The Caching page's default WCE (what MODE SENSE reports as the default value).
+    #[serde(default = "default_wce")]
+    default_wce: bool,
+}
+
+fn default_wce() -> bool {
+    true
 }
 
 impl Default for ModePages {
+    /// The pages of a store with a volatile write cache (WCE=1).
     fn default() -> Self {
-        ModePages {
-            pages: PAGES.iter().map(|c| default_page(*c)).collect(),
-        }
+        ModePages::new(true)
     }
 }
 
 impl ModePages {
+    /// The default pages, with the Caching page's WCE set to `wce`
+    /// ([`LuConfig::write_cache`](super::LuConfig::write_cache)).
+    pub fn new(wce: bool) -> ModePages {
+        ModePages {
+            pages: PAGES.iter().map(|c| default_page(*c, wce)).collect(),
+            default_wce: wce,
+        }
+    }
+
     fn current(&self, code: u8) -> &[u8] {
         self.pages
             .iter()
@@ -130,7 +147,7 @@ impl ModePages {
             match pc {
                 0 => out.extend_from_slice(self.current(c)),
                 1 => out.extend_from_slice(&changeable_mask(c)),
-                _ => out.extend_from_slice(&default_page(c)),
+                _ => out.extend_from_slice(&default_page(c, self.default_wce)),
             }
         }
         Ok(out)
@@ -151,7 +168,7 @@ impl ModePages {
                 return Err(Sense::param_field((base + at) as u16, None));
             }
             let len = data[at + 1] as usize + 2;
-            let cur = default_page(code);
+            let cur = default_page(code, true);
             if len != cur.len() {
                 return Err(Sense::param_field((base + at + 1) as u16, None));
             }
@@ -187,15 +204,15 @@ mod tests {
     fn select_changes_only_changeable_bits() {
         let mut m = ModePages::default();
         assert!(m.wce());
-        let mut ctl = default_page(PAGE_CONTROL);
+        let mut ctl = default_page(PAGE_CONTROL, true);
         ctl[2] |= 0x04;
         assert_eq!(m.select(&ctl, 4), Ok(true));
         assert!(m.d_sense());
-        let mut bad = default_page(PAGE_CONTROL);
+        let mut bad = default_page(PAGE_CONTROL, true);
         bad[3] = 0x20; // QERR not changeable
         assert!(m.select(&bad, 4).is_err());
         assert!(m.d_sense(), "a rejected select changes nothing");
-        let mut cache = default_page(PAGE_CACHING);
+        let mut cache = default_page(PAGE_CACHING, true);
         cache[2] = 0;
         assert_eq!(m.select(&cache, 4), Ok(true));
         assert!(!m.wce());
@@ -209,5 +226,19 @@ mod tests {
         assert!(all.windows(ctl.len()).any(|w| w == &ctl[..]));
         assert!(m.sense_pages(3, PAGE_ALL, 0).is_err());
         assert!(m.sense_pages(0, 0x15, 0).is_err());
+    }
+
+    #[test]
+    fn the_initial_wce_is_the_default_and_survives_the_peer_copy() {
+        let m = ModePages::new(false);
+        assert!(!m.wce());
+        let default = m.sense_pages(2, PAGE_CACHING, 0).unwrap();
+        assert_eq!(default[2] & 0x04, 0);
+        // The changeable mask still offers WCE.
+        assert_eq!(m.sense_pages(1, PAGE_CACHING, 0).unwrap()[2], 0x04);
+        // Pages serialized before the default was kept read back with WCE=1 as the default.
+        let old = r#"{"pages":[[8,18,4,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}"#;
+        let back: ModePages = serde_json::from_str(old).unwrap();
+        assert!(back.default_wce);
     }
 }

@@ -147,7 +147,7 @@ fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
         );
         for l in &t.luns {
             println!(
-                "  lun {}: {} size {} block {}{}{}",
+                "  lun {}: {} size {} block {}{}{}{}",
                 l.number,
                 l.path.display(),
                 l.size
@@ -156,6 +156,7 @@ fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
                 l.block_size,
                 if l.read_only { " read-only" } else { "" },
                 if l.create { " create" } else { "" },
+                if l.direct { " direct" } else { "" },
             );
         }
     }

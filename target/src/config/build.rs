@@ -201,6 +201,8 @@ pub struct LunFields {
     pub naa: Option<[u8; 16]>,
     pub read_only: bool,
     pub create: bool,
+    /// `direct` as written (`None`: not given; the `[ha]` rule is the TOML parser's).
+    pub direct: Option<bool>,
 }
 
 /// Finishes a LUN whose fields were read: fills in the derived defaults and checks the values.
@@ -254,6 +256,7 @@ pub fn make_lun(target: &str, number: LunNumber, f: LunFields) -> Result<Lun, St
         naa,
         read_only: f.read_only,
         create: f.create,
+        direct: f.direct.unwrap_or(false),
     })
 }
 

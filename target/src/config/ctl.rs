@@ -594,7 +594,7 @@ fn ctl_lun_block(file: &str, s: &Stmt) -> Result<LunFields, ConfigError> {
                 let on = match v {
                     "on" | "yes" | "true" | "1" => true,
                     "off" | "no" | "false" | "0" => false,
-                    other if o == "readonly" || o == "create" => {
+                    other if o == "readonly" || o == "create" || o == "direct" => {
                         return Err(err(
                             st.line,
                             format!("{who}: `option {o}`: expected on or off, got `{other}`"),
@@ -605,6 +605,7 @@ fn ctl_lun_block(file: &str, s: &Stmt) -> Result<LunFields, ConfigError> {
                 match o {
                     "readonly" => l.read_only = on,
                     "create" => l.create = on,
+                    "direct" => l.direct = Some(on),
                     _ => tracing::warn!(
                         "{file}:{}: {who}: `option {o}` is not supported by duetd; ignored",
                         st.line

@@ -127,6 +127,9 @@ pub struct Lun {
     pub read_only: bool,
     /// Create the file (and extend it to `size`) if it is missing or shorter.
     pub create: bool,
+    /// Open the backend with `O_DIRECT`, bypassing the page cache: `direct = true`, and every LUN
+    /// of a controller with `[ha]` (where `direct = false` is refused).
+    pub direct: bool,
 }
 
 /// A target: an iSCSI name with its LUNs, reachable through one portal group.

@@ -349,3 +349,52 @@ fn peer_addresses() {
         assert!(bad.parse::<HaPeer>().is_err(), "{bad}");
     }
 }
+
+/// `examples/single.toml` with `lun_extra` added to its LUN and `[ha]` appended when `ha`.
+fn single_with(lun_extra: &str, ha: bool) -> String {
+    let mut t = SINGLE.replace("create = true\n", &format!("create = true\n{lun_extra}"));
+    if ha {
+        t += "\n[ha]\nid = 1\npeer = \"listen 127.0.0.1:7777\"\nquorum = \"/q.img\"\nfencing = \"none\"\nsecret = \"0123456789abcdef\"\n";
+    }
+    t
+}
+
+#[test]
+fn direct_io_is_off_for_a_single_controller_unless_asked_and_always_on_for_a_pair() {
+    let lun = |text: &str| Config::parse("d.toml", text).unwrap().targets[0].luns[0].clone();
+    assert!(!lun(&single_with("", false)).direct);
+    assert!(lun(&single_with("direct = true\n", false)).direct);
+    assert!(!lun(&single_with("direct = false\n", false)).direct);
+    assert!(lun(&single_with("", true)).direct);
+    assert!(lun(&single_with("direct = true\n", true)).direct);
+    let text = single_with("direct = false\n", true);
+    let line = text.lines().position(|l| l == "direct = false").unwrap() + 1;
+    let e = err_of("d.toml", &text);
+    assert!(e.starts_with(&format!("d.toml:{line}:")), "{e}");
+    assert!(e.contains("`direct`") && e.contains("[ha]"), "{e}");
+    let text = single_with("direct = \"yes\"\n", false);
+    let line = text.lines().position(|l| l.starts_with("direct")).unwrap() + 1;
+    let e = err_of("d.toml", &text);
+    assert!(
+        e.starts_with(&format!("d.toml:{line}:")) && e.contains("boolean"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ctl_conf_luns_take_option_direct() {
+    let text = CTL.replacen(
+        "option create on",
+        "option create on\n        option direct on",
+        1,
+    );
+    assert_ne!(text, CTL, "the example has an `option create on`");
+    let c = Config::parse("c.conf", &text).unwrap();
+    assert!(c.targets.iter().flat_map(|t| &t.luns).any(|l| l.direct));
+    let bad = CTL.replacen(
+        "option create on",
+        "option create on\n        option direct maybe",
+        1,
+    );
+    assert!(err_of("c.conf", &bad).contains("option direct"));
+}

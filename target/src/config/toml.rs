@@ -98,6 +98,7 @@ struct RawLun {
     read_only: bool,
     #[serde(default)]
     create: bool,
+    direct: Option<Spanned<bool>>,
 }
 
 /// Reads the document: serde's errors, with the line of their span.
@@ -168,9 +169,36 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             .flat_map(|t| &t.luns)
             .map(|l| l.number);
         ha::check_luns_served(file, &ha, served)?;
+        direct_on_a_pair(src, &raw.target)?;
+        for l in config.targets.iter_mut().flat_map(|t| t.luns.iter_mut()) {
+            l.direct = true;
+        }
         config.ha = Some(ha);
     }
     Ok(config)
+}
+
+/// A controller of a pair opens every LUN with `O_DIRECT`: `direct = false` there is an error at
+/// its line, because buffered I/O on a disk two hosts share serves each host's stale page cache
+/// and lets a fenced host's kernel write old data back later.
+fn direct_on_a_pair(src: Source<'_>, targets: &[Spanned<RawTarget>]) -> Result<(), ConfigError> {
+    for t in targets {
+        for l in &t.get_ref().lun {
+            if let Some(d) = l.get_ref().direct.as_ref().filter(|d| !*d.get_ref()) {
+                return Err(src.err(
+                    src.at(d.span()),
+                    format!(
+                        "target {}: lun {}: `direct`: false is not allowed on a controller of a pair \
+                         ([ha]): buffered I/O on a shared disk serves stale blocks from each host's \
+                         page cache; remove the key (direct I/O is the default with [ha])",
+                        t.get_ref().name.get_ref(),
+                        l.get_ref().number.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An `[auth_group.NAME]` table.
@@ -410,6 +438,7 @@ fn lun(
         naa,
         read_only: l.read_only,
         create: l.create,
+        direct: l.direct.as_ref().map(|d| *d.get_ref()),
     };
     make_lun(name, number, fields).map_err(|m| fail(ll, m))
 }

@@ -275,9 +275,6 @@ pub struct FileQuorum {
     file: File,
     path: PathBuf,
     block_device: bool,
-    /// Opened with `O_DIRECT`: reads bypass the page cache (and any client cache of a network
-    /// file system), so they see the other controller's writes on shared storage.
-    direct: bool,
 }
 
 impl FileQuorum {
@@ -289,7 +286,9 @@ impl FileQuorum {
     /// a valid header, except that with `create` an area that is entirely zeros (a fresh device or
     /// preallocated file) is formatted in place. A block device is never truncated. The area is
     /// opened with `O_DIRECT` when the file system or device allows it, so that reads of shared
-    /// storage are never served from a stale cache. Errors name the path.
+    /// storage are never served from a stale cache; a file system that refuses `O_DIRECT` (at
+    /// open, or at the first read) is an error, never a fallback to buffered I/O: a cached read
+    /// of the peer's slot would make a stale lease look fresh. Errors name the path.
     pub fn open(path: &Path, create: bool) -> Result<FileQuorum, QuorumError> {
         let bad = |reason: String| QuorumError::BadArea {
             path: path.to_path_buf(),
@@ -327,12 +326,24 @@ impl FileQuorum {
                 "the quorum area must be a regular file or a block device".into(),
             ));
         }
-        let (file, direct) = open_rw(path, true).map_err(io_err("open"))?;
-        let mut q = FileQuorum {
+        let refused = |e: io::Error, when: &str| {
+            bad(format!(
+                "the file system refuses O_DIRECT {when} ({e}); the quorum area must be on \
+                 storage that does direct I/O (a shared block device, or ext4/XFS), or a \
+                 controller could read its peer's slot from a stale cache"
+            ))
+        };
+        let file = open_direct(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                refused(e, "at open")
+            } else {
+                io_err("open")(e)
+            }
+        })?;
+        let q = FileQuorum {
             file,
             path: path.to_path_buf(),
             block_device,
-            direct,
         };
         let size = q.size().map_err(io_err("size"))?;
         if size < AREA_SIZE {
@@ -343,11 +354,8 @@ impl FileQuorum {
         let mut header = Sector::zeroed();
         match q.read_sector(0, &mut header) {
             // Some file systems accept O_DIRECT at open and refuse it at the first I/O.
-            Err(e) if q.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                q.file = open_rw(path, false).map_err(io_err("open"))?.0;
-                q.direct = false;
-                q.read_sector(0, &mut header)
-                    .map_err(io_err("read the header"))?;
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(refused(e, "at the first read"))
             }
             r => r.map_err(io_err("read the header"))?,
         }
@@ -428,27 +436,17 @@ impl Arbiter for FileQuorum {
 
     fn describe(&self) -> String {
         let kind = if self.block_device { "device" } else { "file" };
-        let direct = if self.direct { ", O_DIRECT" } else { "" };
-        format!("quorum {kind} {}{direct}", self.path.display())
+        format!("quorum {kind} {}, O_DIRECT", self.path.display())
     }
 }
 
-/// Opens read-write, with `O_DIRECT` if `direct` and the file system accepts it; tells whether it
-/// did.
-fn open_rw(path: &Path, direct: bool) -> io::Result<(File, bool)> {
-    if direct {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path);
-        match f {
-            Ok(f) => return Ok((f, true)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((OpenOptions::new().read(true).write(true).open(path)?, false))
+/// Opens read-write with `O_DIRECT`.
+fn open_direct(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
 }
 
 /// Creates a formatted quorum file at `path` atomically: formats a temporary file beside it, then
@@ -643,5 +641,18 @@ mod tests {
             execute(&m, &QuorumOp::Read { slot: 3 }),
             QuorumResult::Failed { slot: 3, .. }
         ));
+    }
+
+    #[test]
+    fn a_quorum_area_on_a_file_system_without_o_direct_is_refused_not_opened_buffered() {
+        let Some(fs) = crate::backend::tests::Ramfs::mount("quorum-ramfs") else {
+            return;
+        };
+        let p = fs.0.join("q.img");
+        let e = FileQuorum::open(&p, true).unwrap_err().to_string();
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("O_DIRECT"),
+            "{e}"
+        );
     }
 }

@@ -4,15 +4,28 @@
 //! every command at once; the daemon calls these methods from blocking worker threads, never from
 //! the async workers. UNMAP punches holes (`fallocate(PUNCH_HOLE | KEEP_SIZE)`), SYNCHRONIZE CACHE
 //! and FUA become `fdatasync`.
+//!
+//! A store opened with `O_DIRECT` ([`OpenSpec::direct`]: every LUN of a controller pair) bypasses
+//! the page cache: its alignment and transfers are `direct.rs`'s, and `fdatasync` on it flushes
+//! the device's own cache, so it covers writes acknowledged through either controller. Whether the
+//! device has a volatile cache at all (the LU's initial WCE) is `cache.rs`'s.
+//! Touches the backing file or device, and the reservation-state file beside it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use duet_core::scsi::{BlockStore, StoreError};
+
+mod cache;
+mod direct;
+#[cfg(test)]
+pub(crate) mod tests;
+
+pub use direct::Alignment;
 
 /// Why a backend could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +89,8 @@ pub struct FileStore {
     in_memory: bool,
     /// Set when opened with `O_DIRECT`.
     direct: Option<DirectIo>,
+    /// The store has a volatile write cache that `fdatasync` flushes (the LU's initial WCE).
+    write_cache: bool,
 }
 
 /// Whether `file` is on a memory file system (tmpfs, ramfs), where I/O never waits for a device.
@@ -112,6 +127,9 @@ impl FileStore {
         }
         let mut opts = OpenOptions::new();
         opts.read(true);
+        if spec.direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
         if !spec.read_only {
             opts.write(true);
             if spec.create {
@@ -126,9 +144,16 @@ impl FileStore {
                 .open(path)
                 .map_err(|e| BackendError::io(path, "cannot create", e))?;
         }
-        let mut file = opts
-            .open(path)
-            .map_err(|e| BackendError::io(path, "cannot open", e))?;
+        let mut file = opts.open(path).map_err(|e| {
+            if spec.direct && e.raw_os_error() == Some(libc::EINVAL) {
+                refused(
+                    path,
+                    &format!("the file system refuses O_DIRECT at open ({e})"),
+                )
+            } else {
+                BackendError::io(path, "cannot open", e)
+            }
+        })?;
         let meta = file
             .metadata()
             .map_err(|e| BackendError::io(path, "cannot stat", e))?;
@@ -190,6 +215,15 @@ impl FileStore {
             });
         }
         let in_memory = !block_device && is_in_memory(&file);
+        let direct = if spec.direct {
+            Some(open_direct(&file, path, block_device, spec.block_size)?)
+        } else {
+            None
+        };
+        // Buffered: the page cache is the volatile cache. Direct on a block device: the device's
+        // own. Direct on a file: the file system's metadata and the device under it.
+        let write_cache =
+            !(direct.is_some() && block_device) || cache::device_write_cache(meta.rdev());
         Ok(FileStore {
             file,
             path: path.to_path_buf(),
@@ -198,7 +232,8 @@ impl FileStore {
             block_device,
             can_punch: AtomicBool::new(true),
             in_memory,
-            direct: None,
+            direct,
+            write_cache,
         })
     }
 
@@ -225,6 +260,20 @@ impl FileStore {
         self.block_device
     }
 
+    /// Whether acknowledged writes sit in a volatile cache until a flush (`fdatasync`): the LU's
+    /// initial Caching-page WCE. `false` only for a direct block device whose queue is write
+    /// through.
+    pub fn write_cache(&self) -> bool {
+        self.write_cache
+    }
+
+    fn alignment(&self) -> Option<Alignment> {
+        self.direct.map(|d| Alignment {
+            mem: d.mem_align,
+            offset: d.offset_align,
+        })
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<(), StoreError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
@@ -239,6 +288,52 @@ impl FileStore {
             Ok(())
         }
     }
+}
+
+/// The error of a file the file system will not do direct I/O on.
+fn refused(path: &Path, why: &str) -> BackendError {
+    BackendError::Invalid {
+        path: path.to_path_buf(),
+        message: format!(
+            "cannot use direct I/O (O_DIRECT), which a LUN of a controller pair or with \
+             `direct = true` needs: {why}; put the LUN on a file system or device that supports \
+             it (ext4, XFS, a block device)"
+        ),
+    }
+}
+
+/// Finds the alignment of a descriptor opened with `O_DIRECT` and checks that the LUN's block
+/// size is a multiple of it.
+fn open_direct(
+    file: &File,
+    path: &Path,
+    block_device: bool,
+    block_size: u32,
+) -> Result<DirectIo, BackendError> {
+    let align = direct::alignment(file, block_device).map_err(|r| match r {
+        direct::Refusal::Unsupported(why) => refused(path, &why),
+        direct::Refusal::Io(what, e) => BackendError::io(path, what, e),
+    })?;
+    if !block_size.is_multiple_of(align.offset) {
+        let fix = if align.offset <= 4096 {
+            "set `block_size = 4096` for this LUN".to_string()
+        } else {
+            "no supported block_size (512 or 4096) is a multiple of it".to_string()
+        };
+        return Err(BackendError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "direct I/O on it needs transfers aligned to {} bytes, and `block_size` {block_size} \
+                 is not a multiple of that: {fix}",
+                align.offset
+            ),
+        });
+    }
+    Ok(DirectIo {
+        fd: file.as_raw_fd(),
+        mem_align: align.mem,
+        offset_align: align.offset,
+    })
 }
 
 /// The store error of a failed system call on a backing file or device: Linux reports a SCSI
@@ -261,6 +356,9 @@ impl BlockStore for FileStore {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         self.check(offset, buf.len() as u64)?;
+        if let Some(a) = self.alignment() {
+            return direct::read_at(&self.file, a, offset, buf).map_err(io_err);
+        }
         let mut done = 0usize;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -280,6 +378,9 @@ impl BlockStore for FileStore {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         self.writable()?;
         self.check(offset, data.len() as u64)?;
+        if let Some(a) = self.alignment() {
+            return direct::write_at(&self.file, a, offset, data).map_err(io_err);
+        }
         self.file.write_all_at(data, offset).map_err(io_err)
     }
 
@@ -382,140 +483,4 @@ pub fn write_file_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("duet-backend-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn spec(path: &Path, size: Option<u64>, create: bool, ro: bool) -> OpenSpec<'_> {
-        OpenSpec {
-            path,
-            size,
-            block_size: 512,
-            read_only: ro,
-            create,
-            direct: false,
-        }
-    }
-
-    #[test]
-    fn creates_a_missing_file_of_the_configured_size_and_reads_back_writes() {
-        let d = tmpdir("create");
-        let p = d.join("sub/lun.img");
-        let s = FileStore::open(&spec(&p, Some(1 << 20), true, false)).unwrap();
-        assert_eq!(s.len(), 1 << 20);
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
-        s.write_at(4096, b"duet").unwrap();
-        s.flush().unwrap();
-        let mut b = [0u8; 4];
-        s.read_at(4096, &mut b).unwrap();
-        assert_eq!(&b, b"duet");
-        assert_eq!(
-            s.read_at((1 << 20) - 2, &mut b),
-            Err(StoreError::OutOfRange)
-        );
-        assert_eq!(s.write_at(u64::MAX - 1, &b), Err(StoreError::OutOfRange));
-        // Reopening keeps the data; without a size the file's own size counts.
-        drop(s);
-        let s = FileStore::open(&spec(&p, None, false, false)).unwrap();
-        assert_eq!(s.len(), 1 << 20);
-        s.read_at(4096, &mut b).unwrap();
-        assert_eq!(&b, b"duet");
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn missing_or_short_files_are_refused_unless_creation_is_asked() {
-        let d = tmpdir("refuse");
-        let p = d.join("lun.img");
-        let e = FileStore::open(&spec(&p, Some(1 << 20), false, false)).unwrap_err();
-        assert!(e.to_string().contains("does not exist"), "{e}");
-        std::fs::write(&p, vec![0u8; 4096]).unwrap();
-        let e = FileStore::open(&spec(&p, Some(1 << 20), false, false)).unwrap_err();
-        assert!(
-            e.to_string().contains("less than the configured size"),
-            "{e}"
-        );
-        let s = FileStore::open(&spec(&p, Some(1 << 20), true, false)).unwrap();
-        assert_eq!(s.len(), 1 << 20);
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn read_only_luns_refuse_writes() {
-        let d = tmpdir("ro");
-        let p = d.join("lun.img");
-        std::fs::write(&p, vec![7u8; 8192]).unwrap();
-        let s = FileStore::open(&spec(&p, None, false, true)).unwrap();
-        assert!(s.is_read_only());
-        assert!(matches!(s.write_at(0, b"x"), Err(StoreError::Io(_))));
-        let mut b = [0u8; 2];
-        s.read_at(0, &mut b).unwrap();
-        assert_eq!(b, [7, 7]);
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn punched_holes_read_back_as_zeros_and_show_as_unmapped() {
-        let d = tmpdir("punch");
-        let p = d.join("lun.img");
-        let s = FileStore::open(&spec(&p, Some(1 << 20), true, false)).unwrap();
-        s.write_at(0, &vec![0xAB; 1 << 20]).unwrap();
-        s.punch_hole(64 << 10, 128 << 10).unwrap();
-        let mut b = vec![0u8; 4096];
-        s.read_at(64 << 10, &mut b).unwrap();
-        assert!(b.iter().all(|&x| x == 0));
-        s.read_at(0, &mut b).unwrap();
-        assert!(b.iter().all(|&x| x == 0xAB));
-        let (run, mapped) = s.allocation(0, 1 << 20).unwrap();
-        assert!(mapped && (4096..=64 << 10).contains(&run), "{run}");
-        if s.can_punch.load(Ordering::Relaxed) {
-            let (run, mapped) = s.allocation(64 << 10, (1 << 20) - (64 << 10)).unwrap();
-            assert!(!mapped, "hole expected");
-            assert_eq!(run, 128 << 10);
-        }
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn compare_and_write_writes_only_on_match() {
-        let d = tmpdir("caw");
-        let p = d.join("lun.img");
-        let s = FileStore::open(&spec(&p, Some(8192), true, false)).unwrap();
-        s.write_at(0, &[1, 2, 3, 4]).unwrap();
-        assert_eq!(
-            s.compare_and_write(0, &[1, 2, 0, 4], &[9; 4]).unwrap(),
-            Some(2)
-        );
-        assert_eq!(
-            s.compare_and_write(0, &[1, 2, 3, 4], &[9; 4]).unwrap(),
-            None
-        );
-        let mut b = [0u8; 4];
-        s.read_at(0, &mut b).unwrap();
-        assert_eq!(b, [9; 4]);
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_file() {
-        let d = tmpdir("atomic");
-        let p = d.join("x.pr");
-        write_file_atomically(&p, b"one").unwrap();
-        write_file_atomically(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            pr_state_path(Path::new("/a/b.img")),
-            PathBuf::from("/a/b.img.pr")
-        );
-        let _ = std::fs::remove_dir_all(&d);
-    }
 }
