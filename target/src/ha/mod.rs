@@ -4,8 +4,10 @@
 pub mod config;
 pub mod fence;
 pub mod gate;
+pub mod pr_fence;
 pub mod link;
 pub mod proto;
 pub mod quorum;
 pub mod runtime;
+pub mod sg;
 pub mod tables;
