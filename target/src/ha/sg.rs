@@ -260,13 +260,16 @@ mod tests {
     const T: Duration = Duration::from_secs(5);
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn the_header_has_the_kernels_layout() {
         assert_eq!(std::mem::size_of::<SgIoHdr>(), 88);
         assert_eq!(std::mem::offset_of!(SgIoHdr, dxferp), 16);
         assert_eq!(std::mem::offset_of!(SgIoHdr, timeout), 40);
-        assert_eq!(std::mem::offset_of!(SgIoHdr, status), 56);
-        assert_eq!(std::mem::offset_of!(SgIoHdr, host_status), 60);
-        assert_eq!(std::mem::offset_of!(SgIoHdr, resid), 64);
+        assert_eq!(std::mem::offset_of!(SgIoHdr, usr_ptr), 56);
+        assert_eq!(std::mem::offset_of!(SgIoHdr, status), 64);
+        assert_eq!(std::mem::offset_of!(SgIoHdr, host_status), 68);
+        assert_eq!(std::mem::offset_of!(SgIoHdr, resid), 72);
+        assert_eq!(std::mem::offset_of!(SgIoHdr, info), 80);
     }
 
     #[test]
