@@ -79,6 +79,12 @@ impl PrOut {
         PrOut::new(pr_out::RELEASE, ptype, key, 0)
     }
 
+    /// PREEMPT: removes every registration with `victim` and takes the reservation (type
+    /// `ptype`) if `victim` held it; the victim's commands already in the task set still run.
+    pub fn preempt(key: u64, victim: u64, ptype: u8) -> PrOut {
+        PrOut::new(pr_out::PREEMPT, ptype, key, victim)
+    }
+
     /// PREEMPT AND ABORT: removes every registration with `victim`, aborts its tasks, and takes
     /// the reservation (type `ptype`) if `victim` held it. Sent with our registered `key`.
     pub fn preempt_and_abort(key: u64, victim: u64, ptype: u8) -> PrOut {
@@ -226,6 +232,16 @@ pub fn verdict(st: u8, sense: Option<SenseCode>) -> Verdict {
         status::BUSY | status::TASK_SET_FULL => Verdict::Busy(st),
         other => Verdict::Other(other),
     }
+}
+
+/// Whether a CHECK CONDITION with `sense` says the device does not implement the service action
+/// it was sent (ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE or INVALID FIELD IN CDB), as
+/// some targets answer PREEMPT AND ABORT.
+pub fn unsupported_action(sense: Option<SenseCode>) -> bool {
+    matches!(
+        sense,
+        Some(s) if s == SenseCode::INVALID_OPCODE || s == SenseCode::INVALID_FIELD_IN_CDB
+    )
 }
 
 /// The pair's two reservation keys, derived from `cluster_id` (which both controllers are
@@ -420,6 +436,12 @@ mod tests {
         assert_eq!(verdict(2, None), Verdict::Check(None));
         assert_eq!(verdict(8, None), Verdict::Busy(8));
         assert_eq!(verdict(0x40, None), Verdict::Other(0x40));
+        assert!(unsupported_action(Some(SenseCode::INVALID_FIELD_IN_CDB)));
+        assert!(!unsupported_action(Some(
+            SenseCode::INVALID_FIELD_IN_PARAM_LIST
+        )));
+        assert!(!unsupported_action(None));
+        assert_eq!(PrOut::preempt(1, 2, 6).cdb[1], 4);
     }
 
     #[test]
@@ -482,7 +504,10 @@ mod tests {
             fence_confirmed(&k(&[1, 2]), 1, 2),
             Err(FenceCheck::VictimRegistered)
         );
-        assert_eq!(fence_confirmed(&k(&[]), 1, 2), Err(FenceCheck::NotRegistered));
+        assert_eq!(
+            fence_confirmed(&k(&[]), 1, 2),
+            Err(FenceCheck::NotRegistered)
+        );
     }
 
     proptest! {

@@ -4,8 +4,8 @@
 pub mod config;
 pub mod fence;
 pub mod gate;
-pub mod pr_fence;
 pub mod link;
+pub mod pr_fence;
 pub mod proto;
 pub mod quorum;
 pub mod runtime;

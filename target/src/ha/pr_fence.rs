@@ -211,14 +211,16 @@ impl PrAgent {
                 timeout: left,
                 ..req.clone()
             };
-            let reply =
-                match tokio::time::timeout(left + TRANSPORT_GRACE, dev.transport.execute(req))
-                    .await
-                {
-                    Err(_) => return Err(fail(PrFailure::Deadline)),
-                    Ok(Err(e)) => return Err(fail(PrFailure::Transport(e))),
-                    Ok(Ok(r)) => r,
-                };
+            let reply = match tokio::time::timeout(
+                left + TRANSPORT_GRACE,
+                dev.transport.execute(req),
+            )
+            .await
+            {
+                Err(_) => return Err(fail(PrFailure::Deadline)),
+                Ok(Err(e)) => return Err(fail(PrFailure::Transport(e))),
+                Ok(Ok(r)) => r,
+            };
             match verdict(reply.status, reply.sense) {
                 Verdict::Good => return Ok(reply),
                 Verdict::Retry(s) => {
@@ -362,7 +364,9 @@ impl PrAgent {
 
     /// Fences the peer: on every device (quorum first), PREEMPT AND ABORT of the peer's key with
     /// ours, then READ KEYS to confirm the peer's key is gone. `Ok` only when every device
-    /// confirms; a device where the peer's key is already absent counts as fenced.
+    /// confirms; a device where the peer's key is already absent counts as fenced. A device that
+    /// does not implement PREEMPT AND ABORT (it answers INVALID FIELD IN CDB) gets PREEMPT, with
+    /// a warning: the peer's later commands are refused, its already queued ones are not aborted.
     pub async fn fence_peer(&self, timeout: Duration) -> Result<(), PrError> {
         let deadline = Instant::now() + timeout;
         for dev in &self.devices {
@@ -386,13 +390,38 @@ impl PrAgent {
             return Ok(());
         }
         let ptype = dev.role.reservation_type();
-        self.pr_out(
-            dev,
-            "PREEMPT AND ABORT",
-            PrOut::preempt_and_abort(self.key, self.peer_key, ptype),
-            deadline,
-        )
-        .await?;
+        let aborted = self
+            .pr_out(
+                dev,
+                "PREEMPT AND ABORT",
+                PrOut::preempt_and_abort(self.key, self.peer_key, ptype),
+                deadline,
+            )
+            .await;
+        match aborted {
+            Ok(()) => {}
+            Err(PrError {
+                reason: PrFailure::Check(s),
+                ..
+            }) if host_pr::unsupported_action(Some(s)) => {
+                // The device does not implement PREEMPT AND ABORT: PREEMPT still removes the
+                // peer's registration (its later commands are refused), but commands the peer
+                // queued before it are not aborted.
+                tracing::warn!(
+                    "scsi-pr: {}: the device refuses PREEMPT AND ABORT ({s}); using PREEMPT, \
+                     which does not abort the peer's commands already queued at the device",
+                    dev.name
+                );
+                self.pr_out(
+                    dev,
+                    "PREEMPT",
+                    PrOut::preempt(self.key, self.peer_key, ptype),
+                    deadline,
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
         let after = self.read_keys(dev, deadline).await?;
         fence_confirmed(&after, self.key, self.peer_key).map_err(|e| PrError {
             device: dev.name.clone(),

@@ -146,10 +146,7 @@ pub fn encode(cmd: &mut SgCommand<'_>, sense: &mut [u8; SENSE_LEN]) -> Result<Sg
         cmd_len: cmd.cdb.len() as u8,
         mx_sb_len: SENSE_LEN as u8,
         iovec_count: 0,
-        dxfer_len: u32::try_from(len).map_err(|_| SgError::Residual {
-            resid: 0,
-            len,
-        })?,
+        dxfer_len: u32::try_from(len).map_err(|_| SgError::Residual { resid: 0, len })?,
         dxferp: ptr,
         cmdp: cmd.cdb.as_ptr(),
         sbp: sense.as_mut_ptr(),

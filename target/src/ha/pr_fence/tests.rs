@@ -19,7 +19,10 @@ struct Script {
 }
 
 impl ScsiTransport for Script {
-    fn execute(&self, req: ScsiRequest) -> transport::BoxFuture<'_, Result<ScsiReply, TransportError>> {
+    fn execute(
+        &self,
+        req: ScsiRequest,
+    ) -> transport::BoxFuture<'_, Result<ScsiReply, TransportError>> {
         self.sent.lock().unwrap().push(req);
         let next = self.replies.lock().unwrap().pop_front();
         let hang = self.hang;
@@ -128,7 +131,10 @@ async fn fencing_preempts_the_peer_on_every_device_quorum_first() {
     assert_eq!(preempt.cdb[2], pr_type::WRITE_EXCLUSIVE_RO);
     assert_eq!(&preempt.data_out[0..8], &OURS.to_be_bytes());
     assert_eq!(&preempt.data_out[8..16], &PEER.to_be_bytes());
-    assert_eq!(ds.sent.lock().unwrap()[1].cdb[2], pr_type::EXCLUSIVE_ACCESS_RO);
+    assert_eq!(
+        ds.sent.lock().unwrap()[1].cdb[2],
+        pr_type::EXCLUSIVE_ACCESS_RO
+    );
 }
 
 #[tokio::test]
@@ -153,11 +159,36 @@ async fn check_condition_fails_the_fence_naming_device_and_sense() {
             status(2, Some(SenseCode::INVALID_FIELD_IN_PARAM_LIST)),
         ],
     );
-    let e = agent(vec![q, d]).fence_peer(T).await.expect_err("not fenced");
+    let e = agent(vec![q, d])
+        .fence_peer(T)
+        .await
+        .expect_err("not fenced");
     assert_eq!(e.device, "/dev/lun0");
     assert_eq!(e.step, "PREEMPT AND ABORT");
     assert!(matches!(e.reason, PrFailure::Check(_)), "{e}");
-    assert!(e.to_string().starts_with("/dev/lun0: PREEMPT AND ABORT: CHECK CONDITION"));
+    assert!(e
+        .to_string()
+        .starts_with("/dev/lun0: PREEMPT AND ABORT: CHECK CONDITION"));
+}
+
+#[tokio::test]
+async fn a_device_without_preempt_and_abort_gets_preempt() {
+    let (q, qs) = device(
+        "/dev/quorum",
+        DeviceRole::Quorum,
+        vec![
+            keys(1, &[OURS, PEER]),
+            status(2, Some(SenseCode::INVALID_FIELD_IN_CDB)),
+            good(vec![]),
+            keys(2, &[OURS]),
+        ],
+    );
+    agent(vec![q]).fence_peer(T).await.expect("fenced");
+    assert_eq!(
+        opcodes(&qs),
+        vec![(0x5e, 0), (0x5f, 5), (0x5f, 4), (0x5e, 0)],
+        "READ KEYS, PREEMPT AND ABORT, PREEMPT, READ KEYS"
+    );
 }
 
 #[tokio::test]
@@ -178,7 +209,10 @@ async fn a_peer_key_still_there_after_preemption_fails() {
         DeviceRole::Quorum,
         vec![keys(1, &[OURS, PEER]), good(vec![]), keys(2, &[OURS, PEER])],
     );
-    let e = agent(vec![q]).fence_peer(T).await.expect_err("not confirmed");
+    let e = agent(vec![q])
+        .fence_peer(T)
+        .await
+        .expect_err("not confirmed");
     assert!(matches!(
         e.reason,
         PrFailure::NotConfirmed(FenceCheck::VictimRegistered)
@@ -201,11 +235,22 @@ async fn short_data_is_a_bad_answer() {
 #[tokio::test]
 async fn unit_attentions_are_retried_a_bounded_number_of_times() {
     let ua = || status(2, Some(SenseCode::UA_REGISTRATIONS_PREEMPTED));
-    let (q, qs) = device("/dev/quorum", DeviceRole::Quorum, vec![ua(), keys(1, &[OURS])]);
-    agent(vec![q]).fence_peer(T).await.expect("fenced after one retry");
+    let (q, qs) = device(
+        "/dev/quorum",
+        DeviceRole::Quorum,
+        vec![ua(), keys(1, &[OURS])],
+    );
+    agent(vec![q])
+        .fence_peer(T)
+        .await
+        .expect("fenced after one retry");
     assert_eq!(qs.sent.lock().unwrap().len(), 2);
 
-    let (q, qs) = device("/dev/quorum", DeviceRole::Quorum, (0..10).map(|_| ua()).collect());
+    let (q, qs) = device(
+        "/dev/quorum",
+        DeviceRole::Quorum,
+        (0..10).map(|_| ua()).collect(),
+    );
     let e = agent(vec![q]).fence_peer(T).await.expect_err("gives up");
     assert!(matches!(e.reason, PrFailure::UnitAttention(_)));
     assert_eq!(qs.sent.lock().unwrap().len(), UA_RETRIES + 1);
@@ -220,7 +265,10 @@ async fn timeouts_fail_the_fence() {
         vec![Err(TransportError::Timeout(T))],
     );
     let e = agent(vec![q]).fence_peer(T).await.expect_err("timed out");
-    assert!(matches!(e.reason, PrFailure::Transport(TransportError::Timeout(_))));
+    assert!(matches!(
+        e.reason,
+        PrFailure::Transport(TransportError::Timeout(_))
+    ));
 
     // The transport never answers: the agent's own deadline ends it.
     let s = Arc::new(Script {
@@ -267,7 +315,10 @@ async fn joining_accepts_the_peers_reservation_and_refuses_a_foreign_one() {
     let (d, ds) = device(
         "/dev/lun0",
         DeviceRole::Data,
-        vec![good(vec![]), reservation(Some((PEER, pr_type::EXCLUSIVE_ACCESS_RO)))],
+        vec![
+            good(vec![]),
+            reservation(Some((PEER, pr_type::EXCLUSIVE_ACCESS_RO))),
+        ],
     );
     agent(vec![d]).join(T).await.expect("joined");
     assert_eq!(ds.sent.lock().unwrap().len(), 2);
@@ -275,7 +326,10 @@ async fn joining_accepts_the_peers_reservation_and_refuses_a_foreign_one() {
     let (d, _) = device(
         "/dev/lun0",
         DeviceRole::Data,
-        vec![good(vec![]), reservation(Some((0x42, pr_type::WRITE_EXCLUSIVE)))],
+        vec![
+            good(vec![]),
+            reservation(Some((0x42, pr_type::WRITE_EXCLUSIVE))),
+        ],
     );
     let e = agent(vec![d]).join(T).await.expect_err("foreign");
     assert_eq!(
@@ -286,7 +340,10 @@ async fn joining_accepts_the_peers_reservation_and_refuses_a_foreign_one() {
     let (q, _) = device(
         "/dev/quorum",
         DeviceRole::Quorum,
-        vec![good(vec![]), reservation(Some((PEER, pr_type::EXCLUSIVE_ACCESS_RO)))],
+        vec![
+            good(vec![]),
+            reservation(Some((PEER, pr_type::EXCLUSIVE_ACCESS_RO))),
+        ],
     );
     let e = agent(vec![q]).join(T).await.expect_err("wrong type");
     assert!(matches!(
@@ -312,7 +369,9 @@ async fn status_marks_keys_and_holder() {
         "/dev/lun0 (data): keys 0x1111000000000001 (ours), 0x1111000000000002 (peer); reserved \
          exclusive-access-registrants-only by 0x1111000000000002 (peer)"
     );
-    assert!(st[1].to_string().starts_with("/dev/quorum (quorum): unreadable: RESERVATION CONFLICT"));
+    assert!(st[1]
+        .to_string()
+        .starts_with("/dev/quorum (quorum): unreadable: RESERVATION CONFLICT"));
 }
 
 #[test]
