@@ -129,13 +129,7 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_zeroed_and_rounded_up() {
-        for (len, align) in [
-            (0, 512),
-            (1, 512),
-            (4096, 4096),
-            (5000, 512),
-            (1 << 20, 8192),
-        ] {
+        for (len, align) in [(0, 512), (1, 512), (4096, 4096), (5000, 512), (1 << 20, 8192)] {
             let mut b = AlignedBuf::zeroed(len, align);
             assert_eq!(b.len(), len);
             assert!(b.align() >= align.max(MIN_ALIGN));
