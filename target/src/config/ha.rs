@@ -10,7 +10,7 @@
 //! failover = "automatic"          # automatic (default) | manual
 //! quorum = "/srv/duet/quorum.img" # required with failover = automatic
 //! quorum_create = true            # create and format the quorum file if missing (default false)
-//! fencing = "process"             # process | "exec COMMAND" | none; required with automatic failover
+//! fencing = "process"             # process | "exec COMMAND" | scsi-pr | none; required with automatic failover
 //! peer_pidfile = "/run/duet/ctrl-b.pid"  # for fencing = process
 //! pidfile = "/run/duet/ctrl-a.pid"       # our own pid file (for the peer's process agent)
 //! secret = "at-least-16-bytes"    # pre-shared HA link secret (required)
@@ -24,6 +24,9 @@
 //! reconnect_ms = 200              # delay between HA link connection attempts
 //! failback = false                # give LUNs back to their preferred node when it is healthy again
 //! fence_timeout_ms = 5000
+//! cluster_id = "vault-pair"       # for fencing = scsi-pr: names the pair (default: the first target's name)
+//! pr_key = "0x5d1e0a2b3c4d0001"   # for scsi-pr: this controller's key (default: from cluster_id and id)
+//! peer_pr_key = "0x5d1e0a2b3c4d0002" # for scsi-pr: the peer's key (default: from cluster_id and its id)
 //! [ha.lun.1]                      # per-LUN override of `role`
 //! role = "secondary"
 //! ```
@@ -51,6 +54,10 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::error::{in_range, range_error, ConfigError, Source};
 use super::values::{parse_host_port, LUN_NUMBERS, MAX_LUN};
 use crate::ha::fence::FenceAgent;
+use crate::ha::pr_fence::ScsiPrConfig;
+use duet_core::scsi::host_pr::derive_key;
+
+use super::model::Target;
 
 /// Default path of duetctl's admin socket.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/duet/duetd.sock";
@@ -172,6 +179,9 @@ pub struct HaConfig {
     pub reconnect_ms: u64,
     pub failback: bool,
     pub fence_timeout_ms: u64,
+    /// The name of the pair the `scsi-pr` keys are derived from (`None`: the first target's
+    /// name, filled in by [`attach_scsi_pr`]).
+    pub cluster_id: Option<String>,
     /// Per-LUN role overrides, sorted by LUN.
     pub luns: Vec<HaLunConfig>,
     /// Line of the `[ha]` table, for later errors.
@@ -278,6 +288,9 @@ pub struct RawHa {
     reconnect_ms: Option<Spanned<i64>>,
     failback: Option<Spanned<bool>>,
     fence_timeout_ms: Option<Spanned<i64>>,
+    cluster_id: Option<Spanned<String>>,
+    pr_key: Option<Spanned<String>>,
+    peer_pr_key: Option<Spanned<String>>,
     #[serde(default)]
     lun: BTreeMap<String, Spanned<RawHaLun>>,
 }
@@ -406,7 +419,7 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
         None if failover == Policy::Automatic => {
             return Err(missing(
                 "fencing",
-                " (\"process\", \"exec COMMAND\" or \"none\"; required with automatic failover)",
+                " (\"process\", \"exec COMMAND\", \"scsi-pr\" or \"none\"; required with automatic failover)",
             ))
         }
         None => FenceAgent::None,
@@ -439,17 +452,76 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
                     command: cmd.to_string(),
                     env: fence_env(id, &peer),
                 },
+                ("scsi-pr", "") => match &quorum {
+                    Some(q) => FenceAgent::ScsiPr(ScsiPrConfig {
+                        key: 0,
+                        peer_key: 0,
+                        quorum: q.clone(),
+                        luns: Vec::new(),
+                    }),
+                    None => {
+                        return Err(fail(
+                            at(v.span()),
+                            "`fencing`: \"scsi-pr\" needs `quorum` (the shared quorum device, \
+                             which the pair reserves like the LUNs)"
+                                .into(),
+                        ))
+                    }
+                },
                 _ => {
                     return Err(fail(
                         at(v.span()),
                         format!(
-                            "`fencing`: expected \"process\", \"exec COMMAND\" or \"none\", got `{s}`"
+                            "`fencing`: expected \"process\", \"exec COMMAND\", \"scsi-pr\" or \"none\", got `{s}`"
                         ),
                     ))
                 }
             }
         }
     };
+    let mut fencing = fencing;
+    let cluster_id = match &raw.cluster_id {
+        Some(v) if v.get_ref().trim().is_empty() => {
+            return Err(fail(
+                at(v.span()),
+                "`cluster_id`: expected a name, got an empty string".into(),
+            ))
+        }
+        v => v.as_ref().map(|v| v.get_ref().clone()),
+    };
+    let pr_key = |key: &str,
+                  v: &Option<Spanned<String>>|
+     -> Result<Option<(u64, Option<usize>)>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        let line = at(v.span());
+        if !matches!(fencing, FenceAgent::ScsiPr(_)) {
+            return Err(fail(
+                line,
+                format!("`{key}`: only used with fencing = \"scsi-pr\""),
+            ));
+        }
+        match parse_pr_key(v.get_ref()) {
+            Ok(k) => Ok(Some((k, line))),
+            Err(m) => Err(fail(line, format!("`{key}`: {m}"))),
+        }
+    };
+    let own_key = pr_key("pr_key", &raw.pr_key)?;
+    let peer_key = pr_key("peer_pr_key", &raw.peer_pr_key)?;
+    if let FenceAgent::ScsiPr(pr) = &mut fencing {
+        let derived = |ha_id| cluster_id.as_deref().map_or(0, |c| derive_key(c, ha_id));
+        pr.key = own_key.map_or_else(|| derived(id), |(k, _)| k);
+        pr.peer_key = peer_key.map_or_else(|| derived(peer_of(id)), |(k, _)| k);
+        if pr.key != 0 && pr.key == pr.peer_key {
+            let line = peer_key.or(own_key).and_then(|(_, l)| l).or(table_line);
+            return Err(fail(
+                line,
+                format!(
+                    "`pr_key` and `peer_pr_key` are both {}: the two controllers need different keys",
+                    crate::ha::pr_fence::hex(pr.key)
+                ),
+            ));
+        }
+    }
     let pidfile = raw
         .pidfile
         .as_ref()
@@ -569,6 +641,7 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
         reconnect_ms,
         failback,
         fence_timeout_ms,
+        cluster_id,
         luns,
         line: table_line,
     };
@@ -615,4 +688,202 @@ pub fn check_luns_served(
         luns.push(n);
     }
     ha.check_luns(file, &luns)
+}
+
+/// Parses a reservation key: `0x` and 1 to 16 hex digits, not zero.
+fn parse_pr_key(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let hex = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .ok_or_else(|| format!("expected 0x and up to 16 hex digits, got `{t}`"))?;
+    if hex.is_empty() || hex.len() > 16 {
+        return Err(format!("expected 0x and 1 to 16 hex digits, got `{t}`"));
+    }
+    match u64::from_str_radix(hex, 16) {
+        Ok(0) => Err("key 0 is not a reservation key (it means \"unregister\")".into()),
+        Ok(k) => Ok(k),
+        Err(_) => Err(format!("expected 0x and up to 16 hex digits, got `{t}`")),
+    }
+}
+
+/// Completes a `scsi-pr` agent with what only the whole configuration knows: the backing paths
+/// of the served LUNs (fenced after the quorum device) and, without `cluster_id`, keys derived
+/// from the first target's name (in name order; both controllers serve the same targets). A
+/// backing path that exists and is not a block device is an error naming it: a file cannot be
+/// fenced at the disk. Does nothing for other agents.
+pub fn attach_scsi_pr(
+    file: &str,
+    ha: &mut HaConfig,
+    targets: &[Target],
+) -> Result<(), ConfigError> {
+    let FenceAgent::ScsiPr(pr) = &mut ha.fencing else {
+        return Ok(());
+    };
+    if ha.cluster_id.is_none() {
+        let Some(first) = targets.iter().map(|t| t.name.as_str()).min() else {
+            return Err(ConfigError::new(
+                file,
+                ha.line,
+                "[ha]: fencing = \"scsi-pr\" without `cluster_id` needs a target to name the pair",
+            ));
+        };
+        if pr.key == 0 {
+            pr.key = derive_key(first, ha.id);
+        }
+        if pr.peer_key == 0 {
+            pr.peer_key = derive_key(first, peer_of(ha.id));
+        }
+    }
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
+    for lun in targets.iter().flat_map(|t| &t.luns) {
+        if lun.path == pr.quorum {
+            return Err(ConfigError::new(
+                file,
+                ha.line,
+                format!(
+                    "[ha]: LUN {} is backed by the quorum device {}",
+                    lun.number,
+                    lun.path.display()
+                ),
+            ));
+        }
+        if let Some(kind) = not_a_block_device(&lun.path) {
+            return Err(ConfigError::new(
+                file,
+                ha.line,
+                format!(
+                    "[ha]: fencing = \"scsi-pr\" needs every LUN on a shared block device; LUN {} \
+                     is backed by {}, {kind}: a file cannot be fenced at the disk",
+                    lun.number,
+                    lun.path.display()
+                ),
+            ));
+        }
+        if !paths.contains(&lun.path) {
+            paths.push(lun.path.clone());
+        }
+    }
+    if let Some(kind) = not_a_block_device(&pr.quorum) {
+        return Err(ConfigError::new(
+            file,
+            ha.line,
+            format!(
+                "[ha]: fencing = \"scsi-pr\" needs the quorum area on a shared block device; {} is {kind}",
+                pr.quorum.display()
+            ),
+        ));
+    }
+    pr.luns = paths;
+    Ok(())
+}
+
+/// What `path` is when it exists and is not a block device (a missing path is left to the start).
+fn not_a_block_device(path: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    if t.is_block_device() {
+        None
+    } else if t.is_file() {
+        Some("a regular file")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a block device")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A pair's configuration with one LUN backed by `lun` and the `[ha]` lines `ha`.
+    fn config(lun: &str, ha: &str) -> String {
+        format!(
+            "[portal_group.pg0]\nlisten = [\"127.0.0.1:3260\"]\ndiscovery_auth_group = \"none\"\n\
+             [[target]]\nname = \"iqn.2026-12.dev.duet:vault\"\nportal_group = \"pg0\"\n\
+             auth_group = \"none\"\n[[target.lun]]\nnumber = 1\npath = \"{lun}\"\n\
+             [ha]\nid = 1\npeer = \"listen 127.0.0.1:7777\"\nquorum = \"/dev/duet-test-quorum\"\n\
+             secret = \"0123456789abcdef\"\n{ha}"
+        )
+    }
+
+    fn pr_of(c: &Config) -> &ScsiPrConfig {
+        match &c.ha.as_ref().expect("[ha]").fencing {
+            FenceAgent::ScsiPr(pr) => pr,
+            other => panic!("not scsi-pr: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scsi_pr_keys_default_from_the_cluster_id_or_the_target_name() {
+        let c = Config::parse(
+            "a.toml",
+            &config("/dev/duet-test-lun", "fencing = \"scsi-pr\"\n"),
+        )
+        .expect("parses");
+        let pr = pr_of(&c);
+        assert_eq!(pr.key, derive_key("iqn.2026-12.dev.duet:vault", 1));
+        assert_eq!(pr.peer_key, derive_key("iqn.2026-12.dev.duet:vault", 2));
+        assert_eq!(pr.quorum, PathBuf::from("/dev/duet-test-quorum"));
+        assert_eq!(pr.luns, vec![PathBuf::from("/dev/duet-test-lun")]);
+
+        let c = Config::parse(
+            "a.toml",
+            &config(
+                "/dev/duet-test-lun",
+                "fencing = \"scsi-pr\"\ncluster_id = \"pair-7\"\n",
+            ),
+        )
+        .expect("parses");
+        assert_eq!(pr_of(&c).key, derive_key("pair-7", 1));
+
+        let c = Config::parse(
+            "a.toml",
+            &config(
+                "/dev/duet-test-lun",
+                "fencing = \"scsi-pr\"\npr_key = \"0xABC\"\npeer_pr_key = \"0x0def\"\n",
+            ),
+        )
+        .expect("parses");
+        assert_eq!((pr_of(&c).key, pr_of(&c).peer_key), (0xabc, 0xdef));
+    }
+
+    #[test]
+    fn scsi_pr_errors_name_file_line_and_key() {
+        let e = |ha: &str| {
+            Config::parse("a.toml", &config("/dev/duet-test-lun", ha))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            e("fencing = \"scsi-pr\"\npr_key = \"0x0\"\n"),
+            "a.toml:17: [ha]: `pr_key`: key 0 is not a reservation key (it means \"unregister\")"
+        );
+        assert!(e("fencing = \"scsi-pr\"\npr_key = \"12\"\n").contains("expected 0x"));
+        assert!(
+            e("fencing = \"scsi-pr\"\npr_key = \"0x12345678901234567\"\n")
+                .contains("1 to 16 hex digits")
+        );
+        assert!(e("fencing = \"none\"\npr_key = \"0x12\"\n")
+            .contains("only used with fencing = \"scsi-pr\""));
+        assert!(
+            e("fencing = \"scsi-pr\"\npr_key = \"0x12\"\npeer_pr_key = \"0x12\"\n")
+                .contains("need different keys")
+        );
+        assert!(e("fencing = \"scsi-pr\"\ncluster_id = \" \"\n").contains("`cluster_id`"));
+    }
+
+    #[test]
+    fn scsi_pr_refuses_a_file_backed_lun_by_name() {
+        let file = std::env::temp_dir().join(format!("duet-pr-cfg-{}.img", std::process::id()));
+        std::fs::write(&file, b"").expect("temp file");
+        let text = config(&file.display().to_string(), "fencing = \"scsi-pr\"\n");
+        let e = Config::parse("a.toml", &text).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&file);
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(e.contains("a regular file"), "{e}");
+        assert!(e.contains("cannot be fenced at the disk"), "{e}");
+    }
 }

@@ -168,6 +168,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             .flat_map(|t| &t.luns)
             .map(|l| l.number);
         ha::check_luns_served(file, &ha, served)?;
+        let mut ha = ha;
+        ha::attach_scsi_pr(file, &mut ha, &config.targets)?;
         config.ha = Some(ha);
     }
     Ok(config)
