@@ -14,6 +14,7 @@
 //! deadline, a bounded retry on UNIT ATTENTION, and an error naming the device and the reason for
 //! anything else. Uses `super::sg` through `transport`; used by `super::fence`.
 
+pub mod monitor;
 pub mod transport;
 
 use std::fmt;
@@ -27,9 +28,10 @@ use duet_core::scsi::host_pr::{
     PR_IN_ALLOC,
 };
 use duet_core::sense::SenseCode;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use tokio::time::Instant;
 
+pub use monitor::PrMonitor;
 pub use transport::{ScsiReply, ScsiRequest, ScsiTransport, SgTransport, TransportError};
 
 /// How many times a command is sent again after a UNIT ATTENTION.
@@ -75,7 +77,7 @@ pub fn hex(k: u64) -> String {
 }
 
 /// What a device is to the pair: it decides the reservation type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceRole {
     /// The quorum device: WRITE EXCLUSIVE – REGISTRANTS ONLY.
@@ -465,7 +467,7 @@ impl PrAgent {
 }
 
 /// Whose a key is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyOwner {
     Ours,
@@ -474,24 +476,24 @@ pub enum KeyOwner {
 }
 
 /// One registered key on a device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
     pub key: String,
     pub owner: KeyOwner,
 }
 
 /// A device's reservation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationInfo {
     /// The holder's key (0 for all-registrants types).
     pub key: String,
     pub holder: KeyOwner,
     #[serde(rename = "type")]
-    pub ptype: &'static str,
+    pub ptype: String,
 }
 
 /// What `duetctl ha` shows of one device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStatus {
     pub device: String,
     pub role: DeviceRole,
@@ -529,7 +531,7 @@ impl DeviceStatus {
             reservation: res.reservation.map(|r| ReservationInfo {
                 key: hex(r.key),
                 holder: owner(r.key),
-                ptype: host_pr::type_name(r.ptype),
+                ptype: host_pr::type_name(r.ptype).to_string(),
             }),
             error: None,
         }
