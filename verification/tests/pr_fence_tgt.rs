@@ -399,3 +399,137 @@ async fn scenario(portal: SocketAddr) {
         let _ = h.session.logout().await;
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// duetd with fencing = "scsi-pr"
+// ------------------------------------------------------------------------------------------
+
+/// A pair member's configuration: one LUN backed by `lun`, the quorum area at `quorum`,
+/// `fencing = "scsi-pr"`.
+fn scsi_pr_config(dir: &std::path::Path, lun: &str, quorum: &str) -> PathBuf {
+    let port = support::free_port(Ipv4Addr::LOCALHOST);
+    let link = support::free_port(Ipv4Addr::LOCALHOST);
+    let text = format!(
+        "[portal_group.pg0]\nlisten = [\"127.0.0.1:{port}\"]\ndiscovery_auth_group = \"none\"\n\n\
+         [[target]]\nname = \"iqn.2026-12.dev.duet.test:pr\"\nportal_group = \"pg0\"\n\
+         auth_group = \"none\"\n\n[[target.lun]]\nnumber = 1\npath = \"{lun}\"\n\n\
+         [ha]\nid = 1\npeer = \"listen 127.0.0.1:{link}\"\nquorum = \"{quorum}\"\n\
+         fencing = \"scsi-pr\"\nsecret = \"0123456789abcdef\"\nadmin_socket = \"{}\"\n",
+        dir.join("admin.sock").display()
+    );
+    let path = dir.join("duetd.toml");
+    std::fs::write(&path, text).expect("write the configuration");
+    path
+}
+
+#[test]
+fn check_config_refuses_scsi_pr_on_a_file_backed_lun_naming_the_file() {
+    let dir = support::fresh_dir("pr-file");
+    let lun = dir.join("lun.img");
+    std::fs::write(&lun, vec![0u8; 1 << 20]).expect("LUN file");
+    let cfg = scsi_pr_config(&dir, &lun.display().to_string(), "/dev/duet-test-quorum");
+    let cfg_s = cfg.display().to_string();
+    let r = support::run_bounded(
+        &dir,
+        support::duetd(),
+        &["check-config", &cfg_s],
+        &[],
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !r.ok(),
+        "check-config accepted a file-backed LUN:\n{}",
+        r.all()
+    );
+    let msg = r.all();
+    assert!(msg.contains(&lun.display().to_string()), "{msg}");
+    assert!(msg.contains("cannot be fenced at the disk"), "{msg}");
+}
+
+/// A loop device over a file in the test's directory, detached when dropped.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn new(dir: &std::path::Path, name: &str) -> Loop {
+        let img = dir.join(name);
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(8 << 20))
+            .expect("loop backing file");
+        let img_s = img.display().to_string();
+        let r = support::run_bounded(
+            dir,
+            "losetup",
+            &["-f", "--show", &img_s],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert!(r.ok(), "losetup: {}", r.all());
+        Loop {
+            dev: r.stdout.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+    }
+}
+
+#[test]
+fn duetd_refuses_to_serve_when_it_cannot_register_at_the_disks() {
+    // Loop devices are block devices without SCSI: SG_IO is refused, so the controller cannot
+    // join the pair at the disks and must not serve.
+    assert!(
+        support::have_program("losetup"),
+        "losetup is not installed (apt-get install mount)"
+    );
+    let dir = support::fresh_dir("pr-loop");
+    let lun = Loop::new(&dir, "lun.img");
+    let quorum = Loop::new(&dir, "quorum.img");
+    let cfg = scsi_pr_config(&dir, &lun.dev, &quorum.dev);
+    let cfg_s = cfg.display().to_string();
+    let check = support::run_bounded(
+        &dir,
+        support::duetd(),
+        &["check-config", &cfg_s],
+        &[],
+        Duration::from_secs(20),
+    );
+    let run = support::run_bounded(
+        &dir,
+        support::duetd(),
+        &["--config", &cfg_s],
+        &[],
+        Duration::from_secs(30),
+    );
+    drop((lun, quorum));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        check.ok(),
+        "block devices pass check-config:\n{}",
+        check.all()
+    );
+    assert!(
+        run.status.is_some(),
+        "duetd did not exit on its own:\n{}",
+        run.all()
+    );
+    assert!(
+        !run.ok(),
+        "duetd started without its reservations:\n{}",
+        run.all()
+    );
+    let msg = run.all();
+    assert!(
+        msg.contains("scsi-pr: cannot join the pair at the disks")
+            && msg.contains("REGISTER AND IGNORE EXISTING KEY")
+            && msg.contains("SG_IO failed"),
+        "{msg}"
+    );
+}
