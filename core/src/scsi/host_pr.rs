@@ -143,7 +143,7 @@ pub struct ReadKeys {
 /// Parses READ KEYS parameter data.
 pub fn parse_read_keys(d: &[u8]) -> Result<ReadKeys, PrParseError> {
     let (generation, additional, body) = header(d)?;
-    if additional % 8 != 0 {
+    if !additional.is_multiple_of(8) {
         return Err(PrParseError::KeyListLength(additional));
     }
     let keys = body
