@@ -309,14 +309,25 @@ pub fn plan_reservation(
     Ok(ReservationPlan::Held)
 }
 
-/// Whether READ KEYS after a fence confirms it: the victim's key is gone and ours is there (we
-/// must stay registered to keep access).
-pub fn fence_confirmed(keys: &ReadKeys, ours: u64, victim: u64) -> Result<(), FenceCheck> {
+/// Whether READ KEYS after a preemption (`after`, with `before` read just ahead of it) confirms
+/// the fence: the victim's key is gone, ours is there (we must stay registered to keep access),
+/// and the PRgeneration moved (every successful PREEMPT advances it; a device that did not is not
+/// to be believed).
+pub fn fence_confirmed(
+    before: &ReadKeys,
+    after: &ReadKeys,
+    ours: u64,
+    victim: u64,
+) -> Result<(), FenceCheck> {
+    let keys = after;
     if keys.keys.contains(&victim) {
         return Err(FenceCheck::VictimRegistered);
     }
     if !keys.keys.contains(&ours) {
         return Err(FenceCheck::NotRegistered);
+    }
+    if after.generation == before.generation {
+        return Err(FenceCheck::GenerationUnchanged(after.generation));
     }
     Ok(())
 }
@@ -328,6 +339,8 @@ pub enum FenceCheck {
     VictimRegistered,
     #[error("our own key is not registered (were we preempted?)")]
     NotRegistered,
+    #[error("the PRgeneration is still {0}: the preemption did not register")]
+    GenerationUnchanged(u32),
 }
 
 #[cfg(test)]
@@ -495,18 +508,23 @@ mod tests {
 
     #[test]
     fn fence_confirmation() {
-        let k = |keys: &[u64]| ReadKeys {
-            generation: 0,
+        let k = |generation, keys: &[u64]| ReadKeys {
+            generation,
             keys: keys.to_vec(),
         };
-        assert_eq!(fence_confirmed(&k(&[1, 1]), 1, 2), Ok(()));
+        let before = k(4, &[1, 2]);
+        assert_eq!(fence_confirmed(&before, &k(5, &[1, 1]), 1, 2), Ok(()));
         assert_eq!(
-            fence_confirmed(&k(&[1, 2]), 1, 2),
+            fence_confirmed(&before, &k(5, &[1, 2]), 1, 2),
             Err(FenceCheck::VictimRegistered)
         );
         assert_eq!(
-            fence_confirmed(&k(&[]), 1, 2),
+            fence_confirmed(&before, &k(5, &[]), 1, 2),
             Err(FenceCheck::NotRegistered)
+        );
+        assert_eq!(
+            fence_confirmed(&before, &k(4, &[1]), 1, 2),
+            Err(FenceCheck::GenerationUnchanged(4))
         );
     }
 

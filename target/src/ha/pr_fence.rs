@@ -425,7 +425,7 @@ impl PrAgent {
             Err(e) => return Err(e),
         }
         let after = self.read_keys(dev, deadline).await?;
-        fence_confirmed(&after, self.key, self.peer_key).map_err(|e| PrError {
+        fence_confirmed(&before, &after, self.key, self.peer_key).map_err(|e| PrError {
             device: dev.name.clone(),
             step: "PREEMPT AND ABORT",
             reason: e.into(),

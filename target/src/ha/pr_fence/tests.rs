@@ -389,3 +389,20 @@ fn a_regular_file_cannot_be_fenced() {
     assert!(e.to_string().contains("not a block device"), "{e}");
     assert_eq!(e.device, path.display().to_string());
 }
+
+#[tokio::test]
+async fn a_preemption_that_leaves_the_generation_unchanged_is_not_believed() {
+    let (q, _) = device(
+        "/dev/quorum",
+        DeviceRole::Quorum,
+        vec![keys(3, &[OURS, PEER]), good(vec![]), keys(3, &[OURS])],
+    );
+    let e = agent(vec![q])
+        .fence_peer(T)
+        .await
+        .expect_err("not confirmed");
+    assert!(matches!(
+        e.reason,
+        PrFailure::NotConfirmed(FenceCheck::GenerationUnchanged(3))
+    ));
+}
