@@ -2,7 +2,7 @@
 //! persistent reservations: tgt (`tgtd`), with two file-backed LUNs, driven through the project's
 //! own iSCSI initiator (duet-hosts) on loopback.
 //!
-//! Two "controllers" (two initiator names, two keys) join the pair at the disks (register, take
+//! Two "controllers" (two initiator names, two keys, two paths each) join the pair at the disks (register, take
 //! the reservations: EXCLUSIVE ACCESS – REGISTRANTS ONLY on the data LUN, WRITE EXCLUSIVE –
 //! REGISTRANTS ONLY on the quorum LUN); an unregistered third host is refused; controller A fences
 //! B (PREEMPT AND ABORT); B's reads and writes of the data LUN and its writes of the quorum LUN are
@@ -212,27 +212,41 @@ impl ScsiTransport for IscsiTransport {
 /// A host on the target: its session, and (for a controller) its agent over both LUNs.
 struct Host {
     session: Arc<Session>,
+    /// The host's second path.
+    second: Arc<Session>,
     agent: PrAgent,
 }
 
-async fn host(portal: SocketAddr, name: &str, isid_tail: u8, key: u64, peer_key: u64) -> Host {
+/// Logs `name` in with ISID tail `isid_tail` (one I_T nexus).
+async fn login(portal: SocketAddr, name: &str, isid_tail: u8) -> Arc<Session> {
     let opts = LoginOptions {
         isid: [0x80, 0xd7, 0xe7, 0x00, 0x00, isid_tail],
         ..LoginOptions::default()
     };
     let iqn = format!("iqn.2026-12.dev.duet.test:{name}");
-    let session = Arc::new(
+    Arc::new(
         Session::login(portal, &iqn, TARGET_IQN, &opts)
             .await
             .unwrap_or_else(|e| panic!("{name}: login to tgtd: {e}")),
-    );
+    )
+}
+
+/// A host with two paths to the target (two sessions, two ISIDs: two I_T nexuses, as a host
+/// with two HBAs has), whose agent registers through both.
+async fn host(portal: SocketAddr, name: &str, isid_tail: u8, key: u64, peer_key: u64) -> Host {
+    let session = login(portal, name, isid_tail).await;
+    let second = login(portal, name, isid_tail + 0x10).await;
+    let on = |s: &Arc<Session>, lun| -> Arc<dyn ScsiTransport> {
+        Arc::new(IscsiTransport {
+            session: s.clone(),
+            lun,
+        })
+    };
     let device = |lun, role, what: &str| PrDevice {
         name: format!("tgt {what} LUN {lun} as {name}"),
         role,
-        transport: Arc::new(IscsiTransport {
-            session: session.clone(),
-            lun,
-        }),
+        transport: on(&session, lun),
+        paths: vec![on(&second, lun)],
     };
     let agent = PrAgent {
         key,
@@ -242,28 +256,22 @@ async fn host(portal: SocketAddr, name: &str, isid_tail: u8, key: u64, peer_key:
             device(DATA_LUN, DeviceRole::Data, "data"),
         ],
     };
-    Host { session, agent }
+    Host {
+        session,
+        second,
+        agent,
+    }
 }
 
 impl Host {
-    /// The status of READ (10) or WRITE (10) of one block at LBA 8, after at most a few unit
-    /// attentions (which a real host's SCSI layer would absorb too).
+    /// The status of READ (10) or WRITE (10) of one block at LBA 8 down the host's first path.
     async fn io(&self, lun: u16, write: bool) -> u8 {
-        for _ in 0..4 {
-            let r = if write {
-                let data = Bytes::from(vec![0xa5u8; BLOCK as usize]);
-                self.session.exec(lun, &write10_cdb(8, 1), data, 0).await
-            } else {
-                self.session
-                    .exec(lun, &read10_cdb(8, 1), Bytes::new(), BLOCK)
-                    .await
-            }
-            .expect("the command is answered");
-            if !r.sense.is_some_and(|s| s.is_unit_attention()) {
-                return r.status;
-            }
-        }
-        panic!("still unit attention after 4 tries");
+        io_on(&self.session, lun, write).await
+    }
+
+    /// [`Host::io`] down the host's second path.
+    async fn io2(&self, lun: u16, write: bool) -> u8 {
+        io_on(&self.second, lun, write).await
     }
 
     async fn keys(&self, role: DeviceRole) -> ReadKeys {
@@ -282,6 +290,26 @@ impl Host {
             .find(|d| d.role == role)
             .expect("a device of this role")
     }
+}
+
+/// The status of READ (10) or WRITE (10) of one block at LBA 8 through `session`, after at most a
+/// few unit attentions (which a real host's SCSI layer would absorb too).
+async fn io_on(session: &Session, lun: u16, write: bool) -> u8 {
+    for _ in 0..4 {
+        let r = if write {
+            let data = Bytes::from(vec![0xa5u8; BLOCK as usize]);
+            session.exec(lun, &write10_cdb(8, 1), data, 0).await
+        } else {
+            session
+                .exec(lun, &read10_cdb(8, 1), Bytes::new(), BLOCK)
+                .await
+        }
+        .expect("the command is answered");
+        if !r.sense.is_some_and(|s| s.is_unit_attention()) {
+            return r.status;
+        }
+    }
+    panic!("still unit attention after 4 tries");
 }
 
 fn sorted(mut v: Vec<u64>) -> Vec<u64> {
@@ -319,7 +347,7 @@ async fn scenario(portal: SocketAddr) {
     for role in [DeviceRole::Quorum, DeviceRole::Data] {
         assert_eq!(
             sorted(a.keys(role).await.keys),
-            vec![KEY_A, KEY_B],
+            vec![KEY_A, KEY_A, KEY_B, KEY_B],
             "{role:?}"
         );
     }
@@ -342,10 +370,13 @@ async fn scenario(portal: SocketAddr) {
         println!("  {s}");
     }
 
-    // Registrants read and write; an unregistered host can do neither on the data LUN.
+    // Registrants read and write, down either of their paths; an unregistered host can do
+    // neither on the data LUN.
     for h in [&a, &b] {
         assert_eq!(h.io(DATA_LUN, false).await, status::GOOD);
         assert_eq!(h.io(DATA_LUN, true).await, status::GOOD);
+        assert_eq!(h.io2(DATA_LUN, false).await, status::GOOD);
+        assert_eq!(h.io2(DATA_LUN, true).await, status::GOOD);
     }
     assert_eq!(c.io(DATA_LUN, false).await, status::RESERVATION_CONFLICT);
     assert_eq!(c.io(DATA_LUN, true).await, status::RESERVATION_CONFLICT);
@@ -358,8 +389,8 @@ async fn scenario(portal: SocketAddr) {
     for role in [DeviceRole::Quorum, DeviceRole::Data] {
         assert_eq!(
             a.keys(role).await.keys,
-            vec![KEY_A],
-            "{role:?}: only A's key is left"
+            vec![KEY_A, KEY_A],
+            "{role:?}: only A's key is left (one per path)"
         );
     }
     println!("after the fence:");
@@ -370,6 +401,8 @@ async fn scenario(portal: SocketAddr) {
     // B can still read the quorum area (and learn it was superseded). A works on.
     assert_eq!(b.io(DATA_LUN, false).await, status::RESERVATION_CONFLICT);
     assert_eq!(b.io(DATA_LUN, true).await, status::RESERVATION_CONFLICT);
+    assert_eq!(b.io2(DATA_LUN, false).await, status::RESERVATION_CONFLICT);
+    assert_eq!(b.io2(DATA_LUN, true).await, status::RESERVATION_CONFLICT);
     assert_eq!(b.io(QUORUM_LUN, true).await, status::RESERVATION_CONFLICT);
     assert_eq!(b.io(QUORUM_LUN, false).await, status::GOOD);
     assert_eq!(a.io(DATA_LUN, false).await, status::GOOD);
@@ -390,13 +423,14 @@ async fn scenario(portal: SocketAddr) {
     b.agent.join(OP).await.expect("B rejoins");
     assert_eq!(
         sorted(a.keys(DeviceRole::Data).await.keys),
-        vec![KEY_A, KEY_B]
+        vec![KEY_A, KEY_A, KEY_B, KEY_B]
     );
     assert_eq!(b.io(DATA_LUN, false).await, status::GOOD);
-    assert_eq!(b.io(DATA_LUN, true).await, status::GOOD);
+    assert_eq!(b.io2(DATA_LUN, true).await, status::GOOD);
 
     for h in [a, b, c] {
         let _ = h.session.logout().await;
+        let _ = h.second.logout().await;
     }
 }
 

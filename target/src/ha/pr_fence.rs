@@ -102,7 +102,11 @@ pub struct PrDevice {
     /// Its name in log lines and errors (the path).
     pub name: String,
     pub role: DeviceRole,
+    /// The device itself: every command but the extra registrations goes here.
     pub transport: Arc<dyn ScsiTransport>,
+    /// The device's other I_T nexuses (the paths of a multipath map): our key is registered
+    /// through each of them too, or I/O down that path would meet RESERVATION CONFLICT.
+    pub paths: Vec<Arc<dyn ScsiTransport>>,
 }
 
 impl fmt::Debug for PrDevice {
@@ -163,20 +167,28 @@ impl PrAgent {
     /// The agent for `cfg` over `SG_IO`: opens the quorum device and every LUN's backing device;
     /// a path that is not a block device is refused by name.
     pub fn open_sg(cfg: &ScsiPrConfig) -> Result<PrAgent, PrError> {
-        let open = |path: &PathBuf, role| {
-            let name = path.display().to_string();
-            match SgTransport::open(path) {
-                Ok(t) => Ok(PrDevice {
-                    name,
-                    role,
-                    transport: Arc::new(t) as Arc<dyn ScsiTransport>,
-                }),
-                Err(e) => Err(PrError {
-                    device: name,
+        let open_one = |path: &std::path::Path, name: &str| {
+            SgTransport::open(path)
+                .map(|t| Arc::new(t) as Arc<dyn ScsiTransport>)
+                .map_err(|e| PrError {
+                    device: name.to_string(),
                     step: "open",
                     reason: PrFailure::Transport(TransportError::Failed(e.to_string())),
-                }),
-            }
+                })
+        };
+        let open = |path: &PathBuf, role| {
+            let name = path.display().to_string();
+            let transport = open_one(path, &name)?;
+            let paths = crate::ha::sg::paths_of(path)
+                .iter()
+                .map(|p| open_one(p, &format!("{name} (path {})", p.display())))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(PrDevice {
+                name,
+                role,
+                transport,
+                paths,
+            })
         };
         let mut devices = vec![open(&cfg.quorum, DeviceRole::Quorum)?];
         for p in &cfg.luns {
@@ -198,6 +210,19 @@ impl PrAgent {
         req: ScsiRequest,
         deadline: Instant,
     ) -> Result<ScsiReply, PrError> {
+        self.run_on(dev, dev.transport.as_ref(), step, req, deadline)
+            .await
+    }
+
+    /// [`Self::run`] through `transport`, one of `dev`'s paths.
+    async fn run_on(
+        &self,
+        dev: &PrDevice,
+        transport: &dyn ScsiTransport,
+        step: &'static str,
+        req: ScsiRequest,
+        deadline: Instant,
+    ) -> Result<ScsiReply, PrError> {
         let fail = |reason| PrError {
             device: dev.name.clone(),
             step,
@@ -213,16 +238,12 @@ impl PrAgent {
                 timeout: left,
                 ..req.clone()
             };
-            let reply = match tokio::time::timeout(
-                left + TRANSPORT_GRACE,
-                dev.transport.execute(req),
-            )
-            .await
-            {
-                Err(_) => return Err(fail(PrFailure::Deadline)),
-                Ok(Err(e)) => return Err(fail(PrFailure::Transport(e))),
-                Ok(Ok(r)) => r,
-            };
+            let reply =
+                match tokio::time::timeout(left + TRANSPORT_GRACE, transport.execute(req)).await {
+                    Err(_) => return Err(fail(PrFailure::Deadline)),
+                    Ok(Err(e)) => return Err(fail(PrFailure::Transport(e))),
+                    Ok(Ok(r)) => r,
+                };
             match verdict(reply.status, reply.sense) {
                 Verdict::Good => return Ok(reply),
                 Verdict::Retry(s) => {
@@ -301,15 +322,26 @@ impl PrAgent {
         })
     }
 
-    /// Registers our key on `dev` (REGISTER AND IGNORE EXISTING KEY).
+    /// Registers our key on `dev` (REGISTER AND IGNORE EXISTING KEY), through the device and
+    /// through each of its other paths.
     pub async fn register(&self, dev: &PrDevice, deadline: Instant) -> Result<(), PrError> {
-        self.pr_out(
-            dev,
-            "REGISTER AND IGNORE EXISTING KEY",
-            PrOut::register_ignore(self.key),
-            deadline,
-        )
-        .await
+        let cmd = PrOut::register_ignore(self.key);
+        let transports = std::iter::once(&dev.transport).chain(dev.paths.iter());
+        for (i, t) in transports.enumerate() {
+            let req = ScsiRequest {
+                cdb: cmd.cdb.to_vec(),
+                data_out: cmd.params.to_vec(),
+                data_in_len: 0,
+                timeout: Duration::ZERO,
+            };
+            let step = if i == 0 {
+                "REGISTER AND IGNORE EXISTING KEY"
+            } else {
+                "REGISTER AND IGNORE EXISTING KEY (another path)"
+            };
+            self.run_on(dev, t.as_ref(), step, req, deadline).await?;
+        }
+        Ok(())
     }
 
     /// Makes sure the pair holds the reservation `dev`'s role asks for: takes it when there is

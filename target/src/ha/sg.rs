@@ -198,6 +198,36 @@ pub fn decode(hdr: &SgIoHdr, sense: &[u8], timeout: Duration) -> Result<SgReply,
     })
 }
 
+/// The paths under a block device: for a device-mapper device (a dm-multipath map) the block
+/// devices it sits on, one per path (`/sys/class/block/NAME/slaves`), as `/dev/NAME`; empty for
+/// a plain disk. Each path is an I_T nexus of its own, which a reservation key must be
+/// registered through.
+pub fn paths_of(dev: &Path) -> Vec<PathBuf> {
+    let Ok(real) = std::fs::canonicalize(dev) else {
+        return Vec::new();
+    };
+    let Some(name) = real.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    slaves_in(Path::new("/sys/class/block"), name)
+        .into_iter()
+        .map(|s| Path::new("/dev").join(s))
+        .collect()
+}
+
+/// The names in `sys_block/NAME/slaves`, sorted.
+fn slaves_in(sys_block: &Path, name: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(sys_block.join(name).join("slaves")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out
+}
+
 /// A block device opened for SCSI pass-through.
 #[derive(Debug)]
 pub struct SgDevice {
@@ -385,6 +415,22 @@ mod tests {
             decode(&bad_resid, &sense, T),
             Err(SgError::Residual { resid: 33, .. })
         ));
+    }
+
+    #[test]
+    fn the_paths_of_a_multipath_map_are_its_slaves() {
+        let root = std::env::temp_dir().join(format!("duet-sg-sys-{}", std::process::id()));
+        for p in ["dm-3/slaves/sdc", "dm-3/slaves/sdb", "sda"] {
+            std::fs::create_dir_all(root.join(p)).expect("fake sysfs");
+        }
+        let dm = slaves_in(&root, "dm-3");
+        let plain = slaves_in(&root, "sda");
+        let missing = slaves_in(&root, "sdz");
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(dm, vec!["sdb".to_string(), "sdc".to_string()]);
+        assert!(plain.is_empty());
+        assert!(missing.is_empty());
+        assert!(paths_of(Path::new("/nonexistent/duet")).is_empty());
     }
 
     #[test]

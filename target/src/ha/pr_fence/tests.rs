@@ -87,6 +87,7 @@ fn device(
         name: name.into(),
         role,
         transport: s.clone(),
+        paths: Vec::new(),
     };
     (dev, s)
 }
@@ -279,6 +280,7 @@ async fn timeouts_fail_the_fence() {
         name: "/dev/quorum".into(),
         role: DeviceRole::Quorum,
         transport: s,
+        paths: Vec::new(),
     };
     let e = agent(vec![q])
         .fence_peer(Duration::from_millis(20))
@@ -405,4 +407,42 @@ async fn a_preemption_that_leaves_the_generation_unchanged_is_not_believed() {
         e.reason,
         PrFailure::NotConfirmed(FenceCheck::GenerationUnchanged(3))
     ));
+}
+
+#[tokio::test]
+async fn joining_registers_through_every_path() {
+    let (mut d, ds) = device(
+        "/dev/mapper/shared0",
+        DeviceRole::Data,
+        vec![
+            good(vec![]),
+            reservation(Some((PEER, pr_type::EXCLUSIVE_ACCESS_RO))),
+        ],
+    );
+    let paths: Vec<Arc<Script>> = (0..2)
+        .map(|_| {
+            Arc::new(Script {
+                replies: Mutex::new(vec![good(vec![])].into()),
+                ..Script::default()
+            })
+        })
+        .collect();
+    d.paths = paths
+        .iter()
+        .map(|p| p.clone() as Arc<dyn ScsiTransport>)
+        .collect();
+    agent(vec![d]).join(T).await.expect("joined");
+    assert_eq!(opcodes(&ds), vec![(0x5f, 6), (0x5e, 1)]);
+    for p in &paths {
+        assert_eq!(opcodes(p), vec![(0x5f, 6)], "registered down each path");
+    }
+
+    // A path that refuses the registration fails the join, naming the step.
+    let (mut d, _) = device("/dev/mapper/shared0", DeviceRole::Data, vec![good(vec![])]);
+    d.paths = vec![Arc::new(Script {
+        replies: Mutex::new(vec![status(2, Some(SenseCode::INTERNAL_TARGET_FAILURE))].into()),
+        ..Script::default()
+    })];
+    let e = agent(vec![d]).join(T).await.expect_err("a path refused");
+    assert_eq!(e.step, "REGISTER AND IGNORE EXISTING KEY (another path)");
 }
