@@ -37,6 +37,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use crate::ha::pr_fence::DeviceStatus;
 pub use crate::stats::{IoRates, IoStat, LunStat, PortStat, StatInfo};
 
 /// The socket `duetctl` and `duetd` use when none is configured.
@@ -137,6 +138,10 @@ pub struct HaInfo {
     pub peer_fenced: bool,
     /// The last few HA log events, oldest first.
     pub events: Vec<String>,
+    /// With `fencing = "scsi-pr"`: each shared device's registered keys (ours and the peer's
+    /// marked) and reservation holder and type, as last read (every few seconds).
+    #[serde(default)]
+    pub reservations: Vec<DeviceStatus>,
 }
 
 /// The role named in `duetctl role` (CTL's `ha_role`).

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminApi, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg};
 use crate::ha::config::HaConfig;
-use crate::ha::fence;
+use crate::ha::fence::{self, FenceAgent};
+use crate::ha::pr_fence::PrMonitor;
 use crate::ha::quorum::{Arbiter, FileQuorum};
 use crate::ha::runtime::HaRuntime;
 use crate::server::Shared;
@@ -61,6 +62,27 @@ pub fn start_ha(
     Ok(Some(rt))
 }
 
+/// With `fencing = "scsi-pr"`, joins the pair at the shared disks before the controller serves:
+/// registers this controller's key on the quorum device and every LUN's backing device and makes
+/// sure the pair holds their reservations (`crate::ha::pr_fence`). An error stops the start.
+/// Returns the agent's monitor (what `duetctl ha` shows), refreshed until `shutdown`.
+pub async fn join_disks(
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Arc<PrMonitor>>, String> {
+    let Some(cfg) = &shared.config.ha else {
+        return Ok(None);
+    };
+    let FenceAgent::ScsiPr(pr) = &cfg.fencing else {
+        return Ok(None);
+    };
+    let m = PrMonitor::join(pr, cfg.fence_timeout())
+        .await
+        .map_err(|e| format!("scsi-pr: cannot join the pair at the disks: {e}"))?;
+    m.spawn_refresh(shutdown);
+    Ok(Some(m))
+}
+
 /// Removes the pid file written by [`start_ha`].
 pub fn stop_ha(cfg: &HaConfig) {
     if let Some(p) = &cfg.pidfile {
@@ -100,6 +122,8 @@ pub struct DaemonAdmin {
     pub shared: Arc<Shared>,
     /// The HA runtime, when the configuration has an `[ha]` section and it has started.
     pub ha: Option<Arc<HaRuntime>>,
+    /// The `scsi-pr` agent's monitor, with that fencing agent.
+    pub pr: Option<Arc<PrMonitor>>,
 }
 
 fn abbrev(s: AluaState) -> String {
@@ -211,6 +235,7 @@ impl AdminApi for DaemonAdmin {
                 lease_age_ms: None,
                 peer_fenced: false,
                 events: Vec::new(),
+                reservations: Vec::new(),
             };
         };
         let (status, age, peer_fenced) = h.status();
@@ -250,6 +275,7 @@ impl AdminApi for DaemonAdmin {
             lease_age_ms: if holds_lease { age } else { None },
             peer_fenced,
             events: h.events(),
+            reservations: self.pr.as_ref().map(|m| m.snapshot()).unwrap_or_default(),
         }
     }
 
@@ -299,12 +325,14 @@ fn lun_role(h: &HaRuntime, lun: LunNumber) -> String {
 pub fn spawn_admin(
     shared: &Arc<Shared>,
     ha: Option<Arc<HaRuntime>>,
+    pr: Option<Arc<PrMonitor>>,
     path: std::path::PathBuf,
     shutdown: watch::Receiver<bool>,
 ) {
     let api: Arc<dyn AdminApi> = Arc::new(DaemonAdmin {
         shared: shared.clone(),
         ha,
+        pr,
     });
     tokio::spawn(async move {
         if let Err(e) = admin::serve(path.clone(), api, shutdown).await {

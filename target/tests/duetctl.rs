@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use duet_target::admin::{
     self, AdminApi, AdminError, HaInfo, HaLunInfo, LunInfo, PortInfo, Request, RoleArg, StatInfo,
 };
+use duet_target::ha::pr_fence::{DeviceRole, DeviceStatus, KeyInfo, KeyOwner, ReservationInfo};
 use duet_target::stats::{OpKind, Stats};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -103,6 +104,27 @@ impl AdminApi for Fake {
             lease_age_ms: Some(120),
             peer_fenced: false,
             events: vec!["HA link status changed from 1 to 2".into()],
+            reservations: vec![DeviceStatus {
+                device: "/dev/mapper/shared0".into(),
+                role: DeviceRole::Data,
+                generation: Some(4),
+                keys: vec![
+                    KeyInfo {
+                        key: "0x5d1e0a2b3c4d0001".into(),
+                        owner: KeyOwner::Ours,
+                    },
+                    KeyInfo {
+                        key: "0x5d1e0a2b3c4d0002".into(),
+                        owner: KeyOwner::Peer,
+                    },
+                ],
+                reservation: Some(ReservationInfo {
+                    key: "0x5d1e0a2b3c4d0001".into(),
+                    holder: KeyOwner::Ours,
+                    ptype: "exclusive-access-registrants-only".into(),
+                }),
+                error: None,
+            }],
         }
     }
 
@@ -381,6 +403,9 @@ fn ha_shows_link_lease_luns_and_events() {
         "automatic",
         "held by 1, renewed 120 ms ago",
         "HA link status changed from 1 to 2",
+        "Reservations (scsi-pr):",
+        "/dev/mapper/shared0 (data): keys 0x5d1e0a2b3c4d0001 (ours), 0x5d1e0a2b3c4d0002 (peer); \
+         reserved exclusive-access-registrants-only by 0x5d1e0a2b3c4d0001 (ours)",
     ] {
         assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
     }
@@ -398,6 +423,14 @@ fn ha_shows_link_lease_luns_and_events() {
     assert_eq!(v["luns"][0]["epoch"], 3);
     assert_eq!(v["lease_holder"], 1);
     assert_eq!(v["peer_fenced"], false);
+    let dev = &v["reservations"][0];
+    assert_eq!(dev["device"], "/dev/mapper/shared0");
+    assert_eq!(dev["keys"][1]["owner"], "peer");
+    assert_eq!(dev["reservation"]["holder"], "ours");
+    assert_eq!(
+        dev["reservation"]["type"],
+        "exclusive-access-registrants-only"
+    );
 }
 
 #[test]

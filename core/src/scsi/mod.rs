@@ -16,6 +16,7 @@
 mod alua_picture;
 mod cdb;
 pub mod host;
+pub mod host_pr;
 pub mod ident;
 mod inquiry;
 mod io;

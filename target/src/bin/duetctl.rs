@@ -532,6 +532,14 @@ fn ha_text(ha: &HaInfo) -> String {
         &["LUN", "Role", "Epoch", "Primary", "Local", "Peer"],
         &rows,
     ));
+    if !ha.reservations.is_empty() {
+        out.push_str("\nReservations (scsi-pr):\n");
+        for d in &ha.reservations {
+            out.push_str("  ");
+            out.push_str(&d.to_string());
+            out.push('\n');
+        }
+    }
     if !ha.events.is_empty() {
         out.push_str("\nRecent events:\n");
         for e in &ha.events {

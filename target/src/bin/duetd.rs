@@ -278,6 +278,14 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
             let _ = stop_tx.send(true);
         });
         let ha_cfg = shared.config.ha.clone();
+        let pr = match daemon::join_disks(&shared, stop_rx.clone()).await {
+            Ok(pr) => pr,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("duetd: {e}");
+                return ExitCode::from(1);
+            }
+        };
         let ha = match daemon::start_ha(&shared, stop_rx.clone()) {
             Ok(ha) => ha,
             Err(e) => {
@@ -288,7 +296,7 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
         };
         if let Some(path) = admin_socket.or_else(|| ha_cfg.as_ref().map(|h| h.admin_socket.clone()))
         {
-            daemon::spawn_admin(&shared, ha, path, stop_rx.clone());
+            daemon::spawn_admin(&shared, ha, pr, path, stop_rx.clone());
         }
         let result = server::serve(shared, stop_rx).await;
         if let Some(h) = &ha_cfg {

@@ -10,7 +10,7 @@
 //! failover = "automatic"          # automatic (default) | manual
 //! quorum = "/srv/duet/quorum.img" # required with failover = automatic
 //! quorum_create = true            # create and format the quorum file if missing (default false)
-//! fencing = "process"             # process | "exec COMMAND" | none; required with automatic failover
+//! fencing = "process"             # process | "exec COMMAND" | scsi-pr | none; required with automatic failover
 //! peer_pidfile = "/run/duet/ctrl-b.pid"  # for fencing = process
 //! pidfile = "/run/duet/ctrl-a.pid"       # our own pid file (for the peer's process agent)
 //! secret = "at-least-16-bytes"    # pre-shared HA link secret (required)
@@ -24,6 +24,9 @@
 //! reconnect_ms = 200              # delay between HA link connection attempts
 //! failback = false                # give LUNs back to their preferred node when it is healthy again
 //! fence_timeout_ms = 5000
+//! cluster_id = "vault-pair"       # for fencing = scsi-pr: names the pair (default: the first target's name)
+//! pr_key = "0x5d1e0a2b3c4d0001"   # for scsi-pr: this controller's key (default: from cluster_id and id)
+//! peer_pr_key = "0x5d1e0a2b3c4d0002" # for scsi-pr: the peer's key (default: from cluster_id and its id)
 //! [ha.lun.1]                      # per-LUN override of `role`
 //! role = "secondary"
 //! ```
@@ -51,6 +54,12 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::error::{in_range, range_error, ConfigError, Source};
 use super::values::{parse_host_port, LUN_NUMBERS, MAX_LUN};
 use crate::ha::fence::FenceAgent;
+use crate::ha::pr_fence::ScsiPrConfig;
+use duet_core::scsi::host_pr::derive_key;
+
+mod pr;
+pub use pr::attach_scsi_pr;
+use pr::parse_pr_key;
 
 /// Default path of duetctl's admin socket.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/duet/duetd.sock";
@@ -172,6 +181,9 @@ pub struct HaConfig {
     pub reconnect_ms: u64,
     pub failback: bool,
     pub fence_timeout_ms: u64,
+    /// The name of the pair the `scsi-pr` keys are derived from (`None`: the first target's
+    /// name, filled in by [`attach_scsi_pr`]).
+    pub cluster_id: Option<String>,
     /// Per-LUN role overrides, sorted by LUN.
     pub luns: Vec<HaLunConfig>,
     /// Line of the `[ha]` table, for later errors.
@@ -278,6 +290,9 @@ pub struct RawHa {
     reconnect_ms: Option<Spanned<i64>>,
     failback: Option<Spanned<bool>>,
     fence_timeout_ms: Option<Spanned<i64>>,
+    cluster_id: Option<Spanned<String>>,
+    pr_key: Option<Spanned<String>>,
+    peer_pr_key: Option<Spanned<String>>,
     #[serde(default)]
     lun: BTreeMap<String, Spanned<RawHaLun>>,
 }
@@ -406,7 +421,7 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
         None if failover == Policy::Automatic => {
             return Err(missing(
                 "fencing",
-                " (\"process\", \"exec COMMAND\" or \"none\"; required with automatic failover)",
+                " (\"process\", \"exec COMMAND\", \"scsi-pr\" or \"none\"; required with automatic failover)",
             ))
         }
         None => FenceAgent::None,
@@ -439,17 +454,76 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
                     command: cmd.to_string(),
                     env: fence_env(id, &peer),
                 },
+                ("scsi-pr", "") => match &quorum {
+                    Some(q) => FenceAgent::ScsiPr(ScsiPrConfig {
+                        key: 0,
+                        peer_key: 0,
+                        quorum: q.clone(),
+                        luns: Vec::new(),
+                    }),
+                    None => {
+                        return Err(fail(
+                            at(v.span()),
+                            "`fencing`: \"scsi-pr\" needs `quorum` (the shared quorum device, \
+                             which the pair reserves like the LUNs)"
+                                .into(),
+                        ))
+                    }
+                },
                 _ => {
                     return Err(fail(
                         at(v.span()),
                         format!(
-                            "`fencing`: expected \"process\", \"exec COMMAND\" or \"none\", got `{s}`"
+                            "`fencing`: expected \"process\", \"exec COMMAND\", \"scsi-pr\" or \"none\", got `{s}`"
                         ),
                     ))
                 }
             }
         }
     };
+    let mut fencing = fencing;
+    let cluster_id = match &raw.cluster_id {
+        Some(v) if v.get_ref().trim().is_empty() => {
+            return Err(fail(
+                at(v.span()),
+                "`cluster_id`: expected a name, got an empty string".into(),
+            ))
+        }
+        v => v.as_ref().map(|v| v.get_ref().clone()),
+    };
+    let pr_key = |key: &str,
+                  v: &Option<Spanned<String>>|
+     -> Result<Option<(u64, Option<usize>)>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        let line = at(v.span());
+        if !matches!(fencing, FenceAgent::ScsiPr(_)) {
+            return Err(fail(
+                line,
+                format!("`{key}`: only used with fencing = \"scsi-pr\""),
+            ));
+        }
+        match parse_pr_key(v.get_ref()) {
+            Ok(k) => Ok(Some((k, line))),
+            Err(m) => Err(fail(line, format!("`{key}`: {m}"))),
+        }
+    };
+    let own_key = pr_key("pr_key", &raw.pr_key)?;
+    let peer_key = pr_key("peer_pr_key", &raw.peer_pr_key)?;
+    if let FenceAgent::ScsiPr(pr) = &mut fencing {
+        let derived = |ha_id| cluster_id.as_deref().map_or(0, |c| derive_key(c, ha_id));
+        pr.key = own_key.map_or_else(|| derived(id), |(k, _)| k);
+        pr.peer_key = peer_key.map_or_else(|| derived(peer_of(id)), |(k, _)| k);
+        if pr.key != 0 && pr.key == pr.peer_key {
+            let line = peer_key.or(own_key).and_then(|(_, l)| l).or(table_line);
+            return Err(fail(
+                line,
+                format!(
+                    "`pr_key` and `peer_pr_key` are both {}: the two controllers need different keys",
+                    crate::ha::pr_fence::hex(pr.key)
+                ),
+            ));
+        }
+    }
     let pidfile = raw
         .pidfile
         .as_ref()
@@ -569,6 +643,7 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
         reconnect_ms,
         failback,
         fence_timeout_ms,
+        cluster_id,
         luns,
         line: table_line,
     };

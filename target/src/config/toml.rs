@@ -173,6 +173,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         for l in config.targets.iter_mut().flat_map(|t| t.luns.iter_mut()) {
             l.direct = true;
         }
+        let mut ha = ha;
+        ha::attach_scsi_pr(file, &mut ha, &config.targets)?;
         config.ha = Some(ha);
     }
     Ok(config)

@@ -9,6 +9,8 @@
 //!   `duetd` process, found through the pid file it writes at start ([`write_pidfile`]).
 //! - [`FenceAgent::Exec`]: run an administrator's command (`sh -c COMMAND`: a power switch, IPMI,
 //!   a SCSI reservation preemption); success is exit status 0 within the timeout.
+//! - [`FenceAgent::ScsiPr`]: SCSI-3 persistent reservations on the shared disks: PREEMPT AND
+//!   ABORT of the peer's key on the quorum device and every LUN (`super::pr_fence`).
 //! - [`FenceAgent::None`]: no fencing, configured explicitly (the daemon warns at start).
 
 use std::fmt;
@@ -20,6 +22,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::pr_fence::{PrAgent, PrError, ScsiPrConfig};
 
 /// The name a process must carry (in its `argv[0]` or executable) for the process agent to kill
 /// it: a pid file pointing at anything else is stale (the pid was reused), never a target.
@@ -46,6 +50,8 @@ pub enum FenceAgent {
         command: String,
         env: Vec<(String, String)>,
     },
+    /// Preempt the peer's reservation key on every shared device (`super::pr_fence`).
+    ScsiPr(ScsiPrConfig),
     /// No fencing.
     None,
 }
@@ -57,6 +63,7 @@ impl fmt::Display for FenceAgent {
                 write!(f, "process (pid file {})", pidfile.display())
             }
             FenceAgent::Exec { command, .. } => write!(f, "exec `{command}`"),
+            FenceAgent::ScsiPr(pr) => write!(f, "{pr}"),
             FenceAgent::None => f.write_str("none"),
         }
     }
@@ -105,6 +112,9 @@ pub enum FenceError {
     /// The fencing command did not finish within the timeout; it was killed.
     #[error("the fencing command `{command}` did not finish within {timeout:?}; killed it")]
     CommandTimeout { command: String, timeout: Duration },
+    /// The disks did not all confirm the peer's key is gone.
+    #[error("scsi-pr: {0}")]
+    ScsiPr(#[from] PrError),
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -122,6 +132,16 @@ pub async fn fence(agent: &FenceAgent, timeout: Duration) -> Result<(), FenceErr
     match agent {
         FenceAgent::Process { pidfile } => fence_process(pidfile, PEER_PROCESS_NAME, timeout).await,
         FenceAgent::Exec { command, env } => fence_exec(command, env, timeout).await,
+        FenceAgent::ScsiPr(cfg) => {
+            let cfg = cfg.clone();
+            let agent = tokio::task::spawn_blocking(move || PrAgent::open_sg(&cfg))
+                .await
+                .map_err(|e| FenceError::Spawn {
+                    command: "scsi-pr".into(),
+                    source: io::Error::other(e.to_string()),
+                })??;
+            Ok(agent.fence_peer(timeout).await?)
+        }
         FenceAgent::None => Ok(()),
     }
 }
