@@ -126,6 +126,17 @@ pub async fn fence(agent: &FenceAgent, timeout: Duration) -> Result<(), FenceErr
     }
 }
 
+/// Restores this controller's own access to the backing devices after the peer fenced it at the
+/// disk and the node has rejoined as secondary (`Output::RestoreDiskAccess`): the hook of an
+/// agent that fences at the disk (the `scsi-pr` agent registers this controller's key again).
+/// The process and exec agents stop the peer itself, not its access: nothing to restore.
+pub async fn restore_access(agent: &FenceAgent, timeout: Duration) -> Result<(), FenceError> {
+    let _ = timeout;
+    match agent {
+        FenceAgent::Process { .. } | FenceAgent::Exec { .. } | FenceAgent::None => Ok(()),
+    }
+}
+
 /// The process agent with the expected process name spelled out: kills the process named by
 /// `pidfile` if it is alive and carries `expected_name` in its `argv[0]` or executable, then waits
 /// until it is gone or a zombie, polling every 10 ms, for up to `timeout`.
