@@ -174,7 +174,7 @@ fn any_input() -> impl Strategy<Value = Input> {
         2 => any_timer().prop_map(Input::Timer),
         3 => any_quorum_result().prop_map(Input::Quorum),
         1 => any_admin().prop_map(Input::Admin),
-        1 => prop_oneof![Just(BackendHealth::Ok), Just(BackendHealth::Failed)].prop_map(Input::Backend),
+        1 => prop_oneof![Just(BackendHealth::Ok), Just(BackendHealth::Failed), Just(BackendHealth::Fenced)].prop_map(Input::Backend),
         1 => any::<bool>().prop_map(|ok| Input::FenceResult { ok }),
     ]
 }
@@ -214,6 +214,14 @@ fn drain_checked(node: &mut Node) -> Result<Vec<Output>, TestCaseError> {
     }
     let luns: Vec<LunNumber> = node.luns().collect();
     for lun in &luns {
+        if node.fenced_at_disk() {
+            prop_assert!(
+                !node.is_primary(*lun) && !node.serving(*lun) && !node.alua(*lun).local.is_active(),
+                "LUN {}: a node fenced at the disk holds, serves or reports an active group: {:?}",
+                lun,
+                node.alua(*lun)
+            );
+        }
         let view = node.lun_view(*lun);
         prop_assert_eq!(
             node.alua(*lun),

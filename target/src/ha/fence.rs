@@ -5,11 +5,22 @@
 //! `Input::FenceResult { ok }`. `Ok(())` means the peer can no longer issue I/O. Every agent errs
 //! on the safe side: when it cannot be sure, it returns an error and the node keeps waiting.
 //!
-//! - [`FenceAgent::Process`]: the lab's agent (both controllers on one host): kill the peer's
-//!   `duetd` process, found through the pid file it writes at start ([`write_pidfile`]).
-//! - [`FenceAgent::Exec`]: run an administrator's command (`sh -c COMMAND`: a power switch, IPMI,
-//!   a SCSI reservation preemption); success is exit status 0 within the timeout.
+//! - [`FenceAgent::Process`]: the lab's agent, for two controllers on one host and one kernel
+//!   (the configuration refuses it unless the HA link is on loopback): kill the peer's `duetd`
+//!   process, found through the pid file it writes at start ([`write_pidfile`]). The pid file
+//!   names the process beyond its pid (start time, kernel boot, pid namespace), so "no such
+//!   process" is proof that the peer is gone only when the recorded process is gone; a missing,
+//!   unreadable or incomplete pid file, or one written under another kernel or pid namespace,
+//!   is a failed fence, never a success. The pid file stays when `duetd` exits, so that a
+//!   cleanly stopped peer is still recognised as gone.
+//! - [`FenceAgent::Exec`]: power fencing (IPMI, Redfish, a managed PDU) through an
+//!   administrator's command (`sh -c COMMAND`); exit status 0 within the timeout means fenced, so
+//!   the command must exit 0 only once the peer is confirmed off.
 //! - [`FenceAgent::None`]: no fencing, configured explicitly (the daemon warns at start).
+//!
+//! [`FenceAgent::deployment`] says which deployment each agent fits (`duetd check-config`
+//! prints it). [`restore_access`] is the other half of an agent that fences at the disk: a
+//! controller fenced there gets its access back through it once it has rejoined.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -38,10 +49,12 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 #[serde(rename_all = "kebab-case")]
 pub enum FenceAgent {
     /// Kill the peer's `duetd` process (SIGKILL), found through the pid file the peer writes.
+    /// Lab only: both controllers on one host.
     Process { pidfile: PathBuf },
     /// Run `sh -c command` with `env` added to the environment (the configuration passes
     /// `DUET_FENCE_PEER_ID`, `DUET_FENCE_SELF_ID` and `DUET_FENCE_PEER_LINK`); exit status 0
-    /// within the timeout means the peer is fenced.
+    /// within the timeout means the peer is fenced, so the command (power fencing through IPMI
+    /// or Redfish) must exit 0 only once the peer is confirmed off.
     Exec {
         command: String,
         env: Vec<(String, String)>,
@@ -62,9 +75,89 @@ impl fmt::Display for FenceAgent {
     }
 }
 
+/// Which deployment the process agent fits (`duetd check-config`).
+pub const PROCESS_DEPLOYMENT: &str = "process: the lab agent. Both controllers run on one host \
+     and one kernel (the HA link must be on loopback); fencing kills the peer's duetd, found \
+     through its pid file. It cannot stop a controller on another host: on two hosts use exec \
+     (power fencing) or scsi-pr.";
+/// Which deployment the exec agent fits (`duetd check-config`).
+pub const EXEC_DEPLOYMENT: &str = "exec: power fencing for controllers on two hosts: the \
+     command switches the peer off through IPMI, Redfish or a managed PDU (e.g. fence_ipmilan). \
+     Exit status 0 means fenced: the command must exit 0 only once the peer is confirmed off, \
+     and non-zero (or time out) whenever it is not sure.";
+/// Which deployment the scsi-pr agent fits (`duetd check-config`).
+pub const SCSI_PR_DEPLOYMENT: &str = "scsi-pr: controllers on two hosts sharing SCSI disks \
+     (SAS, FC, iSCSI) that implement persistent reservations: each controller registers a key \
+     on every shared device and the quorum device; fencing preempts the peer's key, so the \
+     disks themselves refuse its I/O, late writes of a frozen host included.";
+/// Which deployment fencing = none fits (`duetd check-config`).
+pub const NONE_DEPLOYMENT: &str = "none: unsafe. Failover rests on lease timing alone, which \
+     cannot stop writes a paused or frozen controller issued before its lease ran out; use it \
+     only where losing acknowledged writes is acceptable.";
+
+impl FenceAgent {
+    /// One paragraph on the deployment the agent fits, for `duetd check-config`.
+    pub fn deployment(&self) -> &'static str {
+        match self {
+            FenceAgent::Process { .. } => PROCESS_DEPLOYMENT,
+            FenceAgent::Exec { .. } => EXEC_DEPLOYMENT,
+            FenceAgent::None => NONE_DEPLOYMENT,
+        }
+    }
+}
+
 /// Why fencing failed: the peer may still be running.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
+    /// The peer's pid file does not exist: the peer never started here, or runs elsewhere.
+    #[error(
+        "the peer's pid file {path} does not exist: cannot tell whether the peer runs (on \
+         another host it never will; use exec or scsi-pr fencing there)"
+    )]
+    NoPidFile { path: PathBuf },
+    /// The pid file does not say which process (beyond its pid) wrote it.
+    #[error(
+        "the peer's pid file {path} names process {pid} without its start time, boot and pid \
+         namespace: cannot tell the peer from a process that reused its pid"
+    )]
+    Unidentified { path: PathBuf, pid: i32 },
+    /// The pid file was written under another kernel (another boot, or another host).
+    #[error(
+        "the peer's pid file {path} was written under another kernel (boot id {theirs}, ours \
+         {ours}): its process cannot be checked from here"
+    )]
+    OtherKernel {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    /// The pid file was written in another pid namespace.
+    #[error(
+        "the peer's pid file {path} was written in another pid namespace ({theirs}, ours \
+         {ours}): its process cannot be seen from here"
+    )]
+    OtherPidNamespace {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    /// The pid file names a live process that is not the expected program.
+    #[error(
+        "the peer's pid file {path} names process {pid}, which is alive and is not {expected}; \
+         not killing it"
+    )]
+    NotThePeer {
+        path: PathBuf,
+        pid: i32,
+        expected: String,
+    },
+    /// This system's own identity (boot id, pid namespace) cannot be read.
+    #[error("cannot read {what}: {source}")]
+    OwnIdentity {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// The peer's pid file exists but cannot be read.
     #[error("cannot read the peer's pid file {path}: {source}")]
     PidFile {
@@ -137,77 +230,112 @@ pub async fn restore_access(agent: &FenceAgent, timeout: Duration) -> Result<(),
     }
 }
 
-/// The process agent with the expected process name spelled out: kills the process named by
-/// `pidfile` if it is alive and carries `expected_name` in its `argv[0]` or executable, then waits
-/// until it is gone or a zombie, polling every 10 ms, for up to `timeout`.
+/// The process agent with the expected process name spelled out: kills the process the pid file
+/// `pidfile` names if it is alive and carries `expected_name` in its `argv[0]` or executable,
+/// then waits until it is gone, polling every 10 ms, for up to `timeout`.
 ///
-/// `Ok` without killing anything when the pid file is missing, the process does not exist or is
-/// already a zombie, or it is another program (the pid was reused): in each case the peer is not
-/// running.
+/// `Ok` without killing anything only when the recorded process is provably gone: the pid file
+/// was written under this kernel and pid namespace, and no process with its pid *and* start time
+/// is running (none with that pid, one with another start time: the pid was reused, or one that
+/// has exited). Everything else fails: a missing, unreadable or incomplete pid file, one written
+/// elsewhere, or a live process with the recorded identity that is not `expected_name`.
 pub async fn fence_process(
     pidfile: &Path,
     expected_name: &str,
     timeout: Duration,
 ) -> Result<(), FenceError> {
+    let fail = |e: FenceError| {
+        tracing::warn!("fence: {e}");
+        Err(e)
+    };
+    let path = || pidfile.to_path_buf();
     let text = match tokio::fs::read_to_string(pidfile).await {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            tracing::info!(
-                "fence: the peer's pid file {} is missing: the peer is not running",
-                pidfile.display()
-            );
-            return Ok(());
+            return fail(FenceError::NoPidFile { path: path() })
         }
         Err(source) => {
-            return Err(FenceError::PidFile {
-                path: pidfile.to_path_buf(),
+            return fail(FenceError::PidFile {
+                path: path(),
                 source,
             })
         }
     };
-    let pid = match text.trim().parse::<i32>() {
-        Ok(p) if p > 1 => p,
-        _ => {
-            return Err(FenceError::BadPidFile {
-                path: pidfile.to_path_buf(),
-                content: text.chars().take(64).collect(),
-            })
-        }
+    let Some(rec) = PidRecord::parse(&text).filter(|r| r.pid > 1) else {
+        return fail(FenceError::BadPidFile {
+            path: path(),
+            content: text.chars().take(64).collect(),
+        });
     };
+    let pid = rec.pid;
     if u32::try_from(pid).ok() == Some(std::process::id()) {
-        return Err(FenceError::OwnPid {
-            path: pidfile.to_path_buf(),
-            pid,
+        return fail(FenceError::OwnPid { path: path(), pid });
+    }
+    let (Some(start), Some(boot), Some(ns)) = (rec.start_time, &rec.boot_id, &rec.pid_ns) else {
+        return fail(FenceError::Unidentified { path: path(), pid });
+    };
+    let ours = boot_id().map_err(|source| FenceError::OwnIdentity {
+        what: BOOT_ID,
+        source,
+    })?;
+    if *boot != ours {
+        return fail(FenceError::OtherKernel {
+            path: path(),
+            theirs: boot.clone(),
+            ours,
+        });
+    }
+    let ours = pid_namespace("self").map_err(|source| FenceError::OwnIdentity {
+        what: "/proc/self/ns/pid",
+        source,
+    })?;
+    if *ns != ours {
+        return fail(FenceError::OtherPidNamespace {
+            path: path(),
+            theirs: ns.clone(),
+            ours,
         });
     }
     // Hold the process by a pidfd first (when the kernel has them), so that the checks below and
-    // the kill are about one and the same process even if the pid is reused meanwhile.
+    // the kill are about one and the same process even if the pid is reused meanwhile: a process
+    // that still shows the recorded start time after the pidfd was opened is the one the pidfd
+    // holds (it wrote the pid file, so it already had the pid when the pidfd was opened).
     let handle = match PidFd::open(pid) {
         Ok(h) => h,
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-            tracing::info!("fence: the peer process {pid} does not exist: the peer is not running");
+            tracing::info!("fence: the peer process {pid} no longer exists: the peer is gone");
             return Ok(());
         }
         Err(_) => None,
     };
-    match proc_state(pid) {
+    match proc_start_time(pid) {
         None => {
-            tracing::info!("fence: the peer process {pid} does not exist: the peer is not running");
+            tracing::info!("fence: the peer process {pid} no longer exists: the peer is gone");
             return Ok(());
         }
-        Some('Z') | Some('X') => {
-            tracing::info!("fence: the peer process {pid} has already exited");
+        Some(t) if t != start => {
+            tracing::info!(
+                "fence: process {pid} started at {t}, not at {start} as the peer did: the pid \
+                 was reused and the peer is gone; not touching it"
+            );
             return Ok(());
         }
         Some(_) => {}
     }
-    if !process_is_named(pid, expected_name) {
-        tracing::warn!(
-            "fence: process {pid} from {} is not {expected_name} (the pid was reused): the peer \
-             is not running; not killing it",
-            pidfile.display()
-        );
+    let exited = match &handle {
+        Some(h) => h.exited(),
+        None => matches!(proc_state(pid), None | Some('Z') | Some('X')),
+    };
+    if exited {
+        tracing::info!("fence: the peer process {pid} has already exited");
         return Ok(());
+    }
+    if !process_is_named(pid, expected_name) {
+        return fail(FenceError::NotThePeer {
+            path: path(),
+            pid,
+            expected: expected_name.to_string(),
+        });
     }
     let sent = match &handle {
         Some(h) => h.send_sigkill(),
@@ -246,12 +374,125 @@ pub async fn fence_process(
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name, from field 3 (the state) on, or `None`
+/// if the process is gone.
+fn proc_stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE ...": COMM may contain spaces and parentheses; the state follows the
+    // last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// The state letter of `/proc/PID/stat` (R, S, D, T, Z, …), or `None` if the process is gone.
 fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) STATE ...": COMM may contain spaces and parentheses; the state follows the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.trim_start().chars().next()
+    proc_stat_fields(&pid.to_string())?.first()?.chars().next()
+}
+
+/// The start time of a process (field 22 of `/proc/PID/stat`: clock ticks after boot), or `None`
+/// if the process is gone.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    start_time_of(&pid.to_string())
+}
+
+fn start_time_of(pid: &str) -> Option<u64> {
+    // Field 22, counted from 1 with the pid as field 1: index 19 from the state (field 3).
+    proc_stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// This kernel boot's id: two processes under one kernel share it, a reboot or another host
+/// changes it.
+fn boot_id() -> io::Result<String> {
+    Ok(std::fs::read_to_string(BOOT_ID)?.trim().to_string())
+}
+
+/// The pid namespace of `pid` ("self" for this process), as `readlink /proc/PID/ns/pid` shows it.
+fn pid_namespace(pid: &str) -> io::Result<String> {
+    Ok(std::fs::read_link(format!("/proc/{pid}/ns/pid"))?
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// What a pid file says: the process id on its first line (what other tools read), then what
+/// identifies that process beyond its pid, one `key=value` a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PidRecord {
+    pub pid: i32,
+    /// `start_time`: the process's start time, field 22 of `/proc/PID/stat`.
+    pub start_time: Option<u64>,
+    /// `boot_id`: the kernel boot the process ran under.
+    pub boot_id: Option<String>,
+    /// `pid_ns`: the pid namespace the pid belongs to.
+    pub pid_ns: Option<String>,
+}
+
+impl PidRecord {
+    /// The record of the running process `pid`, read from `/proc`.
+    pub fn of(pid: i32) -> io::Result<PidRecord> {
+        let gone = || io::Error::new(io::ErrorKind::NotFound, format!("no process {pid}"));
+        Ok(PidRecord {
+            pid,
+            start_time: Some(proc_start_time(pid).ok_or_else(gone)?),
+            boot_id: Some(boot_id()?),
+            pid_ns: Some(pid_namespace(&pid.to_string())?),
+        })
+    }
+
+    /// The record of this process.
+    pub fn this_process() -> io::Result<PidRecord> {
+        let pid = i32::try_from(std::process::id()).map_err(io::Error::other)?;
+        Ok(PidRecord {
+            pid,
+            start_time: Some(start_time_of("self").ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "cannot read /proc/self/stat")
+            })?),
+            boot_id: Some(boot_id()?),
+            pid_ns: Some(pid_namespace("self")?),
+        })
+    }
+
+    /// Reads a pid file's text; `None` when its first line is not a process id. Unknown keys are
+    /// ignored.
+    pub fn parse(text: &str) -> Option<PidRecord> {
+        let mut lines = text.lines();
+        let pid = lines.next()?.trim().parse::<i32>().ok()?;
+        let mut rec = PidRecord {
+            pid,
+            start_time: None,
+            boot_id: None,
+            pid_ns: None,
+        };
+        for line in lines {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let v = v.trim();
+            match k.trim() {
+                "start_time" => rec.start_time = v.parse().ok(),
+                "boot_id" if !v.is_empty() => rec.boot_id = Some(v.to_string()),
+                "pid_ns" if !v.is_empty() => rec.pid_ns = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        Some(rec)
+    }
+
+    /// The pid file's text.
+    pub fn to_text(&self) -> String {
+        let mut s = format!("{}\n", self.pid);
+        if let Some(t) = self.start_time {
+            s.push_str(&format!("start_time={t}\n"));
+        }
+        if let Some(b) = &self.boot_id {
+            s.push_str(&format!("boot_id={b}\n"));
+        }
+        if let Some(n) = &self.pid_ns {
+            s.push_str(&format!("pid_ns={n}\n"));
+        }
+        s
+    }
 }
 
 /// Whether the process's `argv[0]` or executable file name contains `name`.
@@ -429,9 +670,17 @@ async fn collect(task: tokio::task::JoinHandle<Vec<u8>>) -> String {
     }
 }
 
-/// Writes this process's id to `path` atomically (a temporary file beside it, then a rename), so
-/// that the peer's process agent never reads a half-written pid. Creates the directory if needed.
+/// Writes this process's [`PidRecord`] to `path` atomically (a temporary file beside it, then a
+/// rename), so that the peer's process agent never reads a half-written pid. Creates the
+/// directory if needed. The file is left in place when the daemon exits: it then names a process
+/// that is provably gone, which is what lets the peer's process agent fence a cleanly stopped
+/// controller.
 pub fn write_pidfile(path: &Path) -> io::Result<()> {
+    write_pidfile_of(path, &PidRecord::this_process()?)
+}
+
+/// Writes `rec` to `path` as [`write_pidfile`] does.
+pub fn write_pidfile_of(path: &Path, rec: &PidRecord) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -445,7 +694,7 @@ pub fn write_pidfile(path: &Path) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{}", std::process::id())?;
+        f.write_all(rec.to_text().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -453,22 +702,6 @@ pub fn write_pidfile(path: &Path) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// Removes the pid file at `path` if it still names this process (a newer instance's pid file is
-/// left alone). A missing file is fine.
-pub fn remove_pidfile(path: &Path) -> io::Result<()> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().parse::<u32>().ok() == Some(std::process::id()) => {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
-        }
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]
@@ -480,6 +713,24 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(matches!(proc_state(me), Some('R') | Some('S')));
         assert_eq!(proc_state(i32::MAX), None);
+    }
+
+    #[test]
+    fn our_own_record_round_trips_through_the_pid_file_text() {
+        let me = PidRecord::this_process().expect("our identity");
+        assert_eq!(me.pid as u32, std::process::id());
+        assert_eq!(PidRecord::of(me.pid).expect("our record"), me);
+        let text = me.to_text();
+        assert_eq!(text.lines().next(), Some(me.pid.to_string().as_str()));
+        assert_eq!(PidRecord::parse(&text), Some(me));
+        // A pid-only file (what other daemons write) parses, without identity.
+        let bare = PidRecord::parse("1234\n").expect("a pid");
+        assert_eq!(
+            (bare.pid, bare.start_time, bare.boot_id),
+            (1234, None, None)
+        );
+        assert_eq!(PidRecord::parse("duetd\n"), None);
+        assert_eq!(PidRecord::parse(""), None);
     }
 
     #[test]
