@@ -244,10 +244,8 @@ pub async fn fence_process(
     expected_name: &str,
     timeout: Duration,
 ) -> Result<(), FenceError> {
-    let fail = |e: FenceError| {
-        tracing::warn!("fence: {e}");
-        Err(e)
-    };
+    // (The runtime logs the error of a failed fence.)
+    let fail = |e: FenceError| Err(e);
     let path = || pidfile.to_path_buf();
     let text = match tokio::fs::read_to_string(pidfile).await {
         Ok(t) => t,
