@@ -244,40 +244,38 @@ pub async fn fence_process(
     expected_name: &str,
     timeout: Duration,
 ) -> Result<(), FenceError> {
-    // (The runtime logs the error of a failed fence.)
-    let fail = |e: FenceError| Err(e);
     let path = || pidfile.to_path_buf();
     let text = match tokio::fs::read_to_string(pidfile).await {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return fail(FenceError::NoPidFile { path: path() })
+            return Err(FenceError::NoPidFile { path: path() })
         }
         Err(source) => {
-            return fail(FenceError::PidFile {
+            return Err(FenceError::PidFile {
                 path: path(),
                 source,
             })
         }
     };
     let Some(rec) = PidRecord::parse(&text).filter(|r| r.pid > 1) else {
-        return fail(FenceError::BadPidFile {
+        return Err(FenceError::BadPidFile {
             path: path(),
             content: text.chars().take(64).collect(),
         });
     };
     let pid = rec.pid;
     if u32::try_from(pid).ok() == Some(std::process::id()) {
-        return fail(FenceError::OwnPid { path: path(), pid });
+        return Err(FenceError::OwnPid { path: path(), pid });
     }
     let (Some(start), Some(boot), Some(ns)) = (rec.start_time, &rec.boot_id, &rec.pid_ns) else {
-        return fail(FenceError::Unidentified { path: path(), pid });
+        return Err(FenceError::Unidentified { path: path(), pid });
     };
     let ours = boot_id().map_err(|source| FenceError::OwnIdentity {
         what: BOOT_ID,
         source,
     })?;
     if *boot != ours {
-        return fail(FenceError::OtherKernel {
+        return Err(FenceError::OtherKernel {
             path: path(),
             theirs: boot.clone(),
             ours,
@@ -288,7 +286,7 @@ pub async fn fence_process(
         source,
     })?;
     if *ns != ours {
-        return fail(FenceError::OtherPidNamespace {
+        return Err(FenceError::OtherPidNamespace {
             path: path(),
             theirs: ns.clone(),
             ours,
@@ -329,7 +327,7 @@ pub async fn fence_process(
         return Ok(());
     }
     if !process_is_named(pid, expected_name) {
-        return fail(FenceError::NotThePeer {
+        return Err(FenceError::NotThePeer {
             path: path(),
             pid,
             expected: expected_name.to_string(),
