@@ -19,7 +19,7 @@ other_node() { [[ $1 == ctrl-a ]] && echo ctrl-b || echo ctrl-a; }
 # The PID of a controller from its pid file, if it is alive and is our duetd; else nothing.
 node_pid() {
     local pid
-    pid=$(cat "$LAB_DIR/$1.pid" 2>/dev/null) || return 0
+    pid=$(head -n1 "$LAB_DIR/$1.pid" 2>/dev/null) || return 0
     [[ $pid =~ ^[0-9]+$ ]] || return 0
     alive "$pid" || return 0
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "duetd.*$LAB_DIR/$1.toml" || return 0

@@ -174,7 +174,7 @@ fn any_input() -> impl Strategy<Value = Input> {
         2 => any_timer().prop_map(Input::Timer),
         3 => any_quorum_result().prop_map(Input::Quorum),
         1 => any_admin().prop_map(Input::Admin),
-        1 => prop_oneof![Just(BackendHealth::Ok), Just(BackendHealth::Failed)].prop_map(Input::Backend),
+        1 => prop_oneof![Just(BackendHealth::Ok), Just(BackendHealth::Failed), Just(BackendHealth::Fenced)].prop_map(Input::Backend),
         1 => any::<bool>().prop_map(|ok| Input::FenceResult { ok }),
     ]
 }
@@ -214,6 +214,14 @@ fn drain_checked(node: &mut Node) -> Result<Vec<Output>, TestCaseError> {
     }
     let luns: Vec<LunNumber> = node.luns().collect();
     for lun in &luns {
+        if node.fenced_at_disk() {
+            prop_assert!(
+                !node.is_primary(*lun) && !node.serving(*lun) && !node.alua(*lun).local.is_active(),
+                "LUN {}: a node fenced at the disk holds, serves or reports an active group: {:?}",
+                lun,
+                node.alua(*lun)
+            );
+        }
         let view = node.lun_view(*lun);
         prop_assert_eq!(
             node.alua(*lun),
@@ -383,10 +391,20 @@ enum WorldStep {
     Restart {
         node: usize,
     },
-    /// The fencing agent of `node` reports; success stops the peer first.
+    /// The fencing agent of `node` reports; success stops the peer first, or with `at_disk`
+    /// (`scsi-pr`) leaves it running but makes the disks refuse its I/O.
     Fence {
         node: usize,
         ok: bool,
+        at_disk: bool,
+    },
+    /// `node` issues I/O: if the disks refuse it, it hears `Backend(Fenced)`.
+    DiskIo {
+        node: usize,
+    },
+    /// The agent restores the access `node` asked for (`Output::RestoreDiskAccess`).
+    Restore {
+        node: usize,
     },
     Switchover {
         node: usize,
@@ -423,8 +441,10 @@ fn any_world_step() -> impl Strategy<Value = WorldStep> {
         1 => (node.clone(), any::<bool>())
             .prop_map(|(node, write_lands)| WorldStep::Crash { node, write_lands }),
         1 => node.clone().prop_map(|node| WorldStep::Restart { node }),
-        3 => (node.clone(), prop::bool::weighted(0.8))
-            .prop_map(|(node, ok)| WorldStep::Fence { node, ok }),
+        3 => (node.clone(), prop::bool::weighted(0.8), any::<bool>())
+            .prop_map(|(node, ok, at_disk)| WorldStep::Fence { node, ok, at_disk }),
+        2 => node.clone().prop_map(|node| WorldStep::DiskIo { node }),
+        2 => node.clone().prop_map(|node| WorldStep::Restore { node }),
         2 => (node.clone(), 0usize..2)
             .prop_map(|(node, lun_index)| WorldStep::Switchover { node, lun_index }),
         1 => node.clone().prop_map(|node| WorldStep::SetPrimary { node }),
@@ -450,6 +470,10 @@ struct World {
     queues: [VecDeque<HaMsg>; 2],
     /// (LUN, epoch) -> ha_id of the node that announced the primary role at that epoch.
     claims: BTreeMap<(LunNumber, u64), u8>,
+    /// The disks refuse node `i`'s I/O (its peer fenced it at the disk).
+    revoked: [bool; 2],
+    /// Node `i` asked for its disk access back and has not got it yet.
+    restore_asked: [bool; 2],
     history: Vec<String>,
 }
 
@@ -472,6 +496,8 @@ impl World {
             link_up: false,
             queues: [VecDeque::new(), VecDeque::new()],
             claims: BTreeMap::new(),
+            revoked: [false, false],
+            restore_asked: [false, false],
             history: Vec::new(),
         };
         for i in 0..2 {
@@ -527,6 +553,7 @@ impl World {
                     self.ops[i] = Some(op);
                 }
                 Output::FencePeer => self.fence[i] = true,
+                Output::RestoreDiskAccess => self.restore_asked[i] = true,
                 Output::Log(Event::BecamePrimary { lun, epoch }) => {
                     self.history.push(format!(
                         "t={} node {} primary for LUN {} at epoch {}",
@@ -614,9 +641,15 @@ impl World {
             return Ok(());
         }
         if let (Some(a), Some(b)) = (&self.nodes[0], &self.nodes[1]) {
+            // A node the disks refuse cannot write, whatever it believes.
+            let (ra, rb) = (self.revoked[0], self.revoked[1]);
             for lun in LUNS {
-                let both =
-                    a.is_primary(lun) && a.serving(lun) && b.is_primary(lun) && b.serving(lun);
+                let both = a.is_primary(lun)
+                    && a.serving(lun)
+                    && !ra
+                    && b.is_primary(lun)
+                    && b.serving(lun)
+                    && !rb;
                 prop_assert!(
                     !both,
                     "t={}: both nodes are serving primaries for LUN {} (epochs {} and {})\n{}",
@@ -737,18 +770,43 @@ impl World {
                 if self.nodes[node].is_none() {
                     self.history
                         .push(format!("t={} node {} starts", self.t, node + 1));
+                    // A controller registers its key again at start (before it joins).
+                    self.revoked[node] = false;
+                    self.restore_asked[node] = false;
                     self.nodes[node] = Some(Node::new(self.cfgs[node].clone(), self.clock(node)));
                     self.route(node)?;
                 }
             }
-            WorldStep::Fence { node, ok } => {
+            WorldStep::Fence { node, ok, at_disk } => {
                 if self.fence[node] && self.nodes[node].is_some() {
                     self.fence[node] = false;
-                    if ok {
+                    if ok && at_disk {
+                        // The peer runs on; the disks refuse its I/O from now on.
+                        self.history.push(format!(
+                            "t={} node {} fenced at the disk",
+                            self.t,
+                            2 - node
+                        ));
+                        self.revoked[1 - node] = true;
+                    } else if ok {
                         // An agent that reports success has stopped the peer.
                         self.stop(1 - node, false)?;
                     }
                     self.feed(node, Input::FenceResult { ok })?;
+                }
+            }
+            WorldStep::DiskIo { node } => {
+                if self.revoked[node] {
+                    self.feed(node, Input::Backend(BackendHealth::Fenced))?;
+                }
+            }
+            WorldStep::Restore { node } => {
+                if self.restore_asked[node] {
+                    self.restore_asked[node] = false;
+                    self.revoked[node] = false;
+                    self.history
+                        .push(format!("t={} node {} access restored", self.t, node + 1));
+                    self.feed(node, Input::Backend(BackendHealth::Ok))?;
                 }
             }
             WorldStep::Switchover { node, lun_index } => {
@@ -864,7 +922,11 @@ fn the_survivor_takes_over_when_the_primary_stops() {
             for _ in 0..rounds {
                 w.step(WorldStep::Settle)?;
                 if fence {
-                    w.step(WorldStep::Fence { node: 1, ok: true })?;
+                    w.step(WorldStep::Fence {
+                        node: 1,
+                        ok: true,
+                        at_disk: false,
+                    })?;
                 }
                 w.step(WorldStep::Advance(200))?;
             }

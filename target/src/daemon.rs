@@ -1,5 +1,9 @@
-//! Start-up glue of `duetd`: the HA runtime (quorum area, fencing agent, pid file, link) and the
-//! admin socket that `duetctl` talks to.
+//! Start-up glue of `duetd`: the HA runtime (quorum area, fencing agent, pid file, link), the
+//! admin socket that `duetctl` talks to, and what `duetd check-config` says about `[ha]`.
+//!
+//! The pid file is written at start and left in place at exit: it names this process beyond
+//! its pid, so the peer's process agent recognises a stopped controller as gone (a missing pid
+//! file is a failed fence).
 
 use duet_core::LunNumber;
 use std::sync::Arc;
@@ -9,6 +13,7 @@ use duet_core::ha::{peer_of, Policy, Role};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminApi, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg};
+use crate::config::Config;
 use crate::ha::config::HaConfig;
 use crate::ha::fence::{self, FenceAgent};
 use crate::ha::pr_fence::PrMonitor;
@@ -83,11 +88,40 @@ pub async fn join_disks(
     Ok(Some(m))
 }
 
-/// Removes the pid file written by [`start_ha`].
-pub fn stop_ha(cfg: &HaConfig) {
-    if let Some(p) = &cfg.pidfile {
-        let _ = fence::remove_pidfile(p);
+/// What `duetd check-config` prints about an `[ha]` section: the section in one line, which
+/// deployment its fencing agent fits, and the start-up warnings.
+pub fn describe_ha(ha: &HaConfig) -> Vec<String> {
+    let mut lines = vec![
+        format!(
+            "ha: id {} mode {} role {:?} peer {} failover {:?} fencing {} quorum {}",
+            ha.id,
+            ha.mode.number(),
+            ha.role,
+            ha.peer,
+            ha.failover,
+            ha.fencing,
+            ha.quorum
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(none)".into())
+        ),
+        format!("fencing agent {}", ha.fencing.deployment()),
+    ];
+    lines.extend(ha.warnings().into_iter().map(|w| format!("warning: {w}")));
+    lines
+}
+
+/// `duetd check-config --json`: the validated configuration, whose `ha` object also carries
+/// `fencing_deployment` (the paragraph of [`describe_ha`] on the agent's deployment).
+pub fn config_json(cfg: &Config) -> serde_json::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(cfg)?;
+    if let (Some(ha), Some(obj)) = (&cfg.ha, v.get_mut("ha").and_then(|h| h.as_object_mut())) {
+        obj.insert(
+            "fencing_deployment".into(),
+            serde_json::Value::String(ha.fencing.deployment().into()),
+        );
     }
+    Ok(v)
 }
 
 /// The arbiter of a pair without a quorum area (manual failover only): every access fails, so

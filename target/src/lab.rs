@@ -299,9 +299,15 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Reads a pid file.
+/// Reads a pid file (its first line holds the pid).
 pub fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether `pid` is a running duetd serving `config`.
@@ -456,7 +462,7 @@ fn print_banner(opts: &LabOptions, nodes: &[LabNode; 2], exe: &Path) {
         s,
         "\nWatch a failover (ctrl-b takes over by itself, no admin needed):"
     );
-    let _ = writeln!(s, "  kill -9 $(cat {})", a.pidfile.display());
+    let _ = writeln!(s, "  kill -9 $(head -n1 {})", a.pidfile.display());
     let _ = writeln!(s, "  {duetctl} --socket {} ha", b.socket.display());
     let _ = writeln!(
         s,

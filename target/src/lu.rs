@@ -4,13 +4,15 @@
 //!
 //! The ALUA picture comes from [`AluaPicture::from_view`] with the facts a controller knows
 //! (primary here and HA off for a stand-alone controller); an HA runtime only changes those
-//! inputs ([`Target::set_alua`]). This file touches the LU's own state and its reservation file;
+//! inputs ([`Target::set_alua`]). A backing device that refuses this controller's I/O with a
+//! reservation conflict is reported to a listener the HA runtime installs
+//! ([`Lu::on_backend_fenced`]). This file touches the LU's own state and its reservation file;
 //! it knows nothing of connections, execution or HA.
 
 use duet_core::LunNumber;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use duet_core::alua::LunView;
 use duet_core::scsi::{AluaPicture, LogicalUnit};
@@ -28,6 +30,10 @@ pub const VENDOR: &str = "DUET";
 /// Product identification reported in INQUIRY.
 pub const PRODUCT: &str = "duet";
 
+/// Told (with the LUN number) that the backing device refused this controller's I/O with a
+/// reservation conflict: the peer fenced it at the disk.
+pub type BackendFencedListener = Box<dyn Fn(LunNumber) + Send + Sync>;
+
 /// One logical unit: the SCSI state (shared by every session) and its backing store.
 pub struct Lu {
     pub number: u16,
@@ -43,6 +49,8 @@ pub struct Lu {
     alua: RwLock<AluaPicture>,
     pub store: Arc<FileStore>,
     pr_path: PathBuf,
+    /// Where a reservation conflict of the backing device is reported (the HA runtime).
+    backend_fenced: OnceLock<BackendFencedListener>,
 }
 
 impl Lu {
@@ -64,6 +72,28 @@ impl Lu {
             alua: RwLock::new(picture),
             store: Arc::new(store),
             pr_path,
+            backend_fenced: OnceLock::new(),
+        }
+    }
+
+    /// Installs the listener told when the backing device refuses this controller's I/O with a
+    /// reservation conflict. Returns `false` if one was installed already (it stays).
+    pub fn on_backend_fenced(&self, listener: BackendFencedListener) -> bool {
+        self.backend_fenced.set(listener).is_ok()
+    }
+
+    /// Reports that the backing device refused a medium operation with a reservation conflict
+    /// (`Effect::BackendFenced`) to the installed listener; without one (a controller with no
+    /// peer) it is logged: another initiator holds a reservation on the device.
+    pub fn report_backend_fenced(&self) {
+        match self.backend_fenced.get() {
+            Some(f) => f(self.number),
+            None => tracing::error!(
+                lun = self.number,
+                path = %self.store.path().display(),
+                "the backing device refused I/O: reservation conflict (another initiator holds \
+                 a reservation on it)"
+            ),
         }
     }
 

@@ -123,3 +123,74 @@ fn a_missing_backing_file_stops_start_up() {
     assert!(err.contains("does not exist"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A pair's configuration with `fencing` and `peer` as given.
+fn ha_config(d: &Path, fencing: &str, peer: &str) -> PathBuf {
+    let f = d.join("ha.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[portal_group.p]\nlisten = [\"127.0.0.1:3999\"]\n[[target]]\nname = \"iqn.2026-11.dev.duet:t\"\nauth_group = \"none\"\nportal_group = \"p\"\n[[target.lun]]\nnumber = 1\npath = \"/tmp/x.img\"\nsize = \"1MiB\"\ncreate = true\n\n[ha]\nid = 1\npeer = \"{peer}\"\nquorum = \"/tmp/q.img\"\nfencing = \"{fencing}\"\npeer_pidfile = \"/run/duet/ctrl-b.pid\"\nsecret = \"0123456789abcdef\"\n"
+        ),
+    )
+    .unwrap();
+    f
+}
+
+#[test]
+fn check_config_explains_the_fencing_agent_and_refuses_process_fencing_across_hosts() {
+    let d = tmp("fencing");
+    let cases = [
+        ("process", "lab agent", "loopback"),
+        (
+            "exec /usr/sbin/fence_ipmilan -o off",
+            "power fencing",
+            "confirmed off",
+        ),
+        ("none", "unsafe", "lease timing alone"),
+    ];
+    for (fencing, fits, detail) in cases {
+        let f = ha_config(&d, fencing, "listen 127.0.0.1:7777");
+        let out = duetd().arg("check-config").arg(&f).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{fencing}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("fencing agent "))
+            .unwrap_or_else(|| panic!("{fencing}: no fencing paragraph in {text}"));
+        assert!(
+            line.contains(fits) && line.contains(detail),
+            "{fencing}: {line}"
+        );
+        let out = duetd()
+            .arg("check-config")
+            .arg(&f)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let para = v["ha"]["fencing_deployment"].as_str().unwrap_or_default();
+        assert!(
+            line.ends_with(para) && para.contains(fits),
+            "{fencing}: {para}"
+        );
+    }
+    // The process agent cannot reach a peer on another host: refused, naming file and line.
+    let f = ha_config(&d, "process", "connect 192.0.2.7:7777");
+    let out = duetd().arg("check-config").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:17: [ha]: `fencing`: \"process\" is the lab agent",
+            f.display()
+        )) && err.contains("loopback"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -12,7 +12,7 @@ use duet_core::alua::HaMode;
 use duet_core::ha::{Fencing, Policy, QuorumRecord, Role, SlotLun};
 use duet_target::ha::config::{parse_ha, HaConfig, HaPeer, WARN_NO_FENCING};
 use duet_target::ha::fence::{
-    fence, fence_process, remove_pidfile, write_pidfile, FenceAgent, FenceError,
+    fence, fence_process, write_pidfile, write_pidfile_of, FenceAgent, FenceError, PidRecord,
 };
 use duet_target::ha::quorum::{Arbiter, FileQuorum, QuorumError, AREA_SIZE, SECTOR_SIZE};
 
@@ -315,18 +315,23 @@ fn process_agent(pidfile: &Path) -> FenceAgent {
 
 const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Writes the pid file of the running process `pid`, as that process would at start.
+fn pidfile_of(path: &Path, pid: i32) {
+    write_pidfile_of(path, &PidRecord::of(pid).expect("the process's record")).unwrap();
+}
+
 #[tokio::test]
 async fn the_process_agent_kills_the_peer_duetd() {
     let d = TempDir::new("f-kill");
     let mut peer = start_duetd(&d);
     let pidfile = d.path("peer.pid");
-    std::fs::write(&pidfile, format!("{}\n", peer.pid())).unwrap();
+    pidfile_of(&pidfile, peer.pid());
     fence(&process_agent(&pidfile), FENCE_TIMEOUT)
         .await
         .expect("fenced");
     let st = peer.wait_exit(Duration::from_secs(10)).expect("duetd gone");
     assert_eq!(st.signal(), Some(libc::SIGKILL));
-    // Fencing again (the pid file now names a dead process) is fine.
+    // Fencing again (the pid file now names a process that is gone) is fine.
     fence(&process_agent(&pidfile), FENCE_TIMEOUT)
         .await
         .expect("already fenced");
@@ -344,7 +349,7 @@ async fn the_process_agent_kills_a_stopped_peer() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let pidfile = d.path("peer.pid");
-    std::fs::write(&pidfile, format!("{}", peer.pid())).unwrap();
+    pidfile_of(&pidfile, peer.pid());
     fence(&process_agent(&pidfile), FENCE_TIMEOUT)
         .await
         .expect("fenced");
@@ -363,31 +368,47 @@ async fn the_process_agent_never_kills_another_program() {
             .unwrap(),
     );
     let pidfile = d.path("peer.pid");
-    std::fs::write(&pidfile, format!("{}\n", other.pid())).unwrap();
-    // The pid was reused by an unrelated process: the peer is gone, so fencing succeeds...
+    pidfile_of(&pidfile, other.pid());
+    // The recorded process is alive and is not duetd: the fence fails, and nothing is killed.
+    match fence(&process_agent(&pidfile), FENCE_TIMEOUT).await {
+        Err(FenceError::NotThePeer { pid, .. }) => assert_eq!(pid, other.pid()),
+        r => panic!("expected NotThePeer, got {r:?}"),
+    }
+    // A record of another process that had this pid (another start time): that process is
+    // gone, so the fence succeeds, without touching the live one.
+    let mut reused = PidRecord::of(other.pid()).unwrap();
+    reused.start_time = reused.start_time.map(|t| t.saturating_sub(1));
+    write_pidfile_of(&pidfile, &reused).unwrap();
     fence(&process_agent(&pidfile), FENCE_TIMEOUT)
         .await
-        .expect("the peer is not running");
-    // ...without touching that process.
+        .expect("the recorded process is gone");
     std::thread::sleep(Duration::from_millis(50));
     assert!(other.running(), "an unrelated process was killed");
     assert_eq!(proc_state(other.pid()).map(|s| s != 'Z'), Some(true));
 
-    // The name check is what protects it: the same agent expecting "sleep" does kill it.
+    // The name check is what protects it: the same agent expecting "sleep" does kill it...
+    pidfile_of(&pidfile, other.pid());
     fence_process(&pidfile, "sleep", FENCE_TIMEOUT)
         .await
         .expect("fenced");
     let st = other.wait_exit(Duration::from_secs(10)).expect("gone");
     assert_eq!(st.signal(), Some(libc::SIGKILL));
+    // ...and once it is gone (reaped), its pid file proves it.
+    fence_process(&pidfile, "sleep", FENCE_TIMEOUT)
+        .await
+        .expect("gone");
 }
 
 #[tokio::test]
-async fn the_process_agent_on_missing_bad_and_own_pid_files() {
+async fn the_process_agent_fails_on_missing_bad_bare_foreign_and_own_pid_files() {
     let d = TempDir::new("f-pidfile");
-    // Missing: the peer never started or removed its pid file on exit.
-    fence(&process_agent(&d.path("none.pid")), FENCE_TIMEOUT)
-        .await
-        .expect("missing pid file = peer stopped");
+    // Missing: the peer never ran here (or runs on another host): a failed fence.
+    match fence(&process_agent(&d.path("none.pid")), FENCE_TIMEOUT).await {
+        Err(e @ FenceError::NoPidFile { .. }) => {
+            assert!(e.to_string().contains("none.pid"), "{e}")
+        }
+        r => panic!("a missing pid file must fail the fence, got {r:?}"),
+    }
     // Garbage: cannot tell, so fencing fails (the node keeps waiting).
     let bad = d.path("bad.pid");
     std::fs::write(&bad, "not-a-pid\n").unwrap();
@@ -395,6 +416,45 @@ async fn the_process_agent_on_missing_bad_and_own_pid_files() {
         fence(&process_agent(&bad), FENCE_TIMEOUT).await,
         Err(FenceError::BadPidFile { .. })
     ));
+    // A bare pid (no start time): even of a process that does not exist, not proof of anything.
+    let bare = d.path("bare.pid");
+    std::fs::write(&bare, "999999999\n").unwrap();
+    assert!(matches!(
+        fence(&process_agent(&bare), FENCE_TIMEOUT).await,
+        Err(FenceError::Unidentified { pid: 999999999, .. })
+    ));
+    // Written under another kernel boot, or in another pid namespace: cannot be checked here.
+    let me = PidRecord::this_process().unwrap();
+    let foreign = d.path("foreign.pid");
+    let other_boot = PidRecord {
+        pid: 999999999,
+        boot_id: Some("00000000-0000-0000-0000-000000000000".into()),
+        ..me.clone()
+    };
+    write_pidfile_of(&foreign, &other_boot).unwrap();
+    assert!(matches!(
+        fence(&process_agent(&foreign), FENCE_TIMEOUT).await,
+        Err(FenceError::OtherKernel { .. })
+    ));
+    let other_ns = PidRecord {
+        pid: 999999999,
+        pid_ns: Some("pid:[1]".into()),
+        ..me.clone()
+    };
+    write_pidfile_of(&foreign, &other_ns).unwrap();
+    assert!(matches!(
+        fence(&process_agent(&foreign), FENCE_TIMEOUT).await,
+        Err(FenceError::OtherPidNamespace { .. })
+    ));
+    // A complete record of a process that no longer exists: the peer is gone.
+    let gone = PidRecord {
+        pid: 999999999,
+        ..me.clone()
+    };
+    write_pidfile_of(&foreign, &gone).unwrap();
+    fence(&process_agent(&foreign), FENCE_TIMEOUT)
+        .await
+        .expect("no process with that pid: gone");
     // Our own pid (peer_pidfile pointing at our own pid file): refused, we do not kill ourselves.
     let own = d.path("own.pid");
     write_pidfile(&own).unwrap();
@@ -405,23 +465,21 @@ async fn the_process_agent_on_missing_bad_and_own_pid_files() {
 }
 
 #[test]
-fn pid_files_are_written_whole_and_removed_only_by_their_owner() {
+fn pid_files_are_written_whole_with_the_pid_on_the_first_line() {
     let d = TempDir::new("f-write");
     let p = d.path("run/duet/ctrl-a.pid");
     write_pidfile(&p).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
     assert_eq!(
-        std::fs::read_to_string(&p).unwrap().trim(),
-        std::process::id().to_string()
+        text.lines().next(),
+        Some(std::process::id().to_string().as_str())
+    );
+    assert_eq!(
+        PidRecord::parse(&text),
+        Some(PidRecord::this_process().unwrap())
     );
     write_pidfile(&p).unwrap(); // overwriting is fine
     assert_eq!(std::fs::read_dir(d.path("run/duet")).unwrap().count(), 1);
-    remove_pidfile(&p).unwrap();
-    assert!(!p.exists());
-    remove_pidfile(&p).unwrap(); // already gone: fine
-                                 // A newer instance's pid file is left alone.
-    std::fs::write(&p, "999999\n").unwrap();
-    remove_pidfile(&p).unwrap();
-    assert!(p.exists());
 }
 
 fn exec(command: &str) -> FenceAgent {
@@ -783,6 +841,33 @@ fn fencing_choices() {
         e.starts_with("ha.toml:5: [ha]: `fencing`: \"process\" needs `peer_pidfile`"),
         "{e}"
     );
+    // process is the lab agent: only with the HA link on loopback.
+    let process = |peer: &str| {
+        minimal("peer_pidfile = \"/run/duet/ctrl-a.pid\"\n")
+            .replace("\"none\"", "\"process\"")
+            .replace("connect 127.0.0.1:7777", peer)
+    };
+    for peer in [
+        "connect 127.0.0.1:7777",
+        "connect 127.3.0.9:7777",
+        "listen [::1]:7777",
+    ] {
+        let c = parse_ha("ha.toml", &process(peer)).unwrap().unwrap();
+        assert!(matches!(c.fencing, FenceAgent::Process { .. }), "{peer}");
+    }
+    for peer in [
+        "connect 192.0.2.7:7777",
+        "listen 0.0.0.0:7777",
+        "listen [::]:7777",
+        "connect [2001:db8::7]:7777",
+    ] {
+        let e = err(&process(peer));
+        assert!(
+            e.starts_with("ha.toml:5: [ha]: `fencing`: \"process\" is the lab agent"),
+            "{peer}: {e}"
+        );
+        assert!(e.contains("loopback") && e.contains(peer), "{e}");
+    }
     let e = err(&minimal("").replace("\"none\"", "\"stonith\""));
     assert!(e.starts_with("ha.toml:5: [ha]: `fencing`: expected"), "{e}");
 }

@@ -3,7 +3,8 @@
 //!
 //! This file holds the node's state, its queries and the input dispatch; the rules live in the
 //! children: `peer` (the link and the peer's messages), `quorum` (the arbiter's operations
-//! and the lease), `claim` (the election) and `admin` (administrative commands, failback).
+//! and the lease), `claim` (the election), `admin` (administrative commands, failback) and
+//! `disk` (the backend's health, and a controller fenced at the disk).
 //! The children extend [`Node`] with private access to its fields; nothing here does I/O.
 
 use super::types::*;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 mod admin;
 mod claim;
+mod disk;
 mod peer;
 mod quorum;
 
@@ -102,6 +104,19 @@ enum Pending {
     Write { issued: Time, record: QuorumRecord },
 }
 
+/// Where a node fenced at the disk ([`BackendHealth::Fenced`]) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum DiskFence {
+    /// Not fenced.
+    No,
+    /// Fenced; rejoining (reading both quorum slots, or under manual failover hearing the
+    /// peer's state) before access may be restored.
+    Rejoining,
+    /// Rejoined as secondary; [`Output::RestoreDiskAccess`] was emitted and the node waits for
+    /// `Backend(Ok)`.
+    Rejoined,
+}
+
 /// Why a fence of the peer is outstanding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum FenceWhy {
@@ -162,6 +177,8 @@ pub struct Node {
     /// Mode 1: I/O suspended until the peer is fenced.
     suspended: bool,
     backend_ok: bool,
+    /// Fenced at the disk by the peer: serves and claims nothing until rejoined and restored.
+    disk_fence: DiskFence,
     timers: [Option<Time>; 5],
     luns: Vec<LunState>,
     out: VecDeque<Output>,
@@ -209,6 +226,7 @@ impl Node {
             fence: None,
             suspended: false,
             backend_ok: true,
+            disk_fence: DiskFence::No,
             timers: [None; 5],
             luns,
             out: VecDeque::new(),
@@ -275,9 +293,11 @@ impl Node {
             && (!self.read_lease_needed() || self.timers[TimerKind::PeerLease.index()].is_some())
     }
 
-    /// What this node knows about `lun`, as the ALUA table needs it.
+    /// What this node knows about `lun`, as the ALUA table needs it. A node fenced at the disk
+    /// knows no primary it could serve for: its own group is Transitioning, never active.
     pub fn lun_view(&self, lun: LunNumber) -> LunView {
         let primary = match self.lun_state(lun) {
+            _ if self.fenced_at_disk() => PrimaryView::None,
             Some(l) if l.role == LunRole::Primary && !self.suspended => PrimaryView::Local,
             Some(l) if l.role == LunRole::Secondary && self.peer_primacy_valid(l) => {
                 PrimaryView::Peer
@@ -375,6 +395,12 @@ impl Node {
         self.fence.is_some()
     }
 
+    /// This node was fenced at the disk ([`BackendHealth::Fenced`]) and its access has not been
+    /// restored yet: it serves and claims nothing.
+    pub fn fenced_at_disk(&self) -> bool {
+        self.disk_fence != DiskFence::No
+    }
+
     /// Everything `duetctl ha` shows.
     pub fn status(&self, now: Time) -> HaStatus {
         HaStatus {
@@ -409,7 +435,8 @@ impl Node {
     /// [`Node::poll_output`].
     pub fn handle(&mut self, now: Time, input: Input) {
         if !self.cfg.ha_enabled() {
-            // Stand-alone: always primary; only the backend matters.
+            // Stand-alone: always primary; only the backend matters (a reservation conflict on
+            // a controller without a peer is a failed backend, nothing to step down for).
             if let Input::Backend(h) = input {
                 self.backend_ok = h == BackendHealth::Ok;
                 self.log(Event::Backend {
@@ -426,15 +453,7 @@ impl Node {
             Input::Timer(kind) => self.on_timer(now, kind),
             Input::Quorum(r) => self.on_quorum(now, r),
             Input::Admin(cmd) => self.on_admin(now, cmd),
-            Input::Backend(h) => {
-                self.backend_ok = h == BackendHealth::Ok;
-                self.log(Event::Backend {
-                    ok: self.backend_ok,
-                });
-                if self.backend_ok {
-                    self.consider_claims(now, false);
-                }
-            }
+            Input::Backend(h) => self.on_backend(now, h),
             Input::FenceResult { ok } => self.on_fence_result(now, ok),
         }
         self.drive(now);

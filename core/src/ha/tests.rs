@@ -26,6 +26,13 @@ struct Pair {
     link: bool,
     net: VecDeque<(usize, HaMsg)>,
     fence: [bool; 2],
+    /// The fencing agent preempts the peer at the disk (`scsi-pr`: the peer lives on and gets
+    /// `Backend(Fenced)`) instead of killing it.
+    fence_at_disk: bool,
+    /// A node asked for its disk access back.
+    restore_asked: [bool; 2],
+    /// Answer [`Output::RestoreDiskAccess`] with `Backend(Ok)` at once.
+    auto_restore: bool,
     /// Everything each node emitted, with the time.
     out: Vec<(usize, Time, Output)>,
 }
@@ -63,6 +70,9 @@ impl Pair {
             link: true,
             net: VecDeque::new(),
             fence: [false, false],
+            fence_at_disk: false,
+            restore_asked: [false, false],
+            auto_restore: true,
             out: Vec::new(),
         };
         p.link_up();
@@ -132,6 +142,7 @@ impl Pair {
                         }
                         Output::Quorum(op) => self.quorum[i] = Some(op.clone()),
                         Output::FencePeer => self.fence[i] = true,
+                        Output::RestoreDiskAccess => self.restore_asked[i] = true,
                         _ => {}
                     }
                     self.out.push((i, self.now, o));
@@ -162,10 +173,17 @@ impl Pair {
                 if self.fence[i] {
                     busy = true;
                     self.fence[i] = false;
-                    if self.nodes[1 - i].is_some() {
+                    if self.fence_at_disk {
+                        self.feed(1 - i, Input::Backend(BackendHealth::Fenced));
+                    } else if self.nodes[1 - i].is_some() {
                         self.kill(1 - i);
                     }
                     self.feed(i, Input::FenceResult { ok: true });
+                }
+                if self.restore_asked[i] && self.auto_restore {
+                    busy = true;
+                    self.restore_asked[i] = false;
+                    self.feed(i, Input::Backend(BackendHealth::Ok));
                 }
             }
             if let Some((to, m)) = self.net.pop_front() {
@@ -610,4 +628,163 @@ fn without_failback_the_survivor_keeps_the_luns() {
     p.advance(4 * timing().lease_ms);
     assert!(p.node(1).is_primary(LUN));
     assert!(!p.node(0).is_primary(LUN));
+}
+
+// ---- a controller fenced at the disk ----------------------------------------------------------
+
+/// The outputs of node `i` at or after `since`.
+fn outs_since(p: &Pair, i: usize, since: Time) -> Vec<Output> {
+    p.out
+        .iter()
+        .filter(|(n, t, _)| *n == i && *t >= since)
+        .map(|(_, _, o)| o.clone())
+        .collect()
+}
+
+#[test]
+fn a_primary_fenced_at_the_disk_steps_down_at_once_and_claims_nothing_until_rejoined() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.fence_at_disk = true;
+    p.auto_restore = false;
+    p.advance(300);
+    assert!(p.node(0).is_primary(LUN) && p.node(0).serving(LUN));
+    let epoch = p.node(0).epoch(LUN);
+    let t0 = p.now;
+
+    // The backing device refuses node 0's I/O: it steps down in the same step, before any
+    // quorum I/O or message.
+    p.feed(0, Input::Backend(BackendHealth::Fenced));
+    let n = p.node(0);
+    assert!(n.fenced_at_disk());
+    assert!(!n.is_primary(LUN) && !n.serving(LUN));
+    assert_eq!(n.primary_of(LUN), None);
+    assert_eq!(n.alua(LUN).local, AluaState::Transitioning);
+    p.pump();
+    let after = outs_since(&p, 0, t0);
+    assert!(after.contains(&Output::FenceIo { lun: LUN }), "{after:?}");
+    assert!(after.contains(&Output::Log(Event::FencedAtDisk)));
+    assert!(after.iter().any(|o| matches!(
+        o,
+        Output::Log(Event::LostPrimary { reason, .. }) if reason == "fenced at the disk"
+    )));
+
+    // The peer takes the LUN by the ordinary claim (its fence lands on node 0 again).
+    p.advance(3000);
+    assert!(p.node(1).is_primary(LUN) && p.node(1).serving(LUN));
+    assert!(p.node(1).epoch(LUN) > epoch);
+
+    // Node 0 rejoined through the quorum area (both slots read after the fence), then asked for
+    // its access back, and until it has it, it claims nothing and is never active.
+    let after = outs_since(&p, 0, t0);
+    let read_peer = after
+        .iter()
+        .position(|o| *o == Output::Quorum(QuorumOp::Read { slot: 2 }))
+        .expect("read the peer's slot");
+    let read_own = after
+        .iter()
+        .position(|o| *o == Output::Quorum(QuorumOp::Read { slot: 1 }))
+        .expect("read its own slot");
+    let restore = after
+        .iter()
+        .position(|o| *o == Output::RestoreDiskAccess)
+        .expect("asked for its access back");
+    assert!(read_own < read_peer && read_peer < restore, "{after:?}");
+    for o in &after {
+        match o {
+            Output::AluaChanged { local, .. } => assert!(!local.is_active(), "{after:?}"),
+            Output::Log(Event::ClaimStarted { .. }) | Output::Log(Event::BecamePrimary { .. }) => {
+                panic!("a node fenced at the disk claimed: {after:?}")
+            }
+            Output::ResumeIo { .. } => panic!("a node fenced at the disk resumed I/O"),
+            _ => {}
+        }
+    }
+    let n = p.node(0);
+    assert!(n.fenced_at_disk() && !n.serving(LUN));
+    assert_eq!(n.alua(LUN).local, AluaState::Transitioning);
+    assert_eq!(
+        n.epoch(LUN),
+        p.node(1).epoch(LUN),
+        "it learned the new epoch"
+    );
+
+    // Access restored: a mode-1 secondary of the new primary.
+    p.feed(0, Input::Backend(BackendHealth::Ok));
+    p.advance(300);
+    let n = p.node(0);
+    assert!(!n.fenced_at_disk());
+    assert!(!n.is_primary(LUN) && n.serving(LUN));
+    assert_eq!(n.alua(LUN).local, AluaState::ActiveNonOptimized);
+    assert_eq!(n.primary_of(LUN), Some(2));
+}
+
+#[test]
+fn a_mode_1_secondary_fenced_at_the_disk_stops_serving_until_rejoined_and_restored() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.auto_restore = false;
+    p.advance(300);
+    assert!(p.node(1).serving(LUN));
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::ActiveNonOptimized);
+    let t0 = p.now;
+    p.feed(1, Input::Backend(BackendHealth::Fenced));
+    // Access "restored" before the rejoin: ignored, only the join path ends the fence.
+    p.feed(1, Input::Backend(BackendHealth::Ok));
+    let n = p.node(1);
+    assert!(n.fenced_at_disk() && !n.serving(LUN));
+    assert_eq!(n.alua(LUN).local, AluaState::Transitioning);
+    assert_eq!(n.primary_of(LUN), None);
+    p.advance(2000);
+    assert!(p.restore_asked[1]);
+    assert!(p.node(1).fenced_at_disk() && !p.node(1).serving(LUN));
+    assert!(outs_since(&p, 1, t0)
+        .iter()
+        .all(|o| !matches!(o, Output::Log(Event::ClaimStarted { .. }))));
+    // The primary was never disturbed.
+    assert!(p.node(0).is_primary(LUN) && p.node(0).serving(LUN));
+    p.feed(1, Input::Backend(BackendHealth::Ok));
+    p.pump();
+    assert!(!p.node(1).fenced_at_disk() && p.node(1).serving(LUN));
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::ActiveNonOptimized);
+    // Fenced again later: the same way round.
+    p.feed(1, Input::Backend(BackendHealth::Fenced));
+    assert!(!p.node(1).serving(LUN));
+}
+
+#[test]
+fn under_manual_failover_the_peers_state_is_the_rejoin_and_no_admin_makes_it_primary() {
+    let mut p = Pair::new(HaMode::ActiveActiveShared, Policy::Manual, Fencing::Agent);
+    p.auto_restore = false;
+    p.advance(100);
+    assert!(p.node(0).is_primary(LUN));
+    p.feed(0, Input::Backend(BackendHealth::Fenced));
+    assert!(!p.node(0).is_primary(LUN));
+    p.feed(0, Input::Admin(AdminCmd::SetPrimary { lun: None }));
+    assert!(
+        !p.node(0).is_primary(LUN),
+        "the admin cannot override the disk"
+    );
+    assert_eq!(p.node(0).alua(LUN).local, AluaState::Transitioning);
+    p.pump();
+    assert!(
+        p.restore_asked[0],
+        "the probe's answer completes the rejoin"
+    );
+    p.feed(0, Input::Backend(BackendHealth::Ok));
+    assert!(!p.node(0).fenced_at_disk());
+}
+
+#[test]
+fn a_standalone_controller_fenced_at_the_disk_only_fails_its_backend() {
+    let mut n = Node::new(Config::standalone(&[0]), 0);
+    n.handle(1, Input::Backend(BackendHealth::Fenced));
+    assert!(!n.fenced_at_disk());
+    assert!(n.is_primary(0));
 }

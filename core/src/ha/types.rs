@@ -392,8 +392,15 @@ pub enum HaMsg {
 /// Health of the backing store, reported by the runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BackendHealth {
+    /// The backing devices serve this controller's I/O. After [`BackendHealth::Fenced`] it
+    /// counts only once the node has asked for it with [`Output::RestoreDiskAccess`].
     Ok,
     Failed,
+    /// The backing device refused this controller's I/O with a reservation conflict: the peer
+    /// fenced it at the disk. The node steps down from every LUN at once, serves nothing, claims
+    /// nothing, and leaves that state only through the join path (it reads both quorum slots
+    /// again and rejoins as secondary, then asks for [`Output::RestoreDiskAccess`]).
+    Fenced,
 }
 
 /// Administrative commands (`duetctl role`, `duetctl switchover`).
@@ -450,6 +457,12 @@ pub enum Output {
     ResumeIo {
         lun: LunNumber,
     },
+    /// This node was fenced at the disk ([`BackendHealth::Fenced`]) and has since rejoined as
+    /// secondary: it knows the epochs the peer's claim started. Its own access to the backing
+    /// devices may be restored now (the `scsi-pr` agent registers this controller's key again;
+    /// other agents have nothing to restore). Answer with `Input::Backend(BackendHealth::Ok)`
+    /// once restored; until then the node stays fenced.
+    RestoreDiskAccess,
     Log(Event),
 }
 
@@ -503,6 +516,10 @@ pub enum Event {
     Backend {
         ok: bool,
     },
+    /// The backing device refused I/O with a reservation conflict: stepping down everywhere.
+    FencedAtDisk,
+    /// Rejoined as secondary after a fence at the disk: access may be restored.
+    RejoinedAfterFence,
 }
 
 impl fmt::Display for Event {
@@ -538,6 +555,16 @@ impl fmt::Display for Event {
             Event::Backend { ok } => {
                 write!(f, "backend {}", if *ok { "healthy" } else { "failed" })
             }
+            Event::FencedAtDisk => write!(
+                f,
+                "fenced at the disk: the backing device refused I/O (reservation conflict); \
+                 stepping down from every LUN until rejoined"
+            ),
+            Event::RejoinedAfterFence => write!(
+                f,
+                "rejoined as secondary after the fence at the disk: access to the backing \
+                 devices may be restored"
+            ),
         }
     }
 }

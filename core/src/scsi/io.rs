@@ -4,7 +4,7 @@
 
 use super::sense_data::Sense;
 use super::store::{first_difference, BlockStore, StoreError};
-use super::types::Outcome;
+use super::types::{Effect, Outcome};
 use crate::sense::SenseCode;
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +152,38 @@ pub fn write_err(e: StoreError) -> Sense {
     }
 }
 
+/// Why a medium operation failed: the sense for the host, and whether the store refused this
+/// controller with a reservation conflict (fenced at the disk).
+struct Failed {
+    sense: Sense,
+    fenced: bool,
+}
+
+impl From<Sense> for Failed {
+    fn from(sense: Sense) -> Failed {
+        Failed {
+            sense,
+            fenced: false,
+        }
+    }
+}
+
+/// A failed read: [`read_err`]'s sense.
+fn rd(e: StoreError) -> Failed {
+    Failed {
+        fenced: matches!(e, StoreError::ReservationConflict),
+        sense: read_err(e),
+    }
+}
+
+/// A failed write, flush or unmap: [`write_err`]'s sense.
+fn wr(e: StoreError) -> Failed {
+    Failed {
+        fenced: matches!(e, StoreError::ReservationConflict),
+        sense: write_err(e),
+    }
+}
+
 fn slice(data: &[u8], at: usize, len: u64) -> Result<&[u8], Sense> {
     let end = (len as usize)
         .checked_add(at)
@@ -175,7 +207,7 @@ fn write_same(
     blocks: u64,
     block: &[u8],
     unmap: bool,
-) -> Result<(), Sense> {
+) -> Result<(), Failed> {
     let bs = block_size as u64;
     let total = blocks
         .checked_mul(bs)
@@ -183,10 +215,10 @@ fn write_same(
     if unmap {
         // Deallocate: the blocks read back as zeros (LBPRZ), whatever the Data-Out block held,
         // as libiscsi's WriteSame*.UnmapUntilEnd expects.
-        return store.punch_hole(offset, total).map_err(write_err);
+        return store.punch_hole(offset, total).map_err(wr);
     }
     if block.iter().all(|b| *b == 0) {
-        return store.write_zeroes(offset, total).map_err(write_err);
+        return store.write_zeroes(offset, total).map_err(wr);
     }
     // Replicate the block into a buffer of up to 1 MiB and write it repeatedly.
     let per = (((1u64 << 20) / bs).max(1)).min(blocks);
@@ -199,17 +231,17 @@ fn write_same(
         let n = per.min(blocks - done);
         store
             .write_at(offset + done * bs, &buf[..(n * bs) as usize])
-            .map_err(write_err)?;
+            .map_err(wr)?;
         done += n;
     }
     Ok(())
 }
 
-fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Sense> {
+fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Failed> {
     match op {
         IoOp::Read { offset, len } => {
             let mut buf = buffer(*len)?;
-            store.read_at(*offset, &mut buf).map_err(read_err)?;
+            store.read_at(*offset, &mut buf).map_err(rd)?;
             Ok(buf)
         }
         IoOp::Write {
@@ -219,9 +251,9 @@ fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Se
             fua,
         } => {
             let d = slice(data_out, *data_at, *len)?;
-            store.write_at(*offset, d).map_err(write_err)?;
+            store.write_at(*offset, d).map_err(wr)?;
             if *fua {
-                store.flush().map_err(write_err)?;
+                store.flush().map_err(wr)?;
             }
             Ok(Vec::new())
         }
@@ -242,33 +274,32 @@ fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Se
             };
             write_same(store, *offset, *block_size, *blocks, block, *unmap)?;
             if *fua {
-                store.flush().map_err(write_err)?;
+                store.flush().map_err(wr)?;
             }
             Ok(Vec::new())
         }
         IoOp::Unmap { ranges } => {
             for (o, l) in ranges {
                 if *l > 0 {
-                    store.punch_hole(*o, *l).map_err(write_err)?;
+                    store.punch_hole(*o, *l).map_err(wr)?;
                 }
             }
             Ok(Vec::new())
         }
         IoOp::Flush => {
-            store.flush().map_err(write_err)?;
+            store.flush().map_err(wr)?;
             Ok(Vec::new())
         }
         IoOp::CompareAndWrite { offset, len, fua } => {
             let expect = slice(data_out, 0, *len)?;
             let data = slice(data_out, *len as usize, *len)?;
-            match store
-                .compare_and_write(*offset, expect, data)
-                .map_err(write_err)?
-            {
-                Some(i) => Err(Sense::new(SenseCode::MISCOMPARE).with_information(i as u64)),
+            match store.compare_and_write(*offset, expect, data).map_err(wr)? {
+                Some(i) => Err(Sense::new(SenseCode::MISCOMPARE)
+                    .with_information(i as u64)
+                    .into()),
                 None => {
                     if *fua {
-                        store.flush().map_err(write_err)?;
+                        store.flush().map_err(wr)?;
                     }
                     Ok(Vec::new())
                 }
@@ -281,7 +312,7 @@ fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Se
             mode,
         } => {
             let mut cur = buffer(*len)?;
-            store.read_at(*offset, &mut cur).map_err(read_err)?;
+            store.read_at(*offset, &mut cur).map_err(rd)?;
             let diff = match mode {
                 VerifyMode::Medium => None,
                 VerifyMode::Bytes => first_difference(&cur, slice(data_out, 0, *len)?),
@@ -295,31 +326,35 @@ fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Se
                 }
             };
             match diff {
-                Some(i) => Err(Sense::new(SenseCode::MISCOMPARE).with_information(i as u64)),
+                Some(i) => Err(Sense::new(SenseCode::MISCOMPARE)
+                    .with_information(i as u64)
+                    .into()),
                 None => Ok(Vec::new()),
             }
         }
         IoOp::WriteAndVerify { offset, len } => {
             let d = slice(data_out, 0, *len)?;
-            store.write_at(*offset, d).map_err(write_err)?;
-            store.flush().map_err(write_err)?;
+            store.write_at(*offset, d).map_err(wr)?;
+            store.flush().map_err(wr)?;
             let mut cur = buffer(*len)?;
-            store.read_at(*offset, &mut cur).map_err(read_err)?;
+            store.read_at(*offset, &mut cur).map_err(rd)?;
             match first_difference(&cur, d) {
-                Some(i) => Err(Sense::new(SenseCode::MISCOMPARE).with_information(i as u64)),
+                Some(i) => Err(Sense::new(SenseCode::MISCOMPARE)
+                    .with_information(i as u64)
+                    .into()),
                 None => Ok(Vec::new()),
             }
         }
         IoOp::OrWrite { offset, len, fua } => {
             let d = slice(data_out, 0, *len)?;
             let mut cur = buffer(*len)?;
-            store.read_at(*offset, &mut cur).map_err(read_err)?;
+            store.read_at(*offset, &mut cur).map_err(rd)?;
             for (c, x) in cur.iter_mut().zip(d) {
                 *c |= *x;
             }
-            store.write_at(*offset, &cur).map_err(write_err)?;
+            store.write_at(*offset, &cur).map_err(wr)?;
             if *fua {
-                store.flush().map_err(write_err)?;
+                store.flush().map_err(wr)?;
             }
             Ok(Vec::new())
         }
@@ -336,7 +371,7 @@ fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Se
             let mut n = 0u32;
             while cur < *num_blocks && n < (*max_descriptors).max(1) {
                 let remaining = (*num_blocks - cur).saturating_mul(bs);
-                let (run, mapped) = store.allocation(cur * bs, remaining).map_err(read_err)?;
+                let (run, mapped) = store.allocation(cur * bs, remaining).map_err(rd)?;
                 let run_blocks = (run.div_ceil(bs)).clamp(1, u32::MAX as u64);
                 out.extend_from_slice(&cur.to_be_bytes());
                 out.extend_from_slice(&(run_blocks as u32).to_be_bytes());
@@ -353,11 +388,122 @@ fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Se
     }
 }
 
-/// Execute a plan against `store`. `data_out` is the same Data-Out buffer that was given to
+/// Execute a plan against `store`. A store that refused the I/O with a reservation conflict
+/// (this controller fenced at the disk) answers ALUA transitioning ([`read_err`]) and adds
+/// [`Effect::BackendFenced`], so that the runtime tells the HA node. `data_out` is the same Data-Out buffer that was given to
 /// [`super::LogicalUnit::prepare`].
 pub fn run_io(plan: &IoPlan, store: &dyn BlockStore, data_out: &[u8]) -> Outcome {
     match run(&plan.op, store, data_out) {
         Ok(data) => Outcome::good(data, plan.wanted_len),
-        Err(s) => Outcome::check(s, plan.descriptor_sense, plan.wanted_len),
+        Err(f) => {
+            let mut o = Outcome::check(f.sense, plan.descriptor_sense, plan.wanted_len);
+            if f.fenced {
+                o.effects.push(Effect::BackendFenced);
+            }
+            o
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store whose every operation fails with `err`.
+    struct Refusing(StoreError);
+
+    impl BlockStore for Refusing {
+        fn len(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&self, _: u64, _: &mut [u8]) -> Result<(), StoreError> {
+            Err(self.0.clone())
+        }
+        fn write_at(&self, _: u64, _: &[u8]) -> Result<(), StoreError> {
+            Err(self.0.clone())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Err(self.0.clone())
+        }
+        fn punch_hole(&self, _: u64, _: u64) -> Result<(), StoreError> {
+            Err(self.0.clone())
+        }
+    }
+
+    fn plan(op: IoOp) -> IoPlan {
+        IoPlan {
+            op,
+            wanted_len: 512,
+            descriptor_sense: false,
+        }
+    }
+
+    fn ops() -> Vec<IoOp> {
+        vec![
+            IoOp::Read {
+                offset: 0,
+                len: 512,
+            },
+            IoOp::Write {
+                offset: 0,
+                len: 512,
+                data_at: 0,
+                fua: false,
+            },
+            IoOp::Flush,
+            IoOp::Unmap {
+                ranges: vec![(0, 512)],
+            },
+            IoOp::CompareAndWrite {
+                offset: 0,
+                len: 512,
+                fua: false,
+            },
+            IoOp::OrWrite {
+                offset: 0,
+                len: 512,
+                fua: false,
+            },
+            IoOp::WriteAndVerify {
+                offset: 0,
+                len: 512,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_reservation_conflict_answers_transitioning_and_reports_the_fence() {
+        let data = vec![0u8; 1024];
+        for op in ops() {
+            let o = run_io(
+                &plan(op.clone()),
+                &Refusing(StoreError::ReservationConflict),
+                &data,
+            );
+            assert_eq!(
+                o.sense_code(),
+                Some(SenseCode::ALUA_TRANSITIONING),
+                "{op:?}"
+            );
+            assert_eq!(o.effects, vec![Effect::BackendFenced], "{op:?}");
+        }
+    }
+
+    #[test]
+    fn other_store_errors_report_no_fence() {
+        let data = vec![0u8; 1024];
+        for op in ops() {
+            let o = run_io(
+                &plan(op.clone()),
+                &Refusing(StoreError::Io("EIO".into())),
+                &data,
+            );
+            assert_ne!(
+                o.sense_code(),
+                Some(SenseCode::ALUA_TRANSITIONING),
+                "{op:?}"
+            );
+            assert!(o.effects.is_empty(), "{op:?}");
+        }
     }
 }

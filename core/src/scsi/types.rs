@@ -102,6 +102,10 @@ pub enum Effect {
     /// The persistent reservation state changed. With `aptpl` the runtime should persist
     /// [`LogicalUnit::pr_state`](super::LogicalUnit::pr_state); without, remove any persisted copy.
     PrChanged { aptpl: bool },
+    /// The backing device refused the medium phase with a reservation conflict: the peer fenced
+    /// this controller at the disk. The host got ALUA transitioning; the runtime tells the HA
+    /// node (`BackendHealth::Fenced`), which steps down at once.
+    BackendFenced,
 }
 
 /// The result of a command.

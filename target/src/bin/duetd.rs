@@ -110,7 +110,7 @@ fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
         }
     };
     if json {
-        match serde_json::to_string_pretty(&cfg) {
+        match daemon::config_json(&cfg).and_then(|v| serde_json::to_string_pretty(&v)) {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("duetd: {e}");
@@ -161,21 +161,8 @@ fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
         }
     }
     if let Some(ha) = &cfg.ha {
-        println!(
-            "ha: id {} mode {} role {:?} peer {} failover {:?} fencing {} quorum {}",
-            ha.id,
-            ha.mode.number(),
-            ha.role,
-            ha.peer,
-            ha.failover,
-            ha.fencing,
-            ha.quorum
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "(none)".into())
-        );
-        for w in ha.warnings() {
-            println!("warning: {w}");
+        for line in daemon::describe_ha(ha) {
+            println!("{line}");
         }
     }
     ExitCode::SUCCESS
@@ -298,10 +285,8 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
         {
             daemon::spawn_admin(&shared, ha, pr, path, stop_rx.clone());
         }
+        // (The pid file stays: see `daemon`.)
         let result = server::serve(shared, stop_rx).await;
-        if let Some(h) = &ha_cfg {
-            daemon::stop_ha(h);
-        }
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -11,8 +11,12 @@
 //! quorum = "/srv/duet/quorum.img" # required with failover = automatic
 //! quorum_create = true            # create and format the quorum file if missing (default false)
 //! fencing = "process"             # process | "exec COMMAND" | scsi-pr | none; required with automatic failover
+//!                                 #   process: lab only (both controllers on one host; the peer
+//!                                 #   address must be loopback); "exec COMMAND": power fencing,
+//!                                 #   the command exits 0 only once the peer is confirmed off;
+//!                                 #   scsi-pr: shared SCSI disks (see [`crate::ha::pr_fence`])
 //! peer_pidfile = "/run/duet/ctrl-b.pid"  # for fencing = process
-//! pidfile = "/run/duet/ctrl-a.pid"       # our own pid file (for the peer's process agent)
+//! pidfile = "/run/duet/ctrl-a.pid"       # our own pid file (for the peer's process agent; kept at exit)
 //! secret = "at-least-16-bytes"    # pre-shared HA link secret (required)
 //! admin_socket = "/run/duet/ctrl-a.sock" # duetctl's socket (default /run/duet/duetd.sock)
 //! lease_ms = 4000                 # lease timing, see duet_core::ha::Timing
@@ -42,7 +46,7 @@
 use duet_core::LunNumber;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -252,6 +256,17 @@ impl HaConfig {
     }
 }
 
+/// Whether `ip` is a loopback address (127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6): an HA
+/// link there connects two controllers of one host.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// Environment for an exec fencing agent: who is fencing whom.
 fn fence_env(id: u8, peer: &HaPeer) -> Vec<(String, String)> {
     vec![
@@ -433,6 +448,17 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
                 .unwrap_or((s, ""));
             match (word, rest) {
                 ("none", "") => FenceAgent::None,
+                ("process", "") if !is_loopback(peer.addr().ip()) => {
+                    return Err(fail(
+                        at(v.span()),
+                        format!(
+                            "`fencing`: \"process\" is the lab agent: it kills the peer's process \
+                             on this host, so it needs the HA link on loopback (127.0.0.0/8 or \
+                             ::1), not `peer = \"{peer}\"`; controllers on two hosts need \
+                             \"exec COMMAND\" (power fencing) or SCSI reservations"
+                        ),
+                    ))
+                }
                 ("process", "") => match &peer_pidfile {
                     Some(p) => FenceAgent::Process { pidfile: p.clone() },
                     None => {

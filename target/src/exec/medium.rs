@@ -179,6 +179,7 @@ pub fn apply_effects(lu: &Lu, effects: &[Effect]) {
     for e in effects {
         match e {
             Effect::PrChanged { aptpl } => lu.persist_pr(*aptpl),
+            Effect::BackendFenced => lu.report_backend_fenced(),
             Effect::SetTargetPortGroups(changes) => {
                 let desc: Vec<String> = changes
                     .iter()

@@ -5,18 +5,29 @@
 //! `Input::FenceResult { ok }`. `Ok(())` means the peer can no longer issue I/O. Every agent errs
 //! on the safe side: when it cannot be sure, it returns an error and the node keeps waiting.
 //!
-//! - [`FenceAgent::Process`]: the lab's agent (both controllers on one host): kill the peer's
-//!   `duetd` process, found through the pid file it writes at start ([`write_pidfile`]).
-//! - [`FenceAgent::Exec`]: run an administrator's command (`sh -c COMMAND`: a power switch, IPMI,
-//!   a SCSI reservation preemption); success is exit status 0 within the timeout.
+//! - [`FenceAgent::Process`]: the lab's agent, for two controllers on one host and one kernel
+//!   (the configuration refuses it unless the HA link is on loopback): kill the peer's `duetd`
+//!   process, found through the pid file it writes at start ([`write_pidfile`]). The pid file
+//!   names the process beyond its pid (start time, kernel boot, pid namespace), so "no such
+//!   process" is proof that the peer is gone only when the recorded process is gone; a missing,
+//!   unreadable or incomplete pid file, or one written under another kernel or pid namespace,
+//!   is a failed fence, never a success. The pid file stays when `duetd` exits, so that a
+//!   cleanly stopped peer is still recognised as gone.
+//! - [`FenceAgent::Exec`]: power fencing (IPMI, Redfish, a managed PDU) through an
+//!   administrator's command (`sh -c COMMAND`); exit status 0 within the timeout means fenced, so
+//!   the command must exit 0 only once the peer is confirmed off.
 //! - [`FenceAgent::ScsiPr`]: SCSI-3 persistent reservations on the shared disks: PREEMPT AND
 //!   ABORT of the peer's key on the quorum device and every LUN (`super::pr_fence`).
 //! - [`FenceAgent::None`]: no fencing, configured explicitly (the daemon warns at start).
+//!
+//! The process agent and its pid files are in `process` (`fence/process.rs`).
+//! [`FenceAgent::deployment`] says which deployment each agent fits (`duetd check-config`
+//! prints it). [`restore_access`] is the other half of an agent that fences at the disk: a
+//! controller fenced there gets its access back through it once it has rejoined.
 
 use std::fmt;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,12 +36,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::pr_fence::{PrAgent, PrError, ScsiPrConfig};
 
-/// The name a process must carry (in its `argv[0]` or executable) for the process agent to kill
-/// it: a pid file pointing at anything else is stale (the pid was reused), never a target.
-pub const PEER_PROCESS_NAME: &str = "duetd";
+mod process;
 
-/// How often the process agent checks whether the killed peer is gone.
-const POLL: Duration = Duration::from_millis(10);
+pub use process::{fence_process, write_pidfile, write_pidfile_of, PidRecord, PEER_PROCESS_NAME};
+
 /// The most of a fencing command's output kept for the log.
 const OUTPUT_LIMIT: usize = 16 * 1024;
 /// How long to wait for a finished command's output pipes to close (a background child of the
@@ -42,10 +51,12 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 #[serde(rename_all = "kebab-case")]
 pub enum FenceAgent {
     /// Kill the peer's `duetd` process (SIGKILL), found through the pid file the peer writes.
+    /// Lab only: both controllers on one host.
     Process { pidfile: PathBuf },
     /// Run `sh -c command` with `env` added to the environment (the configuration passes
     /// `DUET_FENCE_PEER_ID`, `DUET_FENCE_SELF_ID` and `DUET_FENCE_PEER_LINK`); exit status 0
-    /// within the timeout means the peer is fenced.
+    /// within the timeout means the peer is fenced, so the command (power fencing through IPMI
+    /// or Redfish) must exit 0 only once the peer is confirmed off.
     Exec {
         command: String,
         env: Vec<(String, String)>,
@@ -69,9 +80,90 @@ impl fmt::Display for FenceAgent {
     }
 }
 
+/// Which deployment the process agent fits (`duetd check-config`).
+pub const PROCESS_DEPLOYMENT: &str = "process: the lab agent. Both controllers run on one host \
+     and one kernel (the HA link must be on loopback); fencing kills the peer's duetd, found \
+     through its pid file. It cannot stop a controller on another host: on two hosts use exec \
+     (power fencing) or scsi-pr.";
+/// Which deployment the exec agent fits (`duetd check-config`).
+pub const EXEC_DEPLOYMENT: &str = "exec: power fencing for controllers on two hosts: the \
+     command switches the peer off through IPMI, Redfish or a managed PDU (e.g. fence_ipmilan). \
+     Exit status 0 means fenced: the command must exit 0 only once the peer is confirmed off, \
+     and non-zero (or time out) whenever it is not sure.";
+/// Which deployment the scsi-pr agent fits (`duetd check-config`).
+pub const SCSI_PR_DEPLOYMENT: &str = "scsi-pr: controllers on two hosts sharing SCSI disks \
+     (SAS, FC, iSCSI) that implement persistent reservations: each controller registers a key \
+     on every shared device and the quorum device; fencing preempts the peer's key, so the \
+     disks themselves refuse its I/O, late writes of a frozen host included.";
+/// Which deployment fencing = none fits (`duetd check-config`).
+pub const NONE_DEPLOYMENT: &str = "none: unsafe. Failover rests on lease timing alone, which \
+     cannot stop writes a paused or frozen controller issued before its lease ran out; use it \
+     only where losing acknowledged writes is acceptable.";
+
+impl FenceAgent {
+    /// One paragraph on the deployment the agent fits, for `duetd check-config`.
+    pub fn deployment(&self) -> &'static str {
+        match self {
+            FenceAgent::Process { .. } => PROCESS_DEPLOYMENT,
+            FenceAgent::Exec { .. } => EXEC_DEPLOYMENT,
+            FenceAgent::ScsiPr(_) => SCSI_PR_DEPLOYMENT,
+            FenceAgent::None => NONE_DEPLOYMENT,
+        }
+    }
+}
+
 /// Why fencing failed: the peer may still be running.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
+    /// The peer's pid file does not exist: the peer never started here, or runs elsewhere.
+    #[error(
+        "the peer's pid file {path} does not exist: cannot tell whether the peer runs (on \
+         another host it never will; use exec or scsi-pr fencing there)"
+    )]
+    NoPidFile { path: PathBuf },
+    /// The pid file does not say which process (beyond its pid) wrote it.
+    #[error(
+        "the peer's pid file {path} names process {pid} without its start time, boot and pid \
+         namespace: cannot tell the peer from a process that reused its pid"
+    )]
+    Unidentified { path: PathBuf, pid: i32 },
+    /// The pid file was written under another kernel (another boot, or another host).
+    #[error(
+        "the peer's pid file {path} was written under another kernel (boot id {theirs}, ours \
+         {ours}): its process cannot be checked from here"
+    )]
+    OtherKernel {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    /// The pid file was written in another pid namespace.
+    #[error(
+        "the peer's pid file {path} was written in another pid namespace ({theirs}, ours \
+         {ours}): its process cannot be seen from here"
+    )]
+    OtherPidNamespace {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    /// The pid file names a live process that is not the expected program.
+    #[error(
+        "the peer's pid file {path} names process {pid}, which is alive and is not {expected}; \
+         not killing it"
+    )]
+    NotThePeer {
+        path: PathBuf,
+        pid: i32,
+        expected: String,
+    },
+    /// This system's own identity (boot id, pid namespace) cannot be read.
+    #[error("cannot read {what}: {source}")]
+    OwnIdentity {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// The peer's pid file exists but cannot be read.
     #[error("cannot read the peer's pid file {path}: {source}")]
     PidFile {
@@ -132,209 +224,36 @@ pub async fn fence(agent: &FenceAgent, timeout: Duration) -> Result<(), FenceErr
     match agent {
         FenceAgent::Process { pidfile } => fence_process(pidfile, PEER_PROCESS_NAME, timeout).await,
         FenceAgent::Exec { command, env } => fence_exec(command, env, timeout).await,
-        FenceAgent::ScsiPr(cfg) => {
-            let cfg = cfg.clone();
-            let agent = tokio::task::spawn_blocking(move || PrAgent::open_sg(&cfg))
-                .await
-                .map_err(|e| FenceError::Spawn {
-                    command: "scsi-pr".into(),
-                    source: io::Error::other(e.to_string()),
-                })??;
-            Ok(agent.fence_peer(timeout).await?)
-        }
+        FenceAgent::ScsiPr(cfg) => Ok(open_pr_agent(cfg).await?.fence_peer(timeout).await?),
         FenceAgent::None => Ok(()),
     }
 }
 
-/// The process agent with the expected process name spelled out: kills the process named by
-/// `pidfile` if it is alive and carries `expected_name` in its `argv[0]` or executable, then waits
-/// until it is gone or a zombie, polling every 10 ms, for up to `timeout`.
-///
-/// `Ok` without killing anything when the pid file is missing, the process does not exist or is
-/// already a zombie, or it is another program (the pid was reused): in each case the peer is not
-/// running.
-pub async fn fence_process(
-    pidfile: &Path,
-    expected_name: &str,
-    timeout: Duration,
-) -> Result<(), FenceError> {
-    let text = match tokio::fs::read_to_string(pidfile).await {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            tracing::info!(
-                "fence: the peer's pid file {} is missing: the peer is not running",
-                pidfile.display()
-            );
-            return Ok(());
+/// Restores this controller's own access to the backing devices after the peer fenced it at the
+/// disk and the node has rejoined as secondary (`Output::RestoreDiskAccess`): the hook of an
+/// agent that fences at the disk (the `scsi-pr` agent registers this controller's key again).
+/// The process and exec agents stop the peer itself, not its access: nothing to restore.
+pub async fn restore_access(agent: &FenceAgent, timeout: Duration) -> Result<(), FenceError> {
+    match agent {
+        FenceAgent::Process { .. } | FenceAgent::Exec { .. } | FenceAgent::None => Ok(()),
+        FenceAgent::ScsiPr(cfg) => {
+            let agent = open_pr_agent(cfg).await?;
+            tracing::warn!("fence: registering this controller's key again on every device");
+            Ok(agent.join(timeout).await?)
         }
-        Err(source) => {
-            return Err(FenceError::PidFile {
-                path: pidfile.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let pid = match text.trim().parse::<i32>() {
-        Ok(p) if p > 1 => p,
-        _ => {
-            return Err(FenceError::BadPidFile {
-                path: pidfile.to_path_buf(),
-                content: text.chars().take(64).collect(),
-            })
-        }
-    };
-    if u32::try_from(pid).ok() == Some(std::process::id()) {
-        return Err(FenceError::OwnPid {
-            path: pidfile.to_path_buf(),
-            pid,
-        });
-    }
-    // Hold the process by a pidfd first (when the kernel has them), so that the checks below and
-    // the kill are about one and the same process even if the pid is reused meanwhile.
-    let handle = match PidFd::open(pid) {
-        Ok(h) => h,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-            tracing::info!("fence: the peer process {pid} does not exist: the peer is not running");
-            return Ok(());
-        }
-        Err(_) => None,
-    };
-    match proc_state(pid) {
-        None => {
-            tracing::info!("fence: the peer process {pid} does not exist: the peer is not running");
-            return Ok(());
-        }
-        Some('Z') | Some('X') => {
-            tracing::info!("fence: the peer process {pid} has already exited");
-            return Ok(());
-        }
-        Some(_) => {}
-    }
-    if !process_is_named(pid, expected_name) {
-        tracing::warn!(
-            "fence: process {pid} from {} is not {expected_name} (the pid was reused): the peer \
-             is not running; not killing it",
-            pidfile.display()
-        );
-        return Ok(());
-    }
-    let sent = match &handle {
-        Some(h) => h.send_sigkill(),
-        None => {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        }
-    };
-    match sent {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-            tracing::info!("fence: the peer process {pid} exited before the kill");
-            return Ok(());
-        }
-        Err(source) => return Err(FenceError::Kill { pid, source }),
-    }
-    tracing::warn!("fence: sent SIGKILL to the peer process {pid}");
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let gone = match &handle {
-            Some(h) => h.exited(),
-            None => matches!(proc_state(pid), None | Some('Z') | Some('X')),
-        };
-        if gone {
-            tracing::warn!("fence: the peer process {pid} is gone");
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(FenceError::StillAlive { pid, timeout });
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 
-/// The state letter of `/proc/PID/stat` (R, S, D, T, Z, …), or `None` if the process is gone.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) STATE ...": COMM may contain spaces and parentheses; the state follows the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.trim_start().chars().next()
-}
-
-/// Whether the process's `argv[0]` or executable file name contains `name`.
-fn process_is_named(pid: i32, name: &str) -> bool {
-    let base_contains = |p: &[u8]| {
-        let base = p.rsplit(|&b| b == b'/').next().unwrap_or(p);
-        String::from_utf8_lossy(base).contains(name)
-    };
-    if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
-        if base_contains(argv0) {
-            return true;
-        }
-    }
-    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-        if base_contains(exe.as_os_str().as_encoded_bytes()) {
-            return true;
-        }
-    }
-    false
-}
-
-/// A Linux pidfd: a handle on one process that a reused pid cannot redirect.
-struct PidFd(OwnedFd);
-
-impl PidFd {
-    /// `Ok(None)` when the kernel has no pidfds (or refuses them); `Err(ESRCH)` when the process
-    /// does not exist.
-    fn open(pid: i32) -> io::Result<Option<PidFd>> {
-        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                return Err(e);
-            }
-            return Ok(None);
-        }
-        let Ok(fd) = i32::try_from(fd) else {
-            return Ok(None);
-        };
-        // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-        Ok(Some(PidFd(unsafe { OwnedFd::from_raw_fd(fd) })))
-    }
-
-    fn send_sigkill(&self) -> io::Result<()> {
-        // SAFETY: pidfd_send_signal(2) with a null siginfo and no flags.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.0.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// Whether the process has exited (it may still be an unreaped zombie).
-    fn exited(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let r = unsafe { libc::poll(&mut p, 1, 0) };
-        r > 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-    }
+/// Opens the `scsi-pr` agent's devices (blocking opens, off the async workers).
+async fn open_pr_agent(cfg: &ScsiPrConfig) -> Result<PrAgent, FenceError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || PrAgent::open_sg(&cfg))
+        .await
+        .map_err(|e| FenceError::Spawn {
+            command: "scsi-pr".into(),
+            source: io::Error::other(e.to_string()),
+        })?
+        .map_err(FenceError::from)
 }
 
 async fn fence_exec(
@@ -438,58 +357,9 @@ async fn collect(task: tokio::task::JoinHandle<Vec<u8>>) -> String {
     }
 }
 
-/// Writes this process's id to `path` atomically (a temporary file beside it, then a rename), so
-/// that the peer's process agent never reads a half-written pid. Creates the directory if needed.
-pub fn write_pidfile(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid file path has no name"))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{}", std::process::id())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Removes the pid file at `path` if it still names this process (a newer instance's pid file is
-/// left alone). A missing file is fine.
-pub fn remove_pidfile(path: &Path) -> io::Result<()> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().parse::<u32>().ok() == Some(std::process::id()) => {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
-        }
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_state_reads_our_own_process() {
-        let me = std::process::id() as i32;
-        assert!(matches!(proc_state(me), Some('R') | Some('S')));
-        assert_eq!(proc_state(i32::MAX), None);
-    }
 
     #[test]
     fn error_messages_carry_stderr() {

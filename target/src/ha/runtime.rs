@@ -3,7 +3,11 @@
 //! [`duet_core::ha::Node`] decides every role, epoch and ALUA state; this module only feeds it
 //! its inputs (link events, peer messages, timer expiries, quorum I/O results, fencing results,
 //! admin commands) and carries out its outputs (peer messages, quorum I/O, ALUA pictures, unit
-//! attentions, fencing, the I/O gate, log lines). It also moves commands between the
+//! attentions, fencing, the I/O gate, log lines). A backing device that refuses this
+//! controller's I/O with a reservation conflict (the peer fenced it at the disk) becomes the
+//! node's `Backend(Fenced)`; when the node has rejoined it asks for its access back
+//! (`Output::RestoreDiskAccess`), which the fencing agent restores
+//! ([`fence::restore_access`]) before the node hears `Backend(Ok)`. It also moves commands between the
 //! controllers: a controller that does not serve a LUN forwards what it receives for it to the
 //! primary ([`forward`], where the runtime plugs into command execution as its
 //! [`Pair`](crate::exec::Pair)), the primary runs them and lends mode-1 grants ([`serve`]), and
@@ -14,6 +18,7 @@
 
 use duet_core::LunNumber;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +28,8 @@ use tokio::sync::{mpsc, watch};
 use duet_core::alua::HaMode;
 use duet_core::ha::grant::{Answer, Received};
 use duet_core::ha::{
-    self, AdminCmd, Grantee, HaStatus, Input, Node, Output, QuorumOp, QuorumResult, Role,
+    self, AdminCmd, BackendHealth, Grantee, HaStatus, Input, Node, Output, QuorumOp, QuorumResult,
+    Role,
 };
 
 use super::config::HaConfig;
@@ -108,6 +114,9 @@ pub struct HaRuntime {
     start: Instant,
     arbiter: Arc<dyn Arbiter>,
     agent: FenceAgent,
+    /// A reservation conflict was reported to the node and its access is not restored yet
+    /// (later conflicts are not reported again meanwhile).
+    disk_fenced: AtomicBool,
 }
 
 /// Why the HA runtime could not start.
@@ -169,8 +178,17 @@ impl HaRuntime {
             start: Instant::now(),
             arbiter,
             agent,
+            disk_fenced: AtomicBool::new(false),
             cfg,
         });
+        for (_, lu) in rt.luns.values() {
+            let weak = Arc::downgrade(&rt);
+            lu.on_backend_fenced(Box::new(move |lun| {
+                if let Some(rt) = weak.upgrade() {
+                    rt.backend_fenced(lun);
+                }
+            }));
+        }
         let node = Node::new(core_cfg, rt.now());
         // The data channel (forwarded commands and their answers) is handled on the link's
         // reader task: no hand-off to the receive task.
@@ -314,6 +332,7 @@ impl HaRuntime {
                     }
                 }
                 Output::FencePeer => self.fence_peer(),
+                Output::RestoreDiskAccess => self.restore_disk_access(),
                 Output::FenceIo { lun } => {
                     if let Some((_, lu)) = self.luns.get(&lun) {
                         let drained = close_gate(lu);
@@ -330,6 +349,7 @@ impl HaRuntime {
                     let line = ev.to_string();
                     match &ev {
                         ha::Event::QuorumFailed { .. }
+                        | ha::Event::FencedAtDisk
                         | ha::Event::FenceFailed
                         | ha::Event::LeaseExpired
                         | ha::Event::LinkRefused { .. } => tracing::warn!("{line}"),
@@ -422,6 +442,60 @@ impl HaRuntime {
             };
             me.published.set_peer_fenced(ok);
             let _ = me.tx.send(DriverIn::Node(Input::FenceResult { ok }));
+        });
+    }
+
+    /// The backing device of `lun` refused this controller's I/O with a reservation conflict.
+    fn backend_fenced(&self, lun: LunNumber) {
+        if !self.disk_fenced.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                lun,
+                "the backing device refused this controller's I/O (reservation conflict): the \
+                 peer fenced it at the disk"
+            );
+            let _ = self
+                .tx
+                .send(DriverIn::Node(Input::Backend(BackendHealth::Fenced)));
+        }
+    }
+
+    /// The node, fenced at the disk, has rejoined as secondary: once no I/O admitted before the
+    /// fence is in flight any more, the agent restores this controller's access to the backing
+    /// devices, and the node hears `Backend(Ok)`. Not sooner than a renew interval after the
+    /// request, so that a device that keeps refusing costs one rejoin per interval at most.
+    fn restore_disk_access(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let pause = Duration::from_millis(me.cfg.timing.renew_ms);
+            let timeout = Duration::from_millis(me.cfg.fence_timeout_ms);
+            let gates: Vec<_> = me.luns.values().map(|(_, lu)| lu.gate.clone()).collect();
+            loop {
+                tokio::time::sleep(pause).await;
+                let gates = gates.clone();
+                let drained = tokio::task::spawn_blocking(move || {
+                    gates.iter().all(|g| g.wait_drained(GATE_DRAIN))
+                })
+                .await
+                .unwrap_or(false);
+                if !drained {
+                    tracing::warn!(
+                        "I/O from before the fence at the disk is still in flight; not restoring \
+                         access yet"
+                    );
+                    continue;
+                }
+                match fence::restore_access(&me.agent, timeout).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::error!(
+                        "cannot restore this controller's access to the backing devices: {e}"
+                    ),
+                }
+            }
+            tracing::info!("access to the backing devices restored after the fence at the disk");
+            me.disk_fenced.store(false, Ordering::Release);
+            let _ = me
+                .tx
+                .send(DriverIn::Node(Input::Backend(BackendHealth::Ok)));
         });
     }
 

@@ -327,6 +327,8 @@ impl Lab {
     pub fn pid(&self, node: Node) -> Option<i32> {
         let pid: i32 = fs::read_to_string(self.dir.join(format!("{}.pid", node.name())))
             .ok()?
+            .lines()
+            .next()?
             .trim()
             .parse()
             .ok()?;

@@ -22,6 +22,13 @@ impl Node {
                     }
                     if self.automatic() {
                         self.luns[i].role_override = Some(Role::Primary);
+                    } else if self.fenced_at_disk() {
+                        let lun = self.luns[i].lun;
+                        self.log(Event::Refused {
+                            what: format!(
+                                "primary role for LUN {lun}: this controller is fenced at the disk"
+                            ),
+                        });
                     } else if self.luns[i].role != LunRole::Primary {
                         let e = self.luns[i].epoch.saturating_add(1);
                         self.become_primary(now, i, e);

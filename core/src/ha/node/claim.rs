@@ -61,6 +61,7 @@ impl Node {
         self.automatic()
             && self.join == Join::Done
             && self.backend_ok
+            && !self.fenced_at_disk()
             && l.role == LunRole::Secondary
             && !l.handing_over
             && !(self.link == 2 && l.peer_primary)
@@ -153,6 +154,7 @@ impl Node {
                 }
             }
             self.consider_claims(now, false);
+            self.finish_disk_rejoin();
             return;
         }
         for i in 0..self.luns.len() {

@@ -71,7 +71,7 @@ impl Node {
         match self.cfg.policy {
             Policy::Naive => {
                 for i in 0..self.luns.len() {
-                    if self.luns[i].role != LunRole::Primary {
+                    if self.luns[i].role != LunRole::Primary && !self.fenced_at_disk() {
                         let e = self.luns[i].epoch.saturating_add(1);
                         self.become_primary(now, i, e);
                     }
@@ -140,6 +140,10 @@ impl Node {
                 self.push_state(now);
                 if self.read_lease_needed() {
                     self.send_probe(now);
+                } else if !self.automatic() && self.fenced_at_disk() {
+                    // Manual failover rejoins after a fence at the disk with the peer's state.
+                    self.out
+                        .push_back(Output::SendPeer(HaMsg::Probe { at: now }));
                 }
             }
             _ if self.link != 2 => {}
@@ -244,12 +248,15 @@ impl Node {
                 let l = self.luns[i];
                 if l.role == LunRole::Secondary
                     && !l.peer_primary
+                    && !self.fenced_at_disk()
                     && self.preferred(&l)
                     && luns.iter().any(|s| s.lun == l.lun && !s.primary)
                 {
                     self.become_primary(now, i, l.epoch.saturating_add(1));
                 }
             }
+            // Under manual failover the peer's state is the rejoin after a fence at the disk.
+            self.finish_disk_rejoin();
         } else {
             self.consider_claims(now, lost_primary);
             self.consider_failback(now);
@@ -266,6 +273,12 @@ impl Node {
             return;
         }
         if self.luns[i].role == LunRole::Primary {
+            return;
+        }
+        if self.fenced_at_disk() {
+            self.log(Event::Refused {
+                what: format!("hand-over of LUN {lun}: this controller is fenced at the disk"),
+            });
             return;
         }
         self.luns[i].epoch = epoch;

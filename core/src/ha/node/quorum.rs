@@ -45,7 +45,9 @@ impl Node {
         match (p, r) {
             (Pending::ReadOwn, QuorumResult::ReadOk { slot, record }) if slot == me => {
                 if let Some(rec) = record {
-                    self.seq = rec.seq;
+                    // (max: on a rejoin this node may have written beyond what the slot shows,
+                    // with a write that failed and may still land.)
+                    self.seq = self.seq.max(rec.seq);
                     for l in self.luns.iter_mut() {
                         if let Some(s) = rec.lun(l.lun) {
                             l.epoch = l.epoch.max(s.epoch);
