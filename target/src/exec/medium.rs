@@ -1,7 +1,8 @@
 //! One command's work on this controller's LU: phase 1 ([`prepare_local`], under the LU's
 //! mutex, fast, no I/O), then the medium phase ([`run_io`]) with no LU lock held: in place when
-//! it cannot wait for a device (reads and writes on tmpfs, [`run_inline`]), else on tokio's
-//! blocking pool. COMPARE AND WRITE takes the LU's I/O lock exclusively, every other medium
+//! it cannot wait for a device (reads and writes on tmpfs, [`run_inline`]); through the thread's
+//! io_uring ring for reads, writes and flushes of a direct-I/O store ([`crate::uring`], on the
+//! connection threads); else on tokio's blocking pool. COMPARE AND WRITE takes the LU's I/O lock exclusively, every other medium
 //! operation shares it, so C&W is atomic against concurrent writes; every medium operation
 //! passes the LU's fencing gate. Afterwards, [`apply_effects`] and [`after_command`] carry out
 //! what the command asked of the runtime.
@@ -17,12 +18,15 @@ use bytes::Bytes;
 use duet_core::alua::AluaState;
 use duet_core::iscsi::Completion;
 use duet_core::scsi::opclass::changes_shared_state;
-use duet_core::scsi::{run_io, CommandContext, Effect, IoOp, IoPlan, Nexus, Prepared};
+use duet_core::scsi::{
+    run_io, BlockStore, CommandContext, Effect, IoOp, IoPlan, Nexus, Outcome, Prepared,
+};
 use duet_core::sense::SenseCode;
 
 use super::completion::{check, completion_of};
 use super::pair::Pair;
 use crate::lu::{Lu, Target};
+use crate::uring::{self, DirectOp, Keep};
 
 /// Phase 1 of a command on this controller's copy of the LU, for `nexus`.
 pub fn prepare_local(
@@ -105,8 +109,9 @@ pub fn run_plan_now(lu: &Lu, plan: &IoPlan, data_out: &[u8]) -> Completion {
     completion_of(o)
 }
 
-/// Runs `plan` on the blocking pool (in place when it [never waits](never_waits)), keeping
-/// `hold` (locks, gate pass) until it returns.
+/// Runs `plan` in place when it [never waits](never_waits), through this thread's io_uring ring
+/// when the store is direct and the plan is one the ring runs ([`DirectOp::of`]), else on the
+/// blocking pool; keeps `hold` (locks, gate pass) until the I/O is over.
 pub async fn run_plan(
     lu: Arc<Lu>,
     plan: IoPlan,
@@ -117,6 +122,24 @@ pub async fn run_plan(
         let c = run_plan_now(&lu, &plan, &data_out);
         drop(hold);
         return c;
+    }
+    let on_ring = uring::current().and_then(|ring| {
+        let d = lu.store.direct()?;
+        let op = DirectOp::of(
+            &plan.op,
+            d,
+            lu.store.len(),
+            lu.store.is_read_only(),
+            &data_out,
+        )?;
+        Some((ring, d, op))
+    });
+    if let Some((ring, d, op)) = on_ring {
+        // The ring keeps the store (its descriptor) and the locks until the kernel is done,
+        // even if this command is dropped meanwhile.
+        let keep: Keep = Arc::new((lu.store.clone(), std::sync::Mutex::new(hold)));
+        let r = uring::run_direct(&ring, d, op, keep).await;
+        return ring_completion(&plan, r);
     }
     let lu2 = lu.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -134,6 +157,23 @@ pub async fn run_plan(
             tracing::error!(lun = lu.number, "I/O task failed: {e}");
             check(SenseCode::INTERNAL_TARGET_FAILURE)
         }
+    }
+}
+
+/// The completion of a plan the ring ran: what [`completion_of`] gives for the same outcome,
+/// with Data-In the ring's own buffer (no copy).
+pub fn ring_completion(plan: &IoPlan, r: Result<Bytes, duet_core::scsi::Sense>) -> Completion {
+    match r {
+        Ok(data) => {
+            let mut c = completion_of(Outcome::good(Vec::new(), plan.wanted_len));
+            c.data_in = data;
+            c
+        }
+        Err(sense) => completion_of(Outcome::check(
+            sense,
+            plan.descriptor_sense,
+            plan.wanted_len,
+        )),
     }
 }
 
