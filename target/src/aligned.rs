@@ -120,7 +120,7 @@ impl std::fmt::Debug for AlignedBuf {
 
 /// Whether `data` starts at an address aligned to `align`.
 pub fn is_aligned(data: &[u8], align: usize) -> bool {
-    (data.as_ptr() as usize) % align.max(1) == 0
+    (data.as_ptr() as usize).is_multiple_of(align.max(1))
 }
 
 #[cfg(test)]
@@ -129,7 +129,13 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_zeroed_and_rounded_up() {
-        for (len, align) in [(0, 512), (1, 512), (4096, 4096), (5000, 512), (1 << 20, 8192)] {
+        for (len, align) in [
+            (0, 512),
+            (1, 512),
+            (4096, 4096),
+            (5000, 512),
+            (1 << 20, 8192),
+        ] {
             let mut b = AlignedBuf::zeroed(len, align);
             assert_eq!(b.len(), len);
             assert!(b.align() >= align.max(MIN_ALIGN));

@@ -233,3 +233,95 @@ pub fn apply_effects(lu: &Lu, effects: &[Effect]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uring::tests::{on_ring_thread, DirectFile};
+    use crate::uring::{run_direct, DirectOp};
+    use duet_core::scsi::MemStore;
+
+    /// A plan's completion through the ring equals what the blocking path gives for the same
+    /// plan on a store with the same contents: status, sense, Data-In and residual length.
+    #[test]
+    fn the_ring_completes_a_plan_as_the_blocking_path_does() {
+        let f = DirectFile::new("medium", 1 << 20);
+        let d = f.direct();
+        let len = f.len;
+        let data_out = Bytes::from((0..12289u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
+        let plan = |op, wanted_len| IoPlan {
+            op,
+            wanted_len,
+            descriptor_sense: false,
+        };
+        let plans = vec![
+            plan(
+                IoOp::Write {
+                    offset: 8192,
+                    len: 12288,
+                    data_at: 1,
+                    fua: true,
+                },
+                12288,
+            ),
+            plan(
+                IoOp::Write {
+                    offset: 0,
+                    len: 4096,
+                    data_at: 0,
+                    fua: false,
+                },
+                8192,
+            ),
+            plan(IoOp::Flush, 0),
+            plan(
+                IoOp::Read {
+                    offset: 0,
+                    len: 24576,
+                },
+                24576,
+            ),
+            plan(
+                IoOp::Read {
+                    offset: 4096,
+                    len: 4096,
+                },
+                65536,
+            ),
+        ];
+        let mem = MemStore::new(len);
+        let want: Vec<Completion> = plans
+            .iter()
+            .map(|p| completion_of(run_io(p, &mem, &data_out)))
+            .collect();
+        let got = on_ring_thread(16, move |ring| async move {
+            let mut got = Vec::new();
+            for p in &plans {
+                let op = DirectOp::of(&p.op, d, len, false, &data_out).expect("a ring plan");
+                let r = run_direct(&ring, d, op, Arc::new(())).await;
+                got.push(ring_completion(p, r));
+            }
+            got
+        });
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_failed_ring_plan_carries_core_sense_in_the_format_asked() {
+        let p = IoPlan {
+            op: IoOp::Read {
+                offset: 0,
+                len: 512,
+            },
+            wanted_len: 512,
+            descriptor_sense: true,
+        };
+        let e = duet_core::scsi::StoreError::ReservationConflict;
+        let want = completion_of(Outcome::check(
+            duet_core::scsi::read_err(e.clone()),
+            true,
+            512,
+        ));
+        assert_eq!(ring_completion(&p, Err(duet_core::scsi::read_err(e))), want);
+    }
+}

@@ -26,9 +26,16 @@ const RETRIES: u32 = 8;
 /// A medium operation of a direct-I/O store that the ring runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirectOp {
-    Read { offset: u64, len: u32 },
+    Read {
+        offset: u64,
+        len: u32,
+    },
     /// Data-Out's bytes (a slice of the command's buffer, not a copy).
-    Write { offset: u64, data: Bytes, fua: bool },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
     Flush,
 }
 
@@ -48,8 +55,8 @@ impl DirectOp {
             let align = u64::from(d.offset_align.max(1));
             len > 0
                 && len <= MAX_TRANSFER
-                && offset % align == 0
-                && len % align == 0
+                && offset.is_multiple_of(align)
+                && len.is_multiple_of(align)
                 && offset.checked_add(len).is_some_and(|end| end <= store_len)
         };
         match *op {
@@ -82,13 +89,18 @@ impl DirectOp {
 /// Runs `op` on `ring` against the store addressed as `d`. Returns Data-In (empty for writes and
 /// flushes) or the sense of the failure. `keep` (the store, the command's locks) stays alive
 /// until the kernel has finished every operation, even if this future is dropped.
-pub async fn run_direct(ring: &Arc<Ring>, d: DirectIo, op: DirectOp, keep: Keep) -> Result<Bytes, Sense> {
+pub async fn run_direct(
+    ring: &Arc<Ring>,
+    d: DirectIo,
+    op: DirectOp,
+    keep: Keep,
+) -> Result<Bytes, Sense> {
     match op {
-        DirectOp::Read { offset, len } => read(ring, d, offset, len, &keep)
-            .await
-            .map_err(read_err),
+        DirectOp::Read { offset, len } => read(ring, d, offset, len, &keep).await.map_err(read_err),
         DirectOp::Write { offset, data, fua } => {
-            write(ring, d, offset, data, &keep).await.map_err(write_err)?;
+            write(ring, d, offset, data, &keep)
+                .await
+                .map_err(write_err)?;
             if fua {
                 flush(ring, d, &keep).await.map_err(write_err)?;
             }

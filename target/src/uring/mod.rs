@@ -116,4 +116,4 @@ pub fn unavailable_reason(e: &io::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

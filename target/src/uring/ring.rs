@@ -65,11 +65,19 @@ struct Owned {
 enum Slot {
     Free,
     /// Queued or in the kernel; its future waits.
-    Pending { owned: Owned, waker: Option<Waker> },
+    Pending {
+        owned: Owned,
+        waker: Option<Waker>,
+    },
     /// The kernel completed it; its future has not looked yet.
-    Done { owned: Owned, result: i32 },
+    Done {
+        owned: Owned,
+        result: i32,
+    },
     /// Its future is gone; freed at completion.
-    Abandoned { owned: Owned },
+    Abandoned {
+        owned: Owned,
+    },
 }
 
 struct Inner {
@@ -184,7 +192,10 @@ impl Ring {
         len: u32,
         keep: Option<Keep>,
     ) -> Op {
-        assert!(at + len as usize <= buf.capacity(), "read beyond its buffer");
+        assert!(
+            at + len as usize <= buf.capacity(),
+            "read beyond its buffer"
+        );
         // SAFETY: `at + len` is within the allocation (checked above).
         let ptr = unsafe { buf.as_mut_ptr().add(at) };
         let entry = opcode::Read::new(types::Fd(fd), ptr, len)
@@ -306,6 +317,19 @@ impl Ring {
         for w in wake {
             w.wake();
         }
+    }
+}
+
+#[cfg(test)]
+impl Ring {
+    /// Waits (blocking the thread) until the kernel posted a completion, then reaps: for tests
+    /// that run a ring without its driver.
+    pub(crate) fn wait_and_reap(&self) {
+        {
+            let g = self.lock();
+            let _ = g.uring.submit_and_wait(1);
+        }
+        self.reap();
     }
 }
 
