@@ -306,6 +306,77 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// A LUN opened with `direct = true`, served on a connection thread: reads and writes go
+    /// through the thread's ring exactly when the store is direct, and read back what was
+    /// written; the same LU served from a thread without a ring takes the blocking pool.
+    #[test]
+    fn a_direct_lun_on_a_connection_thread_reads_back_what_was_written() {
+        use crate::backend::{FileStore, OpenSpec};
+        use duet_core::alua::LunView;
+        use duet_core::scsi::{AluaPicture, LogicalUnit, LuConfig};
+
+        let dir = std::env::temp_dir().join(format!("duet-medium-{}-lu", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lun.img");
+        let store = FileStore::open(&OpenSpec {
+            path: &path,
+            size: Some(1 << 20),
+            block_size: 512,
+            read_only: false,
+            create: true,
+            direct: true,
+        })
+        .unwrap();
+        let direct = store.direct().is_some();
+        let lu = LogicalUnit::new(LuConfig::new(0, 512, (1 << 20) / 512, "uring0")).unwrap();
+        let picture = AluaPicture::from_view(LunView::standalone(), 1, &[1], &[]);
+        let lu = Arc::new(Lu::new(0, lu, store, dir.join("lun.pr"), picture, true));
+        let data = Bytes::from((0..65536u32).map(|i| (i * 13) as u8).collect::<Vec<u8>>());
+        let write = IoPlan {
+            op: IoOp::Write {
+                offset: 131072,
+                len: 65536,
+                data_at: 0,
+                fua: true,
+            },
+            wanted_len: 65536,
+            descriptor_sense: false,
+        };
+        let read = |offset| IoPlan {
+            op: IoOp::Read { offset, len: 65536 },
+            wanted_len: 65536,
+            descriptor_sense: false,
+        };
+        let (lu2, data2) = (lu.clone(), data.clone());
+        let (w, r, used) = on_ring_thread(32, move |ring| async move {
+            let w = run_medium(lu2.clone(), write, data2).await;
+            let r = tokio::spawn(run_medium(lu2, read(131072), Bytes::new()))
+                .await
+                .unwrap();
+            (w, r, ring.started())
+        });
+        assert_eq!(w.status, duet_core::sense::status::GOOD, "{w:?}");
+        assert_eq!(r.status, duet_core::sense::status::GOOD, "{r:?}");
+        assert_eq!(r.data_in, data);
+        // Write, its FUA sync, and the read: on the ring exactly when the store is direct.
+        assert_eq!(
+            used >= 3,
+            direct,
+            "{used} ring operations, direct store: {direct}"
+        );
+        // A thread without a ring (the HA runtime's) reads the same through the blocking pool.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let again = rt.block_on(run_medium(lu.clone(), read(131072), Bytes::new()));
+        assert_eq!(again.data_in, data);
+        drop(rt);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_failed_ring_plan_carries_core_sense_in_the_format_asked() {
         let p = IoPlan {

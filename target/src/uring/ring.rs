@@ -93,6 +93,8 @@ struct Inner {
     limit: usize,
     /// A failed `io_uring_enter` was reported (once, until one succeeds again).
     enter_failed: bool,
+    /// Operations started since the ring was made.
+    started: u64,
 }
 
 /// One io_uring instance. Operations are started from any thread; completions are reaped by
@@ -154,6 +156,7 @@ impl Ring {
                 in_kernel: 0,
                 limit,
                 enter_failed: false,
+                started: 0,
             }),
         }))
     }
@@ -172,6 +175,11 @@ impl Ring {
     pub fn in_flight(&self) -> usize {
         let g = self.lock();
         g.in_kernel + g.backlog.len()
+    }
+
+    /// Operations started on this ring so far.
+    pub fn started(&self) -> u64 {
+        self.lock().started
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -272,6 +280,7 @@ impl Ring {
                 g.slots.len() - 1
             }
         };
+        g.started += 1;
         g.backlog.push_back(entry.user_data(id as u64));
         g.feed();
         Op {
