@@ -7,6 +7,10 @@
 //! Operations beyond what the completion queue can hold wait in a backlog, in order, and go to the
 //! kernel as completions make room: an operation is never dropped. Touches only its ring, and
 //! memory it owns.
+//!
+//! With a driver ([`Ring::set_driven`]), an operation's entry waits in the submission queue until
+//! the driver runs: the commands a connection decoded from one read of its socket all start
+//! before the driver does, so they reach the kernel in one `io_uring_enter`.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -19,6 +23,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
+use tokio::sync::Notify;
 
 use crate::aligned::AlignedBuf;
 
@@ -95,6 +100,8 @@ struct Inner {
     enter_failed: bool,
     /// Operations started since the ring was made.
     started: u64,
+    /// The driver was asked to enter the kernel for what the submission queue holds.
+    kicked: bool,
 }
 
 /// One io_uring instance. Operations are started from any thread; completions are reaped by
@@ -103,6 +110,10 @@ pub struct Ring {
     fd: RawFd,
     entries: u32,
     inner: Mutex<Inner>,
+    /// A driver submits for the operations started since it last ran.
+    driven: std::sync::atomic::AtomicBool,
+    /// Wakes the driver to submit.
+    kick: Notify,
 }
 
 /// The result of one operation (bytes transferred, or a negated errno) and its buffer back.
@@ -127,7 +138,11 @@ impl Ring {
     /// A ring with `entries` submission entries (a power of two), if the kernel offers io_uring
     /// with the operations used here (read, write, fsync: Linux 5.6).
     pub fn new(entries: u32) -> io::Result<Arc<Ring>> {
-        let uring = IoUring::new(entries)?;
+        // Completions need not interrupt the thread while it runs (Linux 5.19; plain before).
+        let uring = match IoUring::builder().setup_coop_taskrun().build(entries) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)?,
+            r => r?,
+        };
         let mut probe = Probe::new();
         uring.submitter().register_probe(&mut probe)?;
         for (code, name) in [
@@ -157,7 +172,10 @@ impl Ring {
                 limit,
                 enter_failed: false,
                 started: 0,
+                kicked: false,
             }),
+            driven: std::sync::atomic::AtomicBool::new(false),
+            kick: Notify::new(),
         }))
     }
 
@@ -175,6 +193,25 @@ impl Ring {
     pub fn in_flight(&self) -> usize {
         let g = self.lock();
         g.in_kernel + g.backlog.len()
+    }
+
+    /// From now on a driver calls [`Ring::submit`] when [`Ring::kicked`] fires, and operations
+    /// no longer enter the kernel themselves.
+    pub fn set_driven(&self) {
+        self.driven
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Fires when operations wait in the submission queue for the driver.
+    pub async fn kicked(&self) {
+        self.kick.notified().await
+    }
+
+    /// Hands what the submission queue holds to the kernel.
+    pub fn submit(&self) {
+        let mut g = self.lock();
+        g.kicked = false;
+        g.feed(true);
     }
 
     /// Operations started on this ring so far.
@@ -282,7 +319,16 @@ impl Ring {
         };
         g.started += 1;
         g.backlog.push_back(entry.user_data(id as u64));
-        g.feed();
+        let driven = self.driven.load(std::sync::atomic::Ordering::Acquire);
+        g.feed(!driven);
+        let kick = driven && !g.kicked && !g.uring.submission().is_empty();
+        if kick {
+            g.kicked = true;
+        }
+        drop(g);
+        if kick {
+            self.kick.notify_one();
+        }
         Op {
             ring: self.clone(),
             id,
@@ -319,7 +365,8 @@ impl Ring {
                     other => *slot = other,
                 }
             }
-            inner.feed();
+            inner.feed(true);
+            inner.kicked = false;
         }
         // Outside the lock: what a buffer's keep-alive releases may start other work.
         drop(release);
@@ -344,8 +391,9 @@ impl Ring {
 
 impl Inner {
     /// Moves operations from the backlog into the submission queue while the completion queue
-    /// has room for them, then enters the kernel once for all of them.
-    fn feed(&mut self) {
+    /// has room for them, then (with `enter`) enters the kernel once for all of them. A full
+    /// submission queue is handed to the kernel in any case.
+    fn feed(&mut self, enter: bool) {
         while self.in_kernel < self.limit {
             let Some(entry) = self.backlog.front().cloned() else {
                 break;
@@ -365,7 +413,7 @@ impl Inner {
             self.backlog.pop_front();
             self.in_kernel += 1;
         }
-        if !self.uring.submission().is_empty() {
+        if enter && !self.uring.submission().is_empty() {
             let _ = self.enter();
         }
     }
