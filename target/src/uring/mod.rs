@@ -47,29 +47,21 @@ pub fn install(entries: u32) -> io::Result<Arc<Ring>> {
     // as long as the registration lives.
     let fd = unsafe { AsyncFd::register_with_interest(RingFd(ring.clone()), Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
-    ring.set_driven();
     tokio::spawn(drive(fd));
     CURRENT.with(|c| *c.borrow_mut() = Some(ring.clone()));
     Ok(ring)
 }
 
-/// Submits what commands started once they have all run (one `io_uring_enter` for a batch),
-/// and reaps the ring's completions whenever its descriptor polls readable.
+/// Reaps the ring's completions whenever its descriptor polls readable.
 async fn drive(fd: AsyncFd<RingFd>) {
-    let ring = &fd.get_ref().0;
     loop {
-        tokio::select! {
-            ready = fd.readable() => {
-                let Ok(mut ready) = ready else {
-                    tracing::error!("io_uring: the reactor dropped the ring's descriptor");
-                    return;
-                };
-                // Cleared before reaping: a completion posted meanwhile polls readable again.
-                ready.clear_ready();
-                ring.reap();
-            }
-            () = ring.kicked() => ring.submit(),
-        }
+        let Ok(mut ready) = fd.readable().await else {
+            tracing::error!("io_uring: the reactor dropped the ring's descriptor");
+            return;
+        };
+        // Cleared before reaping: a completion posted meanwhile polls readable again.
+        ready.clear_ready();
+        fd.get_ref().0.reap();
     }
 }
 
