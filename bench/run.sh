@@ -6,6 +6,9 @@
 # ...), and the medians go into a Markdown table on stdout; the read workloads run once more
 # through libiscsi's iscsi-perf. Every raw run, the summary and the machine facts go to a JSON
 # file. Run as root: bench/run.sh [--quick] [--only REGEX] ...
+#
+# With --direct: direct I/O on a disk instead (bench/lib/direct.sh): Duet with `direct = true`,
+# tgt with `--bstype aio` and local fio (io_uring, O_DIRECT), one session, all in one run.
 source "$(dirname "$0")/lib/common.sh"
 
 usage() {
@@ -24,6 +27,10 @@ usage: bench/run.sh [options]
   --pin-target CPUS  run both targets on these CPUs (taskset list, e.g. 0)
   --pin-client CPUS  run the clients on these CPUs (e.g. 1); with --pin-target, takes the
                  scheduler's placement out of the comparison (QD1 above all)
+  --direct       direct I/O on a disk file system: Duet (direct = true, io_uring) against tgt
+                 (--bstype aio) and local fio (--ioengine=io_uring --direct=1), one session;
+                 LUN files under \$DUET_DIRECT_DIR (default build/); --sessions and --no-perf
+                 do not apply
 Environment: DUET_BIN_DIR (default build/release), DUET_LOAD (a duet-load binary).
 Workloads: ${WORKLOADS[*]%%|*}
 EOF
@@ -52,6 +59,7 @@ OUT=""
 NO_BUILD=0
 PIN_TARGET=""
 PIN_CLIENT=""
+DIRECT=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --duration) DURATION=$2; shift ;;
@@ -66,6 +74,7 @@ while [[ $# -gt 0 ]]; do
     --no-build) NO_BUILD=1 ;;
     --pin-target) PIN_TARGET=$2; shift ;;
     --pin-client) PIN_CLIENT=$2; shift ;;
+    --direct) DIRECT=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option $1" ;;
     esac
@@ -87,6 +96,10 @@ check_pin --pin-target "$PIN_TARGET"
 check_pin --pin-client "$PIN_CLIENT"
 [[ -n $PIN_TARGET ]] && TARGET_TASKSET=(taskset -c "$PIN_TARGET")
 [[ -n $PIN_CLIENT ]] && CLIENT_TASKSET=(taskset -c "$PIN_CLIENT")
+if [[ $DIRECT == 1 ]]; then
+    # shellcheck source=lib/direct.sh
+    source "$BENCH_DIR/lib/direct.sh"
+fi
 OUT=${OUT:-$(default_out single)}
 
 need_root

@@ -9,7 +9,8 @@
 //!   `fdatasync`);
 //! - [`server`]: the daemon's listeners and graceful shutdown, over [`build`] (targets and LUs
 //!   from the configuration), [`lu`], [`shared`], [`sessions`], [`conn`] (one connection),
-//!   [`outbox`], [`threads`] and [`exec`] (command execution, with the seam HA plugs into).
+//!   [`outbox`], [`threads`] and [`exec`] (command execution, with the seam HA plugs into);
+//! - [`uring`]: media I/O of direct-I/O LUNs through an io_uring ring per connection thread.
 
 pub mod admin;
 pub mod aligned;
@@ -31,3 +32,4 @@ pub mod shared;
 pub mod stats;
 pub mod sync;
 mod threads;
+pub mod uring;

@@ -1,7 +1,11 @@
 //! The connection-thread pool: one single-threaded tokio runtime per thread (one per CPU by
-//! default), connections placed round-robin. Touches only its threads.
+//! default), connections placed round-robin, each thread with its own io_uring ring for media
+//! I/O of direct-I/O LUNs ([`crate::uring`]) when the kernel offers one. Touches only its threads
+//! and their rings.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::uring;
 
 /// The threads that run iSCSI connections, each a single-threaded runtime. A connection lives
 /// on one of them (round-robin), so a request wakes one thread, which reads, executes and
@@ -14,8 +18,10 @@ pub struct ConnThreads {
 }
 
 impl ConnThreads {
-    /// Starts `n` threads (0: one per CPU).
+    /// Starts `n` threads (0: one per CPU), each with an io_uring ring unless [`uring::probe`]
+    /// finds io_uring unavailable (then media I/O runs on the blocking pool; the probe says why).
     pub fn start(n: usize) -> std::io::Result<ConnThreads> {
+        let rings = uring::probe();
         let n = if n == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -36,7 +42,17 @@ impl ConnThreads {
             std::thread::Builder::new()
                 .name(format!("duetd-conn-{i}"))
                 .spawn(move || {
-                    let _ = rt.block_on(stop_rx);
+                    rt.block_on(async move {
+                        if rings {
+                            if let Err(e) = uring::install(uring::RING_ENTRIES) {
+                                tracing::warn!(
+                                    "connection thread {i}: no io_uring ring ({}): its media I/O runs on the blocking pool",
+                                    uring::unavailable_reason(&e)
+                                );
+                            }
+                        }
+                        let _ = stop_rx.await;
+                    });
                 })?;
         }
         Ok(t)

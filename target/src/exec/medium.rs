@@ -1,7 +1,8 @@
 //! One command's work on this controller's LU: phase 1 ([`prepare_local`], under the LU's
 //! mutex, fast, no I/O), then the medium phase ([`run_io`]) with no LU lock held: in place when
-//! it cannot wait for a device (reads and writes on tmpfs, [`run_inline`]), else on tokio's
-//! blocking pool. COMPARE AND WRITE takes the LU's I/O lock exclusively, every other medium
+//! it cannot wait for a device (reads and writes on tmpfs, [`run_inline`]); through the thread's
+//! io_uring ring for reads, writes and flushes of a direct-I/O store ([`crate::uring`], on the
+//! connection threads); else on tokio's blocking pool. COMPARE AND WRITE takes the LU's I/O lock exclusively, every other medium
 //! operation shares it, so C&W is atomic against concurrent writes; every medium operation
 //! passes the LU's fencing gate. Afterwards, [`apply_effects`] and [`after_command`] carry out
 //! what the command asked of the runtime.
@@ -17,12 +18,15 @@ use bytes::Bytes;
 use duet_core::alua::AluaState;
 use duet_core::iscsi::Completion;
 use duet_core::scsi::opclass::changes_shared_state;
-use duet_core::scsi::{run_io, CommandContext, Effect, IoOp, IoPlan, Nexus, Prepared};
+use duet_core::scsi::{
+    run_io, BlockStore, CommandContext, Effect, IoOp, IoPlan, Nexus, Outcome, Prepared,
+};
 use duet_core::sense::SenseCode;
 
 use super::completion::{check, completion_of};
 use super::pair::Pair;
 use crate::lu::{Lu, Target};
+use crate::uring::{self, DirectOp, Keep};
 
 /// Phase 1 of a command on this controller's copy of the LU, for `nexus`.
 pub fn prepare_local(
@@ -105,8 +109,9 @@ pub fn run_plan_now(lu: &Lu, plan: &IoPlan, data_out: &[u8]) -> Completion {
     completion_of(o)
 }
 
-/// Runs `plan` on the blocking pool (in place when it [never waits](never_waits)), keeping
-/// `hold` (locks, gate pass) until it returns.
+/// Runs `plan` in place when it [never waits](never_waits), through this thread's io_uring ring
+/// when the store is direct and the plan is one the ring runs ([`DirectOp::of`]), else on the
+/// blocking pool; keeps `hold` (locks, gate pass) until the I/O is over.
 pub async fn run_plan(
     lu: Arc<Lu>,
     plan: IoPlan,
@@ -117,6 +122,24 @@ pub async fn run_plan(
         let c = run_plan_now(&lu, &plan, &data_out);
         drop(hold);
         return c;
+    }
+    let on_ring = uring::current().and_then(|ring| {
+        let d = lu.store.direct()?;
+        let op = DirectOp::of(
+            &plan.op,
+            d,
+            lu.store.len(),
+            lu.store.is_read_only(),
+            &data_out,
+        )?;
+        Some((ring, d, op))
+    });
+    if let Some((ring, d, op)) = on_ring {
+        // The ring keeps the store (its descriptor) and the locks until the kernel is done,
+        // even if this command is dropped meanwhile.
+        let keep: Keep = Arc::new((lu.store.clone(), std::sync::Mutex::new(hold)));
+        let r = uring::run_direct(&ring, d, op, keep).await;
+        return ring_completion(&plan, r);
     }
     let lu2 = lu.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -134,6 +157,23 @@ pub async fn run_plan(
             tracing::error!(lun = lu.number, "I/O task failed: {e}");
             check(SenseCode::INTERNAL_TARGET_FAILURE)
         }
+    }
+}
+
+/// The completion of a plan the ring ran: what [`completion_of`] gives for the same outcome,
+/// with Data-In the ring's own buffer (no copy).
+pub fn ring_completion(plan: &IoPlan, r: Result<Bytes, duet_core::scsi::Sense>) -> Completion {
+    match r {
+        Ok(data) => {
+            let mut c = completion_of(Outcome::good(Vec::new(), plan.wanted_len));
+            c.data_in = data;
+            c
+        }
+        Err(sense) => completion_of(Outcome::check(
+            sense,
+            plan.descriptor_sense,
+            plan.wanted_len,
+        )),
     }
 }
 
@@ -192,5 +232,168 @@ pub fn apply_effects(lu: &Lu, effects: &[Effect]) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uring::tests::{on_ring_thread, DirectFile};
+    use crate::uring::{run_direct, DirectOp};
+    use duet_core::scsi::MemStore;
+
+    /// A plan's completion through the ring equals what the blocking path gives for the same
+    /// plan on a store with the same contents: status, sense, Data-In and residual length.
+    #[test]
+    fn the_ring_completes_a_plan_as_the_blocking_path_does() {
+        let f = DirectFile::new("medium", 1 << 20);
+        let d = f.direct();
+        let len = f.len;
+        let data_out = Bytes::from((0..12289u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
+        let plan = |op, wanted_len| IoPlan {
+            op,
+            wanted_len,
+            descriptor_sense: false,
+        };
+        let plans = vec![
+            plan(
+                IoOp::Write {
+                    offset: 8192,
+                    len: 12288,
+                    data_at: 1,
+                    fua: true,
+                },
+                12288,
+            ),
+            plan(
+                IoOp::Write {
+                    offset: 0,
+                    len: 4096,
+                    data_at: 0,
+                    fua: false,
+                },
+                8192,
+            ),
+            plan(IoOp::Flush, 0),
+            plan(
+                IoOp::Read {
+                    offset: 0,
+                    len: 24576,
+                },
+                24576,
+            ),
+            plan(
+                IoOp::Read {
+                    offset: 4096,
+                    len: 4096,
+                },
+                65536,
+            ),
+        ];
+        let mem = MemStore::new(len);
+        let want: Vec<Completion> = plans
+            .iter()
+            .map(|p| completion_of(run_io(p, &mem, &data_out)))
+            .collect();
+        let got = on_ring_thread(16, move |ring| async move {
+            let mut got = Vec::new();
+            for p in &plans {
+                let op = DirectOp::of(&p.op, d, len, false, &data_out).expect("a ring plan");
+                let r = run_direct(&ring, d, op, Arc::new(())).await;
+                got.push(ring_completion(p, r));
+            }
+            got
+        });
+        assert_eq!(got, want);
+    }
+
+    /// A LUN opened with `direct = true`, served on a connection thread: reads and writes go
+    /// through the thread's ring exactly when the store is direct, and read back what was
+    /// written; the same LU served from a thread without a ring takes the blocking pool.
+    #[test]
+    fn a_direct_lun_on_a_connection_thread_reads_back_what_was_written() {
+        use crate::backend::{FileStore, OpenSpec};
+        use duet_core::alua::LunView;
+        use duet_core::scsi::{AluaPicture, LogicalUnit, LuConfig};
+
+        let dir = std::env::temp_dir().join(format!("duet-medium-{}-lu", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lun.img");
+        let store = FileStore::open(&OpenSpec {
+            path: &path,
+            size: Some(1 << 20),
+            block_size: 512,
+            read_only: false,
+            create: true,
+            direct: true,
+        })
+        .unwrap();
+        let direct = store.direct().is_some();
+        let lu = LogicalUnit::new(LuConfig::new(0, 512, (1 << 20) / 512, "uring0")).unwrap();
+        let picture = AluaPicture::from_view(LunView::standalone(), 1, &[1], &[]);
+        let lu = Arc::new(Lu::new(0, lu, store, dir.join("lun.pr"), picture, true));
+        let data = Bytes::from((0..65536u32).map(|i| (i * 13) as u8).collect::<Vec<u8>>());
+        let write = IoPlan {
+            op: IoOp::Write {
+                offset: 131072,
+                len: 65536,
+                data_at: 0,
+                fua: true,
+            },
+            wanted_len: 65536,
+            descriptor_sense: false,
+        };
+        let read = |offset| IoPlan {
+            op: IoOp::Read { offset, len: 65536 },
+            wanted_len: 65536,
+            descriptor_sense: false,
+        };
+        let (lu2, data2) = (lu.clone(), data.clone());
+        let (w, r, used) = on_ring_thread(32, move |ring| async move {
+            let w = run_medium(lu2.clone(), write, data2).await;
+            let r = tokio::spawn(run_medium(lu2, read(131072), Bytes::new()))
+                .await
+                .unwrap();
+            (w, r, ring.started())
+        });
+        assert_eq!(w.status, duet_core::sense::status::GOOD, "{w:?}");
+        assert_eq!(r.status, duet_core::sense::status::GOOD, "{r:?}");
+        assert_eq!(r.data_in, data);
+        // Write, its FUA sync, and the read: on the ring exactly when the store is direct.
+        assert_eq!(
+            used >= 3,
+            direct,
+            "{used} ring operations, direct store: {direct}"
+        );
+        // A thread without a ring (the HA runtime's) reads the same through the blocking pool.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let again = rt.block_on(run_medium(lu.clone(), read(131072), Bytes::new()));
+        assert_eq!(again.data_in, data);
+        drop(rt);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_ring_plan_carries_core_sense_in_the_format_asked() {
+        let p = IoPlan {
+            op: IoOp::Read {
+                offset: 0,
+                len: 512,
+            },
+            wanted_len: 512,
+            descriptor_sense: true,
+        };
+        let e = duet_core::scsi::StoreError::ReservationConflict;
+        let want = completion_of(Outcome::check(
+            duet_core::scsi::read_err(e.clone()),
+            true,
+            512,
+        ));
+        assert_eq!(ring_completion(&p, Err(duet_core::scsi::read_err(e))), want);
     }
 }
