@@ -153,35 +153,59 @@ pub fn write_err(e: StoreError) -> Sense {
 }
 
 /// Why a medium operation failed: the sense for the host, and whether the store refused this
-/// controller with a reservation conflict (fenced at the disk).
-struct Failed {
-    sense: Sense,
-    fenced: bool,
+/// controller with a reservation conflict (fenced at the disk). Every medium path (this module's
+/// [`run_io`], the runtime's io_uring path) turns store errors into outcomes through it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediumFailure {
+    pub sense: Sense,
+    pub fenced: bool,
 }
 
-impl From<Sense> for Failed {
-    fn from(sense: Sense) -> Failed {
-        Failed {
+impl From<Sense> for MediumFailure {
+    fn from(sense: Sense) -> MediumFailure {
+        MediumFailure {
             sense,
             fenced: false,
         }
     }
 }
 
-/// A failed read: [`read_err`]'s sense.
-fn rd(e: StoreError) -> Failed {
-    Failed {
-        fenced: matches!(e, StoreError::ReservationConflict),
-        sense: read_err(e),
+impl MediumFailure {
+    /// A failed read: [`read_err`]'s sense.
+    pub fn read(e: StoreError) -> MediumFailure {
+        MediumFailure {
+            fenced: matches!(e, StoreError::ReservationConflict),
+            sense: read_err(e),
+        }
+    }
+
+    /// A failed write, flush or unmap: [`write_err`]'s sense.
+    pub fn write(e: StoreError) -> MediumFailure {
+        MediumFailure {
+            fenced: matches!(e, StoreError::ReservationConflict),
+            sense: write_err(e),
+        }
+    }
+
+    /// The outcome of `plan` failing this way: CHECK CONDITION, plus
+    /// [`Effect::BackendFenced`] when the store refused this controller.
+    pub fn outcome(self, plan: &IoPlan) -> Outcome {
+        let mut o = Outcome::check(self.sense, plan.descriptor_sense, plan.wanted_len);
+        if self.fenced {
+            o.effects.push(Effect::BackendFenced);
+        }
+        o
     }
 }
 
-/// A failed write, flush or unmap: [`write_err`]'s sense.
+type Failed = MediumFailure;
+
+fn rd(e: StoreError) -> Failed {
+    MediumFailure::read(e)
+}
+
 fn wr(e: StoreError) -> Failed {
-    Failed {
-        fenced: matches!(e, StoreError::ReservationConflict),
-        sense: write_err(e),
-    }
+    MediumFailure::write(e)
 }
 
 fn slice(data: &[u8], at: usize, len: u64) -> Result<&[u8], Sense> {
@@ -395,13 +419,7 @@ fn run(op: &IoOp, store: &dyn BlockStore, data_out: &[u8]) -> Result<Vec<u8>, Fa
 pub fn run_io(plan: &IoPlan, store: &dyn BlockStore, data_out: &[u8]) -> Outcome {
     match run(&plan.op, store, data_out) {
         Ok(data) => Outcome::good(data, plan.wanted_len),
-        Err(f) => {
-            let mut o = Outcome::check(f.sense, plan.descriptor_sense, plan.wanted_len);
-            if f.fenced {
-                o.effects.push(Effect::BackendFenced);
-            }
-            o
-        }
+        Err(f) => f.outcome(plan),
     }
 }
 

@@ -32,7 +32,7 @@ mod types;
 mod ua;
 
 pub use cdb::{cdb_length, op, BlockRange, Cdb, Command, IoFlags};
-pub use io::{read_err, run_io, write_err, IoOp, IoPlan};
+pub use io::{read_err, run_io, write_err, IoOp, IoPlan, MediumFailure};
 pub use lu::{LogicalUnit, Prepared, ResetKind, SharedLuState};
 pub use lu_config::{ConfigError, LuConfig};
 pub use mode::ModePages;

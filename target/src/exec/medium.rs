@@ -19,7 +19,8 @@ use duet_core::alua::AluaState;
 use duet_core::iscsi::Completion;
 use duet_core::scsi::opclass::changes_shared_state;
 use duet_core::scsi::{
-    run_io, BlockStore, CommandContext, Effect, IoOp, IoPlan, Nexus, Outcome, Prepared,
+    run_io, BlockStore, CommandContext, Effect, IoOp, IoPlan, MediumFailure, Nexus, Outcome,
+    Prepared,
 };
 use duet_core::sense::SenseCode;
 
@@ -138,8 +139,15 @@ pub async fn run_plan(
         // The ring keeps the store (its descriptor) and the locks until the kernel is done,
         // even if this command is dropped meanwhile.
         let keep: Keep = Arc::new((lu.store.clone(), std::sync::Mutex::new(hold)));
-        let r = uring::run_direct(&ring, d, op, keep).await;
-        return ring_completion(&plan, r);
+        return match uring::run_direct(&ring, d, op, keep).await {
+            Ok(data) => ring_completion(&plan, Ok(data)),
+            Err(f) => {
+                // (A store fenced at the disk tells the HA node, as on the blocking path.)
+                let o = f.outcome(&plan);
+                apply_effects(&lu, &o.effects);
+                completion_of(o)
+            }
+        };
     }
     let lu2 = lu.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -162,18 +170,14 @@ pub async fn run_plan(
 
 /// The completion of a plan the ring ran: what [`completion_of`] gives for the same outcome,
 /// with Data-In the ring's own buffer (no copy).
-pub fn ring_completion(plan: &IoPlan, r: Result<Bytes, duet_core::scsi::Sense>) -> Completion {
+pub fn ring_completion(plan: &IoPlan, r: Result<Bytes, MediumFailure>) -> Completion {
     match r {
         Ok(data) => {
             let mut c = completion_of(Outcome::good(Vec::new(), plan.wanted_len));
             c.data_in = data;
             c
         }
-        Err(sense) => completion_of(Outcome::check(
-            sense,
-            plan.descriptor_sense,
-            plan.wanted_len,
-        )),
+        Err(f) => completion_of(f.outcome(plan)),
     }
 }
 
@@ -394,6 +398,9 @@ mod tests {
             true,
             512,
         ));
-        assert_eq!(ring_completion(&p, Err(duet_core::scsi::read_err(e))), want);
+        let f = MediumFailure::read(e);
+        assert!(f.fenced);
+        assert_eq!(f.clone().outcome(&p).effects, vec![Effect::BackendFenced]);
+        assert_eq!(ring_completion(&p, Err(f)), want);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use duet_core::scsi::{read_err, write_err, IoOp, Sense, StoreError};
+use duet_core::scsi::{IoOp, MediumFailure, StoreError};
 
 use super::ring::{Buf, Keep, Ring};
 use crate::aligned::{is_aligned, AlignedBuf};
@@ -94,20 +94,22 @@ pub async fn run_direct(
     d: DirectIo,
     op: DirectOp,
     keep: Keep,
-) -> Result<Bytes, Sense> {
+) -> Result<Bytes, MediumFailure> {
     match op {
-        DirectOp::Read { offset, len } => read(ring, d, offset, len, &keep).await.map_err(read_err),
+        DirectOp::Read { offset, len } => read(ring, d, offset, len, &keep)
+            .await
+            .map_err(MediumFailure::read),
         DirectOp::Write { offset, data, fua } => {
             write(ring, d, offset, data, &keep)
                 .await
-                .map_err(write_err)?;
+                .map_err(MediumFailure::write)?;
             if fua {
-                flush(ring, d, &keep).await.map_err(write_err)?;
+                flush(ring, d, &keep).await.map_err(MediumFailure::write)?;
             }
             Ok(Bytes::new())
         }
         DirectOp::Flush => {
-            flush(ring, d, &keep).await.map_err(write_err)?;
+            flush(ring, d, &keep).await.map_err(MediumFailure::write)?;
             Ok(Bytes::new())
         }
     }

@@ -417,8 +417,14 @@ fn failures_map_to_the_sense_core_gives_a_failed_store() {
         .await;
         (r, w)
     });
-    assert_eq!(r.unwrap_err(), read_err(StoreError::Io(String::new())));
-    assert_eq!(w.unwrap_err(), write_err(StoreError::Io(String::new())));
+    assert_eq!(
+        r.unwrap_err().sense,
+        read_err(StoreError::Io(String::new()))
+    );
+    assert_eq!(
+        w.unwrap_err().sense,
+        write_err(StoreError::Io(String::new()))
+    );
     drop((wo, ro));
 }
 
