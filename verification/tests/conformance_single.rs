@@ -46,7 +46,7 @@ macro_rules! require_tools {
 }
 
 /// Starts duetd with `nports` portals on 127.0.0.1 and the configuration `config` writes.
-fn start(tag: &str, nports: usize, config: impl FnOnce(&Site) -> String) -> Daemon {
+fn start(tag: &str, nports: usize, config: impl Fn(&Site) -> String) -> Daemon {
     Daemon::start(tag, &vec![Ipv4Addr::LOCALHOST; nports], config)
 }
 

@@ -317,6 +317,13 @@ impl Site<'_> {
     }
 }
 
+/// How a start attempt ended.
+enum Ready {
+    Yes,
+    /// duetd could not bind a port chosen for it: another program took it meanwhile.
+    PortTaken,
+}
+
 /// A running `duetd`; dropping it kills the process (by PID) and removes its directory, and,
 /// when the test is panicking, prints the end of its log first.
 pub struct Daemon {
@@ -335,9 +342,30 @@ pub struct Daemon {
 impl Daemon {
     /// Starts duetd with one portal on each of `ips` (each on a free port) and the
     /// configuration `config` writes, and waits (at most 20 s) until every portal listens.
-    /// Panics with the log when duetd exits or does not listen in time.
-    pub fn start(tag: &str, ips: &[Ipv4Addr], config: impl FnOnce(&Site) -> String) -> Daemon {
+    /// A port taken by another program between choosing it and duetd binding it (tests of other
+    /// processes run meanwhile) is chosen again, with a fresh directory. Panics with the log when
+    /// duetd exits or does not listen in time.
+    pub fn start(tag: &str, ips: &[Ipv4Addr], config: impl Fn(&Site) -> String) -> Daemon {
         assert!(!ips.is_empty(), "a daemon needs at least one portal");
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let mut d = Daemon::spawn(tag, ips, &config);
+            match d.wait_ready() {
+                Ready::Yes => return d,
+                Ready::PortTaken if attempt < ATTEMPTS => {
+                    eprintln!("duetd ({tag}): a port was taken meanwhile; choosing others");
+                    drop(d);
+                }
+                Ready::PortTaken => panic!(
+                    "duetd could not bind its ports in {ATTEMPTS} attempts:\n{}",
+                    d.log_tail(LOG_LINES_ON_PANIC)
+                ),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(tag: &str, ips: &[Ipv4Addr], config: &impl Fn(&Site) -> String) -> Daemon {
         let dir = fresh_dir(tag);
         let mut taken: Vec<SocketAddr> = Vec::new();
         let mut free = |ip: Ipv4Addr| loop {
@@ -370,35 +398,56 @@ impl Daemon {
             .stderr(logf)
             .spawn()
             .expect("start duetd");
-        let mut d = Daemon {
+        Daemon {
             child: Some(child),
             tag: tag.to_string(),
             dir,
             portals,
             spare_port,
             log,
-        };
-        d.wait_ready();
-        d
+        }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until every portal listens: duetd's own "listening" line for each (a connection
+    /// alone could reach another program that took the port), or, when the log level hides
+    /// that line, a connection while duetd still runs.
+    fn wait_ready(&mut self) -> Ready {
         let deadline = Instant::now() + READY_TIMEOUT;
-        for p in self.portals.clone() {
-            while TcpStream::connect_timeout(&p, Duration::from_secs(1)).is_err() {
-                if let Some(st) = self.exit_status() {
-                    panic!(
-                        "duetd exited early ({st}):\n{}",
-                        self.log_tail(LOG_LINES_ON_PANIC)
-                    );
+        let info = std::env::var("DUET_TEST_LOG").map_or(true, |l| {
+            l.contains("info") || l.contains("debug") || l.contains("trace")
+        });
+        loop {
+            if let Some(st) = self.exit_status() {
+                let log = read_lossy(&self.log);
+                if log.contains("Address already in use") {
+                    return Ready::PortTaken;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "duetd did not listen on {p} within {READY_TIMEOUT:?}:\n{}",
+                panic!(
+                    "duetd exited early ({st}):\n{}",
                     self.log_tail(LOG_LINES_ON_PANIC)
                 );
-                std::thread::sleep(Duration::from_millis(50));
             }
+            let ready = if info {
+                let log = read_lossy(&self.log);
+                self.portals.iter().all(|p| {
+                    log.lines()
+                        .any(|l| l.contains("listening") && l.contains(&format!("addr={p}")))
+                })
+            } else {
+                self.portals
+                    .iter()
+                    .all(|p| TcpStream::connect_timeout(p, Duration::from_secs(1)).is_ok())
+            };
+            if ready {
+                return Ready::Yes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "duetd did not listen on {:?} within {READY_TIMEOUT:?}:\n{}",
+                self.portals,
+                self.log_tail(LOG_LINES_ON_PANIC)
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
