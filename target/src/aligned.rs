@@ -1,8 +1,15 @@
 //! Memory buffers aligned for direct I/O (`O_DIRECT`): the kernel transfers straight between the
 //! device and such a buffer, so a read lands in the very buffer that is sent to the initiator
-//! ([`AlignedBuf::into_bytes`] hands it to the network path without a copy). Touches only memory.
+//! ([`AlignedBuf::into_bytes`] hands it to the network path without a copy).
+//!
+//! Each thread keeps the allocations of buffers it dropped in a small pool (bounded in count and
+//! bytes) and hands them out again: a direct read or write per command then costs no allocation,
+//! and a buffer the kernel or a copy is about to fill entirely ([`AlignedBuf::for_overwrite`]) is
+//! not zeroed first. Every allocation was zeroed once when made, so a pooled buffer holds only
+//! bytes written before, never uninitialised memory. Touches only memory.
 
 use std::alloc::{self, Layout};
+use std::cell::RefCell;
 use std::ptr::NonNull;
 
 use bytes::Bytes;
@@ -11,7 +18,7 @@ use bytes::Bytes;
 /// memory alignment seen in practice (`statx` `dio_mem_align` is at most the logical block size).
 pub const MIN_ALIGN: usize = 4096;
 
-/// A zero-initialised heap buffer whose start is aligned to at least [`MIN_ALIGN`] and whose
+/// A heap buffer (zeroed when first allocated, see [`AlignedBuf::for_overwrite`]) whose start is aligned to at least [`MIN_ALIGN`] and whose
 /// allocation is a whole number of alignment units (so a direct read may round its length up).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
@@ -24,24 +31,98 @@ unsafe impl Send for AlignedBuf {}
 // SAFETY: shared access only reads.
 unsafe impl Sync for AlignedBuf {}
 
+/// Allocations kept by one thread's pool: at most this many...
+const POOL_BUFFERS: usize = 64;
+/// ...of at most this many bytes in all...
+const POOL_BYTES: usize = 16 << 20;
+/// ...each at most this large (larger buffers go back to the allocator).
+const POOL_MAX_BUFFER: usize = 1 << 20;
+
+/// One thread's dropped allocations, ready for reuse; each was zeroed when first made.
+#[derive(Default)]
+struct Pool {
+    free: Vec<(NonNull<u8>, Layout)>,
+    bytes: usize,
+}
+
+impl Pool {
+    fn take(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let i = self.free.iter().rposition(|(_, l)| *l == layout)?;
+        let (ptr, _) = self.free.swap_remove(i);
+        self.bytes -= layout.size();
+        Some(ptr)
+    }
+
+    /// Keeps `ptr` if there is room; else gives it back.
+    fn put(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
+        if layout.size() > POOL_MAX_BUFFER
+            || self.free.len() >= POOL_BUFFERS
+            || self.bytes + layout.size() > POOL_BYTES
+        {
+            return Err(ptr);
+        }
+        self.bytes += layout.size();
+        self.free.push((ptr, layout));
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (ptr, layout) in self.free.drain(..) {
+            // SAFETY: allocated by `AlignedBuf::allocate` with this very layout, owned by the pool.
+            unsafe { alloc::dealloc(ptr.as_ptr(), layout) }
+        }
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes aligned to `align` (raised to [`MIN_ALIGN`]; must be a
     /// power of two).
     pub fn zeroed(len: usize, align: usize) -> AlignedBuf {
+        let (mut b, fresh) = AlignedBuf::allocate(len, align);
+        if !fresh {
+            b.as_mut_capacity().fill(0);
+        }
+        b
+    }
+
+    /// A buffer of `len` bytes aligned to `align` whose contents are unspecified (bytes of an
+    /// earlier use on this thread, or zeros): for a transfer that overwrites all of it. Whoever
+    /// fills less must zero the rest before the buffer leaves (a short read at the end of a
+    /// file does).
+    pub fn for_overwrite(len: usize, align: usize) -> AlignedBuf {
+        AlignedBuf::allocate(len, align).0
+    }
+
+    /// A buffer from this thread's pool, else a new zeroed allocation (then `true`).
+    fn allocate(len: usize, align: usize) -> (AlignedBuf, bool) {
         let align = align.max(MIN_ALIGN).next_power_of_two();
         let cap = len.div_ceil(align).max(1) * align;
         let layout = Layout::from_size_align(cap, align).expect("buffer size within isize");
+        // (`try_with`: a thread that is ending has no pool any more.)
+        let pooled = POOL
+            .try_with(|p| p.borrow_mut().take(layout))
+            .ok()
+            .flatten();
+        if let Some(ptr) = pooled {
+            return (AlignedBuf { ptr, len, layout }, false);
+        }
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
-        AlignedBuf { ptr, len, layout }
+        (AlignedBuf { ptr, len, layout }, true)
     }
 
     /// An aligned copy of `data`.
     pub fn copy_from(data: &[u8], align: usize) -> AlignedBuf {
-        let mut b = AlignedBuf::zeroed(data.len(), align);
+        let mut b = AlignedBuf::for_overwrite(data.len(), align);
         b.as_mut_slice().copy_from_slice(data);
         b
     }
@@ -70,7 +151,7 @@ impl AlignedBuf {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `len <= capacity` bytes, initialised (zeroed at allocation), owned by us.
+        // SAFETY: `len <= capacity` bytes, initialised (zeroed when first allocated), owned by us.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
@@ -104,8 +185,14 @@ impl AsRef<[u8]> for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        let (ptr, layout) = (self.ptr, self.layout);
+        let kept = POOL
+            .try_with(|p| p.borrow_mut().put(ptr, layout).is_ok())
+            .unwrap_or(false);
+        if !kept {
+            // SAFETY: allocated in `allocate` with this very layout; no longer in use.
+            unsafe { alloc::dealloc(ptr.as_ptr(), layout) }
+        }
     }
 }
 
@@ -144,6 +231,31 @@ mod tests {
             assert!(b.capacity() >= len.max(1));
             assert!(b.as_mut_capacity().iter().all(|&x| x == 0));
         }
+    }
+
+    /// A dropped buffer's allocation is reused on the same thread: `zeroed` still gives zeros,
+    /// `for_overwrite` may give old bytes but never another layout.
+    #[test]
+    fn dropped_buffers_are_reused_and_zeroed_when_asked() {
+        let mut a = AlignedBuf::zeroed(8192, 4096);
+        a.as_mut_slice().fill(0xAB);
+        let at = a.as_slice().as_ptr();
+        drop(a);
+        let b = AlignedBuf::for_overwrite(8000, 4096);
+        assert_eq!(b.as_slice().as_ptr(), at, "the allocation is reused");
+        assert_eq!(b.capacity(), 8192);
+        drop(b);
+        let c = AlignedBuf::zeroed(8192, 4096);
+        assert_eq!(c.as_slice().as_ptr(), at);
+        assert!(c.as_slice().iter().all(|&x| x == 0));
+        // Another size or alignment is another allocation.
+        let d = AlignedBuf::for_overwrite(4096, 8192);
+        assert_eq!(d.align(), 8192);
+        assert_ne!(d.as_slice().as_ptr(), at);
+        // Large buffers are not kept.
+        let big = AlignedBuf::zeroed(POOL_MAX_BUFFER * 2, 4096);
+        drop(big);
+        POOL.with(|p| assert!(p.borrow().bytes <= POOL_BYTES));
     }
 
     #[test]

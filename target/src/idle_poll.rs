@@ -1,6 +1,7 @@
 //! Polling before sleeping (`poll_us`), shared by the connection threads and the HA link's data
 //! channel: after being busy, a task keeps looking for its next input for a short window instead
-//! of letting its thread sleep, so that input arriving soon costs no wake-up.
+//! of letting its thread sleep, so that input arriving soon costs no wake-up. A round also
+//! reaps the thread's io_uring completions ([`crate::uring::reap_posted`]).
 
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,14 @@ impl IdlePoll {
 
     /// One round: the runtime polls its I/O driver without sleeping (other tasks on the thread
     /// keep running), then the CPU is offered to other threads: on a busy machine the host may
-    /// need it to send the next command.
+    /// need it to send the next command. Last, completions the thread's io_uring ring holds are
+    /// reaped at once (the kernel posts them as the thread returns from a system call, such as
+    /// the yield): their commands run next, without another round through the reactor.
     pub(crate) async fn round(&mut self) {
         tokio::task::yield_now().await;
         self.since.get_or_insert_with(Instant::now);
         std::thread::yield_now();
+        crate::uring::reap_posted();
     }
 
     /// The task had work: the next idle period gets a whole window.

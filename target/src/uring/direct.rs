@@ -130,7 +130,8 @@ async fn read(
     keep: &Keep,
 ) -> Result<Bytes, StoreError> {
     let len = len as usize;
-    let mut buf = AlignedBuf::zeroed(len, d.mem_align);
+    // Filled by the kernel (a short read at the end zeroes the rest below).
+    let mut buf = AlignedBuf::for_overwrite(len, d.mem_align);
     let mut done = 0usize;
     let mut tries = 0;
     while done < len {
@@ -148,7 +149,10 @@ async fn read(
         buf = c.buf.into_aligned().ok_or_else(lost_buffer)?;
         match n {
             // Past the end of a file that shrank under us: zeros, as the store reads it.
-            Ok(0) => break,
+            Ok(0) => {
+                buf.as_mut_slice()[done..].fill(0);
+                break;
+            }
             Ok(n) => done += n,
             Err(e) if transient(&e, &mut tries) => {}
             Err(e) => return Err(store_error(e)),

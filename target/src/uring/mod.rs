@@ -39,6 +39,13 @@ pub fn current() -> Option<Arc<Ring>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// Reaps the completions this thread's ring holds, if it has one and they were posted (no
+/// system call): called by a polling thread, which thus sees a completion without waiting for
+/// the reactor to report the ring's descriptor. Returns whether there was anything.
+pub fn reap_posted() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|r| r.reap_posted()))
+}
+
 /// Gives the calling thread a ring of `entries` and spawns its driver on the current runtime,
 /// which must be the thread's own single-threaded runtime (call from inside its `block_on`).
 pub fn install(entries: u32) -> io::Result<Arc<Ring>> {

@@ -298,6 +298,16 @@ impl Ring {
         }
     }
 
+    /// Reaps what the kernel posted, if anything: a look at the completion queue (no system
+    /// call), for a thread that polls instead of sleeping. Returns whether there was anything.
+    pub fn reap_posted(&self) -> bool {
+        if self.lock().uring.completion().is_empty() {
+            return false;
+        }
+        self.reap();
+        true
+    }
+
     /// Reaps every completion the kernel posted: wakes the futures that wait for them, frees
     /// abandoned operations, and hands waiting operations to the kernel as room appears.
     pub fn reap(&self) {
