@@ -151,50 +151,7 @@ wait_port 127.0.0.1 "$PORT_D" 30 "$DUET_PID" || {
 }
 
 # ---- tgtd ------------------------------------------------------------------------------------
-# A control port of our own (-C), so that a system tgtd is left alone.
-TGT_CTRL=""
-for _ in $(seq 50); do
-    c=$((1000 + RANDOM % 9000))
-    if [[ ! -e /var/run/tgtd/socket.$c && ! -e /var/run/tgtd/socket.$c.lock ]]; then
-        TGT_CTRL=$c
-        break
-    fi
-done
-[[ -n $TGT_CTRL ]] || die "no free tgtd control port"
-PORT_T=$(pick_port)
-tgtadm_() { tgtadm -C "$TGT_CTRL" "$@"; }
-cleanup_hook() {
-    if [[ -n ${TGT_PID:-} ]] && alive "$TGT_PID"; then
-        # tgtd ignores SIGTERM while it has targets: take them down, then the daemon.
-        timeout 5 tgtadm -C "$TGT_CTRL" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1
-        timeout 5 tgtadm -C "$TGT_CTRL" --op delete --mode system >/dev/null 2>&1
-    fi
-    if [[ -n ${TGT_CTRL:-} ]]; then
-        rm -f "/var/run/tgtd/socket.$TGT_CTRL" "/var/run/tgtd/socket.$TGT_CTRL.lock"
-    fi
-    return 0
-}
-say "starting tgtd on 127.0.0.1:$PORT_T (control port $TGT_CTRL)"
-"${TARGET_TASKSET[@]}" tgtd -f -C "$TGT_CTRL" --iscsi "portal=127.0.0.1:$PORT_T" >"$WORK/tgtd.log" 2>&1 &
-TGT_PID=$!
-track_pid "$TGT_PID"
-for _ in $(seq 100); do
-    tgtadm_ --op show --mode sys >/dev/null 2>&1 && break
-    alive "$TGT_PID" || break
-    sleep 0.1
-done
-{
-    tgtadm_ --lld iscsi --op new --mode target --tid 1 -T "$TGT_IQN" &&
-        tgtadm_ --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$WORK/tgt.img" &&
-        tgtadm_ --lld iscsi --op bind --mode target --tid 1 -I ALL
-} >&2 || {
-    show_tail "$WORK/tgtd.log" 20
-    die "tgtd setup failed"
-}
-wait_port 127.0.0.1 "$PORT_T" 30 "$TGT_PID" || {
-    show_tail "$WORK/tgtd.log" 20
-    die "tgtd did not start"
-}
+start_tgtd "$WORK/tgt.img"
 
 # target -> "pid portal lun"
 target_info() {
