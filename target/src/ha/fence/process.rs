@@ -120,7 +120,9 @@ pub async fn fence_process(
         tracing::info!("fence: the peer process {pid} has already exited");
         return Ok(());
     }
-    if !process_is_named(pid, expected_name) {
+    // A process whose name can no longer be read is exiting (its memory is gone): its start
+    // time already proved it is the peer that wrote the pid file, so it is fenced like the peer.
+    if process_is_named(pid, expected_name) == Some(false) {
         return Err(FenceError::NotThePeer {
             path: path(),
             pid,
@@ -285,24 +287,28 @@ impl PidRecord {
     }
 }
 
-/// Whether the process's `argv[0]` or executable file name contains `name`.
-fn process_is_named(pid: i32, name: &str) -> bool {
+/// Whether the process's `argv[0]` or executable file name contains `name`; `None` when neither
+/// can be read any more (the process is exiting).
+fn process_is_named(pid: i32, name: &str) -> Option<bool> {
     let base_contains = |p: &[u8]| {
         let base = p.rsplit(|&b| b == b'/').next().unwrap_or(p);
         String::from_utf8_lossy(base).contains(name)
     };
+    let mut readable = false;
     if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
         let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
+        readable |= !argv0.is_empty();
         if base_contains(argv0) {
-            return true;
+            return Some(true);
         }
     }
     if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+        readable = true;
         if base_contains(exe.as_os_str().as_encoded_bytes()) {
-            return true;
+            return Some(true);
         }
     }
-    false
+    readable.then_some(false)
 }
 
 /// A Linux pidfd: a handle on one process that a reused pid cannot redirect.
