@@ -122,25 +122,7 @@ cp "$WORK/duet.img" "$WORK/tgt.img"
 
 # ---- duetd -----------------------------------------------------------------------------------
 PORT_D=$(pick_port)
-cat >"$WORK/duetd.toml" <<EOF
-# Written by bench/run.sh.
-ping_timeout = 0
-
-[portal_group.pg0]
-listen = ["127.0.0.1:$PORT_D"]
-discovery_auth_group = "none"
-
-[[target]]
-name = "$DUET_IQN"
-portal_group = "pg0"
-auth_group = "none"
-
-[[target.lun]]
-number = 0
-path = "$WORK/duet.img"
-block_size = 512
-create = false
-EOF
+write_duetd_config "$WORK/duetd.toml" "$PORT_D" "bench/run.sh"
 say "starting duetd on 127.0.0.1:$PORT_D"
 RUST_LOG=${RUST_LOG:-warn} "${TARGET_TASKSET[@]}" "$BIN_DIR/duetd" --config "$WORK/duetd.toml" 2>"$WORK/duetd.log" &
 DUET_PID=$!

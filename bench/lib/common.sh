@@ -334,3 +334,33 @@ start_tgtd() {
         die "tgtd did not start"
     }
 }
+
+# write_duetd_config FILE PORT WRITER [LUN_LINE...]: a one-LUN duetd configuration for the
+# benchmarks (target $DUET_IQN, LUN 0 on $WORK/duet.img, 512-byte blocks, no pings), with the
+# extra LUN lines given (e.g. `direct = true`).
+write_duetd_config() {
+    local file=$1 port=$2 writer=$3 l
+    shift 3
+    {
+        cat <<EOF
+# Written by $writer.
+ping_timeout = 0
+
+[portal_group.pg0]
+listen = ["127.0.0.1:$port"]
+discovery_auth_group = "none"
+
+[[target]]
+name = "$DUET_IQN"
+portal_group = "pg0"
+auth_group = "none"
+
+[[target.lun]]
+number = 0
+path = "$WORK/duet.img"
+block_size = 512
+create = false
+EOF
+        for l in "$@"; do printf '%s\n' "$l"; done
+    } >"$file"
+}

@@ -48,26 +48,7 @@ sync
 
 # ---- duetd -----------------------------------------------------------------------------------
 PORT_D=$(pick_port)
-cat >"$WORK/duetd.toml" <<EOF
-# Written by bench/run.sh --direct.
-ping_timeout = 0
-
-[portal_group.pg0]
-listen = ["127.0.0.1:$PORT_D"]
-discovery_auth_group = "none"
-
-[[target]]
-name = "$DUET_IQN"
-portal_group = "pg0"
-auth_group = "none"
-
-[[target.lun]]
-number = 0
-path = "$WORK/duet.img"
-block_size = 512
-create = false
-direct = true
-EOF
+write_duetd_config "$WORK/duetd.toml" "$PORT_D" "bench/run.sh --direct" "direct = true"
 say "starting duetd on 127.0.0.1:$PORT_D (direct = true)"
 # The uring module's start line says which path media I/O takes.
 RUST_LOG=${RUST_LOG:-warn,duet_target::uring=info} "${TARGET_TASKSET[@]}" "$BIN_DIR/duetd" \
