@@ -150,6 +150,9 @@ pub enum PrimaryView {
     Peer,
     /// No primary is known here: after a failure, during a claim, or while fenced.
     None,
+    /// This node is stopping cleanly ([`crate::ha::Input::Stop`]) and serves nothing;
+    /// `peer_primary`: it knows the peer serves as primary.
+    Leaving { peer_primary: bool },
 }
 
 /// The facts the ALUA table needs about one LUN on one node.
@@ -211,6 +214,16 @@ pub fn group_states(view: LunView) -> GroupStates {
             PeerReach::Down => GroupStates {
                 local: Transitioning,
                 peer: Unavailable,
+            },
+        },
+        // A stopping controller's ports are about to go away: Unavailable sends the host's
+        // multipath to the other group at once (Transitioning would make it retry here).
+        PrimaryView::Leaving { peer_primary } => GroupStates {
+            local: Unavailable,
+            peer: match view.peer {
+                PeerReach::Up if peer_primary => ActiveOptimized,
+                PeerReach::Down => Unavailable,
+                _ => Transitioning,
             },
         },
         PrimaryView::None => match view.peer {
@@ -446,7 +459,14 @@ mod tests {
             HaMode::ActiveActiveForward,
         ] {
             for peer in [PeerReach::Down, PeerReach::Unknown, PeerReach::Up] {
-                for primary in [PrimaryView::None, PrimaryView::Peer] {
+                for primary in [
+                    PrimaryView::None,
+                    PrimaryView::Peer,
+                    PrimaryView::Leaving {
+                        peer_primary: false,
+                    },
+                    PrimaryView::Leaving { peer_primary: true },
+                ] {
                     if primary == PrimaryView::Peer && peer == PeerReach::Up {
                         continue;
                     }

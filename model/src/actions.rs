@@ -6,7 +6,7 @@ use crate::model::{ClusterModel, Served};
 use crate::options::LUN;
 use crate::state::{Asked, Budget, Client, ClusterState, Controller, Lock, Msg, PendingWrite};
 use duet_core::ha::grant::Access;
-use duet_core::ha::{Config, Input, Node, QuorumOp, QuorumResult, TimerKind};
+use duet_core::ha::{Config, HaMsg, Input, Node, QuorumOp, QuorumResult, TimerKind};
 use stateright::semantics::register::{Register, RegisterOp, RegisterRet};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
 use stateright::{Model, Property};
@@ -40,6 +40,10 @@ pub enum Action {
     FenceFail(u8),
     Crash(u8),
     Restart(u8),
+    /// A clean stop begins (SIGTERM).
+    Stop(u8),
+    /// A controller whose clean stop is complete exits.
+    Exit(u8),
     CutLink,
     HealLink,
     ClientSend(u8),
@@ -107,6 +111,12 @@ impl ClusterModel {
                     }
                     if faults && s.budget.crashes > 0 {
                         actions.push(Action::Crash(n));
+                    }
+                    if faults && s.budget.stops > 0 && !node.stopping() {
+                        actions.push(Action::Stop(n));
+                    }
+                    if Self::must_exit(c, s.clock[n as usize]) {
+                        actions.push(Action::Exit(n));
                     }
                 }
                 None => {
@@ -241,6 +251,15 @@ impl ClusterModel {
             Action::Deliver(to, m) => {
                 let i = s.net.iter().position(|x| x.0 == to && x.1 == m)?;
                 s.net.remove(i);
+                // (Heard only on a logged-in link: TCP delivers the login first, this model may
+                // not.)
+                let heard = s.ctl[to as usize]
+                    .node
+                    .as_ref()
+                    .is_some_and(|x| x.link_state() == 2);
+                if m == Msg::Ha(HaMsg::Leaving) && heard {
+                    s.left[1 - to as usize] = true;
+                }
                 match m {
                     Msg::Ha(m) => self.feed(&mut s, to as usize, Input::PeerMsg(m)),
                     Msg::Grant(m) => self.on_grant_msg(&mut s, to as usize, m),
@@ -274,8 +293,20 @@ impl ClusterModel {
                 s.budget.crashes = s.budget.crashes.saturating_sub(1);
                 self.kill(&mut s, n as usize);
             }
+            Action::Stop(n) => {
+                let n = n as usize;
+                s.budget.stops = s.budget.stops.saturating_sub(1);
+                if s.ctl[n].node.as_ref().is_some_and(|x| x.is_primary(LUN)) {
+                    // A new primary is due (`primary-eventually`).
+                    s.primary_lost = true;
+                }
+                s.ctl[n].stop_by = Some(s.clock[n] + self.opts.stop_bound_ticks * t);
+                self.feed(&mut s, n, Input::Stop);
+            }
+            Action::Exit(n) => self.kill(&mut s, n as usize),
             Action::Restart(n) => {
                 let n = n as usize;
+                s.left[n] = false;
                 s.ctl[n].boots += 1;
                 s.ctl[n].node = Some(Node::new(self.configs[n].clone(), s.clock[n]));
                 self.route(&mut s, n);
@@ -374,6 +405,9 @@ impl ClusterModel {
                 let w = s.ctl[n].writes.remove(0);
                 if s.ctl[n].writes.is_empty() {
                     s.ctl[n].paused = false;
+                    if std::mem::take(&mut s.ctl[n].leaving_held) {
+                        self.send(&mut s, n, Msg::Ha(HaMsg::Leaving));
+                    }
                 }
                 s.backend = w.value;
                 let ci = w.client as usize;
@@ -427,8 +461,11 @@ impl Model for ClusterModel {
                 drift: o.drift_steps,
                 fence_failures: o.fence_failures,
                 timeouts: o.client_timeouts,
+                stops: o.stops,
             },
             primary_lost: false,
+            left: [false, false],
+            fenced_after_leaving: false,
         };
         self.route(&mut s, 0);
         self.route(&mut s, 1);

@@ -8,7 +8,7 @@ use crate::options::{ModelOptions, LUN};
 use crate::state::{Client, ClusterState, Controller, Lock, Msg};
 use duet_core::alua::{self, AluaState, HaMode};
 use duet_core::ha::grant::{Access, GrantMsg, PrimaryFacts};
-use duet_core::ha::{Config, Input, Output};
+use duet_core::ha::{Config, HaMsg, Input, Output};
 use duet_core::scsi::host;
 use stateright::semantics::register::RegisterOp;
 
@@ -94,9 +94,18 @@ impl ClusterModel {
                 break;
             };
             match out {
+                // The runtime sends Leaving only once the I/O fenced before it has drained.
+                Output::SendPeer(HaMsg::Leaving) if !s.ctl[n].writes.is_empty() => {
+                    s.ctl[n].leaving_held = true
+                }
                 Output::SendPeer(m) => self.send(s, n, Msg::Ha(m)),
                 Output::Quorum(op) => s.ctl[n].quorum = Some(op),
-                Output::FencePeer => s.ctl[n].fence = true,
+                Output::FencePeer => {
+                    if s.left[1 - n] {
+                        s.fenced_after_leaving = true;
+                    }
+                    s.ctl[n].fence = true
+                }
                 _ => {}
             }
         }
@@ -213,8 +222,20 @@ impl ClusterModel {
         c.attempt = 0;
     }
 
+    /// A stopping controller exits now: its clean stop is complete and drained, or the runtime's
+    /// bound on the stop has passed (then it ends as after a crash).
+    pub(crate) fn must_exit(c: &Controller, now: u64) -> bool {
+        c.node.as_ref().is_some_and(|node| {
+            (node.stopped() && c.writes.is_empty() && !c.leaving_held)
+                || (node.stopping() && !node.stopped() && c.stop_by.is_some_and(|t| now >= t))
+        })
+    }
+
     /// Time may advance: no timer due, and after the fault window nothing pending.
     pub(crate) fn may_tick(&self, s: &ClusterState) -> bool {
+        if (0..2).any(|n| Self::must_exit(&s.ctl[n], s.clock[n])) {
+            return false;
+        }
         for n in 0..2 {
             if let Some(node) = &s.ctl[n].node {
                 if node.due_timers(s.clock[n]).next().is_some() {

@@ -30,6 +30,11 @@ pub struct ModelOptions {
     pub restarts: u8,
     /// Crashes in all.
     pub crashes: u8,
+    /// Clean stops in all (SIGTERM): the controller hands its LUNs over, drains, says
+    /// `Leaving` and exits.
+    pub stops: u8,
+    /// How long the runtime lets a clean stop take before it exits anyway, in ticks.
+    pub stop_bound_ticks: u64,
     /// Link cuts in all.
     pub link_cuts: u8,
     /// Messages in flight at once; a message sent beyond this is lost.
@@ -79,6 +84,8 @@ impl Default for ModelOptions {
             max_grant_requests: 6,
             restarts: 0,
             crashes: 1,
+            stops: 0,
+            stop_bound_ticks: 4,
             link_cuts: 1,
             max_in_flight: 3,
             msg_losses: 0,

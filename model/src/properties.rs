@@ -9,11 +9,12 @@ use stateright::semantics::register::RegisterOp;
 use stateright::Property;
 
 /// The properties the model checks, by name.
-pub const PROPERTY_NAMES: [&str; 5] = [
+pub const PROPERTY_NAMES: [&str; 6] = [
     "single-primary",
     "linearizable",
     "acked-writes-durable",
     "alua-truthful",
+    "clean-stop-unfenced",
     "primary-eventually",
 ];
 
@@ -45,6 +46,9 @@ pub(crate) fn properties() -> Vec<Property<ClusterModel>> {
                 Some(st) if st.is_active() => m.truthful(s, n),
                 _ => true,
             })
+        }),
+        Property::always("clean-stop-unfenced", |_, s: &ClusterState| {
+            !s.fenced_after_leaving
         }),
         Property::eventually(
             "primary-eventually",

@@ -70,6 +70,12 @@ pub struct Controller {
     pub grantee: Grantee,
     /// Mode 1, as secondary: client commands waiting for a grant.
     pub asks: Vec<Asked>,
+    /// A clean stop's [`HaMsg::Leaving`](duet_core::ha::HaMsg::Leaving) waits for the
+    /// controller's queued writes to land (the runtime drains I/O before it sends it).
+    pub leaving_held: bool,
+    /// A clean stop began: if it has not completed by this time (own clock), the runtime's
+    /// bound ends the process anyway, as a crash.
+    pub stop_by: Option<u64>,
 }
 
 impl Controller {
@@ -86,6 +92,8 @@ impl Controller {
             grantor: Grantor::new(),
             grantee: Grantee::new(),
             asks: Vec::new(),
+            leaving_held: false,
+            stop_by: None,
         }
     }
 }
@@ -119,6 +127,7 @@ pub struct Budget {
     pub drift: u8,
     pub fence_failures: u8,
     pub timeouts: u8,
+    pub stops: u8,
 }
 
 /// The state of the cluster.
@@ -137,8 +146,14 @@ pub struct ClusterState {
     pub clients: Vec<Client>,
     pub history: LinearizabilityTester<u8, Register<u8>>,
     pub budget: Budget,
-    /// A controller was lost (crash or fence) while it was primary.
+    /// A controller was lost (crash or fence) while it was primary, or stopped cleanly as
+    /// primary.
     pub primary_lost: bool,
+    /// Controller `n` stopped cleanly and its peer heard it say so (`Leaving` delivered); reset
+    /// when it starts again.
+    pub left: [bool; 2],
+    /// A controller asked to fence a peer that had stopped cleanly and said so.
+    pub fenced_after_leaving: bool,
 }
 
 // Every field compares by plain equality (the register holds a `u8`), so equality is total.

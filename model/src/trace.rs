@@ -65,6 +65,8 @@ impl ClusterModel {
             Action::FenceFail(n) => format!("{}'s fencing agent fails", Self::name(*n)),
             Action::Crash(n) => format!("{} crashes", Self::name(*n)),
             Action::Restart(n) => format!("{} restarts (fresh state)", Self::name(*n)),
+            Action::Stop(n) => format!("{} is told to stop (SIGTERM)", Self::name(*n)),
+            Action::Exit(n) => format!("{} has stopped cleanly and exits", Self::name(*n)),
             Action::CutLink => "the HA link is cut".into(),
             Action::HealLink => "the HA link is restored".into(),
             Action::ClientSend(c) => format!("client {} sends its command", c + 1),
@@ -251,5 +253,8 @@ pub fn describe_msg(m: &HaMsg) -> String {
             s
         }
         HaMsg::Handover { lun, epoch } => format!("Handover(LUN {lun}, epoch {epoch})"),
+        HaMsg::Release { lun, epoch } => format!("Release(LUN {lun}, epoch {epoch})"),
+        HaMsg::Released { lun, epoch } => format!("Released(LUN {lun}, epoch {epoch})"),
+        HaMsg::Leaving => "Leaving(stopped cleanly: serves nothing, drained, slot released)".into(),
     }
 }

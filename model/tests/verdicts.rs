@@ -230,3 +230,43 @@ fn counterexamples_read_as_timelines() {
         assert!(!model.describe_action(a).is_empty());
     }
 }
+
+/// A clean stop (SIGTERM) of either controller, at any moment, with a link cut and a stalled
+/// quorum operation around it: every property holds, and the controller that stopped and said
+/// so is never fenced.
+fn a_clean_stop_holds(mode: HaMode) {
+    let mut o = quiet(Policy::Automatic, mode, Fencing::Agent);
+    o.stops = 1;
+    o.link_cuts = 1;
+    o.quorum_stalls = 1;
+    o.pauses = 1;
+    let found = full(o);
+    assert!(found.is_empty(), "{mode:?}: {found:?}");
+}
+
+#[test]
+fn a_clean_stop_hands_over_safely_in_mode_0() {
+    a_clean_stop_holds(HaMode::ActiveStandby);
+}
+
+#[test]
+fn a_clean_stop_hands_over_safely_in_mode_1() {
+    a_clean_stop_holds(HaMode::ActiveActiveShared);
+}
+
+#[test]
+fn a_clean_stop_hands_over_safely_in_mode_2() {
+    a_clean_stop_holds(HaMode::ActiveActiveForward);
+}
+
+#[test]
+fn a_clean_stop_under_manual_failover_is_safe_and_unfenced() {
+    let mut o = quiet(Policy::Manual, HaMode::ActiveActiveShared, Fencing::Agent);
+    o.stops = 1;
+    o.link_cuts = 1;
+    let found = full(o);
+    for p in SAFETY {
+        assert!(!found.contains(p), "{p} failed: {found:?}");
+    }
+    assert!(!found.contains("clean-stop-unfenced"), "{found:?}");
+}

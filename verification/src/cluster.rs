@@ -107,12 +107,13 @@ pub struct ClusterConfig {
 }
 
 /// The model bounds that `--bound NAME=VALUE` can change.
-pub const BOUND_NAMES: [&str; 17] = [
+pub const BOUND_NAMES: [&str; 18] = [
     "ops_per_client",
     "max_epoch",
     "max_grant_requests",
     "restarts",
     "crashes",
+    "stops",
     "link_cuts",
     "max_in_flight",
     "msg_losses",
@@ -139,6 +140,7 @@ fn set_bound(o: &mut ModelOptions, name: &str, v: u64) -> Result<(), String> {
         "max_grant_requests" => o.max_grant_requests = v,
         "restarts" => o.restarts = small(name, v)?,
         "crashes" => o.crashes = small(name, v)?,
+        "stops" => o.stops = small(name, v)?,
         "link_cuts" => o.link_cuts = small(name, v)?,
         "max_in_flight" => o.max_in_flight = v as usize,
         "msg_losses" => o.msg_losses = small(name, v)?,

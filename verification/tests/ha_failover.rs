@@ -302,6 +302,97 @@ fn switchover(mode: u8) {
     });
 }
 
+/// Log lines of `node` that say it fenced its peer.
+fn fence_lines(lab: &Lab, node: Node) -> Vec<String> {
+    std::fs::read_to_string(lab.log_path(node))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.contains("fencing the peer controller") || l.contains("peer controller fenced")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// SIGTERM of the primary: a planned switchover. ctrl-b takes over without fencing ctrl-a,
+/// ctrl-a exits on its own, and when it starts again it rejoins as secondary.
+fn sigterm_primary(mode: u8) {
+    scenario(mode, "sigterm_primary", LOAD_FOR, |lab, _load, problems| {
+        let before = epoch(lab, Node::B);
+        if !lab.sigterm(Node::A, Duration::from_secs(10)) {
+            problems.push("ctrl-a did not exit within 10 s of SIGTERM".into());
+            return;
+        }
+        if !wait_until(
+            || primary_on(&lab.view(Node::B), Node::B, before),
+            ROLE_CHANGE,
+        ) {
+            problems.push(format!(
+                "ctrl-b did not become primary after ctrl-a stopped: {:?}",
+                lab.view(Node::B)
+            ));
+        }
+        let log_a = std::fs::read_to_string(lab.log_path(Node::A)).unwrap_or_default();
+        if !log_a.contains("stopped cleanly") {
+            problems.push(format!(
+                "ctrl-a did not report a clean stop:\n{}",
+                lab.log_tail(Node::A, 20)
+            ));
+        }
+        let fenced = fence_lines(lab, Node::B);
+        if !fenced.is_empty() {
+            problems.push(format!(
+                "ctrl-b fenced the cleanly stopped ctrl-a: {fenced:?}"
+            ));
+        }
+        lab.restart(Node::A);
+        if !wait_until(
+            || linked_secondary_of(&lab.view(Node::A), Node::B),
+            ROLE_CHANGE,
+        ) {
+            problems.push(format!(
+                "the restarted ctrl-a did not rejoin as ctrl-b's secondary: {:?}",
+                lab.view(Node::A)
+            ));
+        }
+    });
+}
+
+/// SIGTERM of the secondary: the primary keeps serving, suspends nothing and fences no one.
+fn sigterm_secondary(mode: u8) {
+    scenario(
+        mode,
+        "sigterm_secondary",
+        LOAD_FOR,
+        |lab, _load, problems| {
+            if !lab.sigterm(Node::B, Duration::from_secs(10)) {
+                problems.push("ctrl-b did not exit within 10 s of SIGTERM".into());
+                return;
+            }
+            let ok = wait_until(
+                || {
+                    lab.view(Node::A).is_some_and(|v| {
+                        v.link_state != 2 && v.role == "primary" && v.primary == Some(1)
+                    })
+                },
+                ROLE_CHANGE,
+            );
+            if !ok {
+                problems.push(format!(
+                    "ctrl-a did not stay primary after ctrl-b stopped: {:?}",
+                    lab.view(Node::A)
+                ));
+            }
+            let fenced = fence_lines(lab, Node::A);
+            if !fenced.is_empty() {
+                problems.push(format!(
+                    "ctrl-a fenced the cleanly stopped ctrl-b: {fenced:?}"
+                ));
+            }
+        },
+    );
+}
+
 macro_rules! scenario_tests {
     ($($(#[$attr:meta])* $name:ident => $f:ident($mode:expr);)*) => {
         $(
@@ -333,6 +424,12 @@ scenario_tests! {
     mode0_switchover => switchover(0);
     mode1_switchover => switchover(1);
     mode2_switchover => switchover(2);
+    mode0_sigterm_primary => sigterm_primary(0);
+    mode1_sigterm_primary => sigterm_primary(1);
+    mode2_sigterm_primary => sigterm_primary(2);
+    mode0_sigterm_secondary => sigterm_secondary(0);
+    mode1_sigterm_secondary => sigterm_secondary(1);
+    mode2_sigterm_secondary => sigterm_secondary(2);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 //! This file holds the node's state, its queries and the input dispatch; the rules live in the
 //! children: `peer` (the link and the peer's messages), `quorum` (the arbiter's operations
 //! and the lease), `claim` (the election), `admin` (administrative commands, failback) and
-//! `disk` (the backend's health, and a controller fenced at the disk).
+//! `disk` (the backend's health, and a controller fenced at the disk) and `stop` (a clean stop
+//! that hands over instead of being fenced).
 //! The children extend [`Node`] with private access to its fields; nothing here does I/O.
 
 use super::types::*;
@@ -18,6 +19,7 @@ mod claim;
 mod disk;
 mod peer;
 mod quorum;
+mod stop;
 
 /// Where a claim for one LUN stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +90,18 @@ struct LunState {
     /// primacy, the peer's State or Handover, either slot's `served`). A new primary always
     /// starts above it, even when its claim chose its epoch before the peer served.
     served: u64,
+    /// Handed to the peer by a clean stop: the stop waits until the peer serves it.
+    stop_handed: bool,
+    /// A planned hand-over waits for the peer's [`HaMsg::Released`] (why, and the time by which
+    /// every read lease this node promised has run out: `None` where no promise rests on a
+    /// lease). This node still serves meanwhile.
+    releasing: Option<(&'static str, Option<Time>)>,
+    /// The peer released its primacy of this LUN up to this epoch ([`HaMsg::Release`]): its
+    /// claims of primacy at that epoch or older no longer count.
+    relinquished: u64,
+    /// The peer released the LUN and a [`HaMsg::Handover`] is expected: no ordinary claim
+    /// (which would fence) while the link is up.
+    awaiting_handover: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,6 +129,15 @@ enum DiskFence {
     /// Rejoined as secondary; [`Output::RestoreDiskAccess`] was emitted and the node waits for
     /// `Backend(Ok)`.
     Rejoined,
+}
+
+/// Where a clean stop ([`Input::Stop`]) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Stopping {
+    /// The quorum slot has been written owning nothing since the stop began.
+    released: bool,
+    /// Complete: [`HaMsg::Leaving`] was sent (if the link was up); nothing more happens here.
+    done: bool,
 }
 
 /// Why a fence of the peer is outstanding.
@@ -179,6 +202,8 @@ pub struct Node {
     backend_ok: bool,
     /// Fenced at the disk by the peer: serves and claims nothing until rejoined and restored.
     disk_fence: DiskFence,
+    /// A clean stop is under way.
+    stopping: Option<Stopping>,
     timers: [Option<Time>; 5],
     luns: Vec<LunState>,
     out: VecDeque<Output>,
@@ -204,6 +229,10 @@ impl Node {
                 role_override: None,
                 handing_over: false,
                 served: if standalone { 1 } else { 0 },
+                stop_handed: false,
+                releasing: None,
+                relinquished: 0,
+                awaiting_handover: false,
             })
             .collect();
         let automatic = config.policy == Policy::Automatic;
@@ -227,6 +256,7 @@ impl Node {
             suspended: false,
             backend_ok: true,
             disk_fence: DiskFence::No,
+            stopping: None,
             timers: [None; 5],
             luns,
             out: VecDeque::new(),
@@ -297,6 +327,12 @@ impl Node {
     /// knows no primary it could serve for: its own group is Transitioning, never active.
     pub fn lun_view(&self, lun: LunNumber) -> LunView {
         let primary = match self.lun_state(lun) {
+            // (What the peer last said over the link: this node vouches for nothing here.)
+            Some(l) if self.stopping.is_some() && l.role != LunRole::Primary => {
+                PrimaryView::Leaving {
+                    peer_primary: l.peer_primary && self.link == 2 && !self.peer_down,
+                }
+            }
             _ if self.fenced_at_disk() => PrimaryView::None,
             Some(l) if l.role == LunRole::Primary && !self.suspended => PrimaryView::Local,
             Some(l) if l.role == LunRole::Secondary && self.peer_primacy_valid(l) => {
@@ -326,9 +362,11 @@ impl Node {
     /// or in mode 1 as a secondary whose primary is reachable and vouched for by a read lease.
     pub fn serving(&self, lun: LunNumber) -> bool {
         match self.lun_state(lun) {
+            // (A stopping primary serves until its hand-over is released by the peer.)
             Some(l) if l.role == LunRole::Primary => !self.suspended,
             Some(l) => {
-                l.role == LunRole::Secondary
+                self.stopping.is_none()
+                    && l.role == LunRole::Secondary
                     && self.cfg.mode == HaMode::ActiveActiveShared
                     && self.backend_ok
                     && self.peer_primacy_valid(l)
@@ -349,8 +387,10 @@ impl Node {
     pub fn primary_of(&self, lun: LunNumber) -> Option<u8> {
         match self.lun_view(lun).primary {
             PrimaryView::Local => Some(self.cfg.ha_id),
-            PrimaryView::Peer => Some(peer_of(self.cfg.ha_id)),
-            PrimaryView::None => None,
+            PrimaryView::Peer | PrimaryView::Leaving { peer_primary: true } => {
+                Some(peer_of(self.cfg.ha_id))
+            }
+            PrimaryView::None | PrimaryView::Leaving { .. } => None,
         }
     }
 
@@ -401,6 +441,19 @@ impl Node {
         self.disk_fence != DiskFence::No
     }
 
+    /// A clean stop ([`Input::Stop`]) has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// The clean stop is complete: this node serves and owns nothing, its quorum slot says so,
+    /// the LUNs it handed over are served by the peer (or the link is down), and the peer was
+    /// told ([`HaMsg::Leaving`]) if it could be. The process may exit; no later input changes
+    /// anything.
+    pub fn stopped(&self) -> bool {
+        self.stopping.is_some_and(|s| s.done)
+    }
+
     /// Everything `duetctl ha` shows.
     pub fn status(&self, now: Time) -> HaStatus {
         HaStatus {
@@ -445,6 +498,10 @@ impl Node {
             }
             return;
         }
+        if self.stopped() {
+            // Stopped: nothing this node does may change what the peer was told.
+            return;
+        }
         let before: Vec<GroupStates> = self.luns.iter().map(|l| self.alua(l.lun)).collect();
         match input {
             Input::PeerLinkUp => self.on_link_up(now),
@@ -455,8 +512,10 @@ impl Node {
             Input::Admin(cmd) => self.on_admin(now, cmd),
             Input::Backend(h) => self.on_backend(now, h),
             Input::FenceResult { ok } => self.on_fence_result(now, ok),
+            Input::Stop => self.on_stop(now),
         }
         self.drive(now);
+        self.advance_stop(now);
         for (i, old) in before.into_iter().enumerate() {
             let lun = self.luns[i].lun;
             let new = self.alua(lun);
@@ -531,6 +590,7 @@ impl Node {
                 if self.owns_any() {
                     self.write_due = true;
                 }
+                self.release_expired(now);
                 self.consider_failback(now);
             }
             TimerKind::Lease => {

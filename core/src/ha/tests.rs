@@ -788,3 +788,159 @@ fn a_standalone_controller_fenced_at_the_disk_only_fails_its_backend() {
     assert!(!n.fenced_at_disk());
     assert!(n.is_primary(0));
 }
+
+/// Everything node `i` sent over the link at or after `since`.
+fn sent_since(p: &Pair, i: usize, since: Time) -> Vec<HaMsg> {
+    p.out
+        .iter()
+        .filter(|(n, t, _)| *n == i && *t >= since)
+        .filter_map(|(_, _, o)| match o {
+            Output::SendPeer(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stopping_primary_hands_over_and_is_never_fenced() {
+    for mode in [
+        HaMode::ActiveStandby,
+        HaMode::ActiveActiveShared,
+        HaMode::ActiveActiveForward,
+    ] {
+        for policy in [Policy::Automatic, Policy::Manual] {
+            let mut p = Pair::new(mode, policy, Fencing::Agent);
+            p.advance(300);
+            assert!(p.node(0).is_primary(LUN), "{mode:?} {policy:?}");
+            let t0 = p.now;
+            p.feed(0, Input::Stop);
+            p.pump();
+            assert!(
+                p.node(0).stopped(),
+                "{mode:?} {policy:?}: the stop completes"
+            );
+            assert!(p.node(1).is_primary(LUN) && p.node(1).serving(LUN));
+            assert_eq!(p.now, t0, "no lease wait");
+            // The old primary drained its I/O before it said it leaves.
+            let outs = outs_since(&p, 0, t0);
+            let fenced = outs
+                .iter()
+                .position(|o| *o == Output::FenceIo { lun: LUN })
+                .expect("I/O fenced on the stopping controller");
+            let leaving = outs
+                .iter()
+                .position(|o| *o == Output::SendPeer(HaMsg::Leaving))
+                .expect("Leaving sent");
+            assert!(fenced < leaving);
+            assert_eq!(
+                sent_since(&p, 0, t0).last(),
+                Some(&HaMsg::Leaving),
+                "nothing is sent after Leaving"
+            );
+            if policy == Policy::Automatic {
+                let slot = p.slots[0].clone().expect("slot written");
+                assert!(!slot.owns(LUN), "the slot records the release");
+            }
+            // The process exits: the link closes.
+            p.kill(0);
+            p.advance(2000);
+            assert!(p.first(1, t0, |o| *o == Output::FencePeer).is_none());
+            assert!(p.node(1).serving(LUN), "{mode:?} {policy:?}");
+            let g = p.node(1).alua(LUN);
+            assert_eq!(g.local, AluaState::ActiveOptimized);
+            assert_eq!(g.peer, AluaState::Unavailable);
+            // No I/O suspension on the survivor either.
+            assert!(p
+                .first(1, t0, |o| *o == Output::FenceIo { lun: LUN })
+                .is_none());
+        }
+    }
+}
+
+#[test]
+fn a_stopping_mode_1_secondary_leaves_without_suspending_the_primary() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveShared,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    assert!(p.node(1).serving(LUN), "the secondary serves under grants");
+    let t0 = p.now;
+    p.feed(1, Input::Stop);
+    p.pump();
+    assert!(p.node(1).stopped());
+    assert!(!p.node(1).serving(LUN));
+    assert!(p.node(0).is_primary(LUN));
+    p.kill(1);
+    p.advance(2000);
+    assert!(p.first(0, t0, |o| *o == Output::FencePeer).is_none());
+    assert!(p
+        .first(0, t0, |o| *o == Output::FenceIo { lun: LUN })
+        .is_none());
+    assert!(p.node(0).serving(LUN));
+    // The peer starts again and rejoins as secondary.
+    p.restart(1);
+    p.advance(1000);
+    assert!(p.node(0).is_primary(LUN));
+    assert!(p.node(1).serving(LUN));
+    assert!(p.first(0, t0, |o| *o == Output::FencePeer).is_none());
+}
+
+#[test]
+fn a_stopping_controller_reports_unavailable_and_takes_nothing() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    // Hold the release write back: the stop is under way, not complete.
+    p.quorum_ok[0] = false;
+    let t0 = p.now;
+    p.feed(0, Input::Stop);
+    p.pump();
+    assert!(p.node(0).stopping() && !p.node(0).stopped());
+    assert_eq!(p.node(0).alua(LUN).local, AluaState::Unavailable);
+    assert!(!p.node(0).serving(LUN));
+    p.feed(
+        0,
+        Input::Admin(AdminCmd::SetRole {
+            lun: None,
+            role: Role::Primary,
+        }),
+    );
+    p.pump();
+    assert!(!p.node(0).is_primary(LUN));
+    // The quorum area comes back: the release lands, the hand-over completes.
+    p.quorum_ok[0] = true;
+    p.advance(300);
+    assert!(p.node(0).stopped());
+    assert!(p.node(1).is_primary(LUN));
+    assert_eq!(p.node(0).alua(LUN).peer, AluaState::ActiveOptimized);
+    assert!(p.first(1, t0, |o| *o == Output::FencePeer).is_none());
+}
+
+#[test]
+fn a_controller_stopping_without_its_peer_releases_its_slot() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    p.cut();
+    p.advance(50);
+    p.feed(0, Input::Stop);
+    p.pump();
+    assert!(p.node(0).stopped());
+    assert!(!p.node(0).is_primary(LUN));
+    assert!(!p.slots[0].clone().expect("slot").owns(LUN));
+    assert!(p
+        .out
+        .iter()
+        .any(|(n, _, o)| *n == 0 && *o == Output::Log(Event::Stopped { peer_told: false })));
+    p.kill(0);
+    p.advance(3000);
+    assert!(p.node(1).serving(LUN), "the survivor takes over");
+}

@@ -19,7 +19,7 @@ pub fn peer_of(ha_id: u8) -> u8 {
 }
 
 /// Version of the HA link protocol, checked at link login.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// How a controller pair chooses a new primary after a failure.
 #[derive(
@@ -387,6 +387,20 @@ pub enum HaMsg {
     /// Planned switchover: the sender stopped serving `lun` and recorded that in the quorum area;
     /// the receiver may take the LUN at `epoch` without waiting for a lease to expire.
     Handover { lun: LunNumber, epoch: u64 },
+    /// Before a planned hand-over (switchover, failback, a clean stop) the primary asks the
+    /// peer to stop relying on its primacy of `lun` at `epoch`: the peer's read lease (its
+    /// Active/Non-optimized report) rests on a promise the primary cannot take back by itself.
+    /// The primary keeps serving until [`HaMsg::Released`] arrives, or until every promise it
+    /// made has run out.
+    Release { lun: LunNumber, epoch: u64 },
+    /// The answer to [`HaMsg::Release`]: the sender no longer counts on the peer's primacy of
+    /// `lun` at `epoch` (it reports Transitioning and waits for the Handover).
+    Released { lun: LunNumber, epoch: u64 },
+    /// The sender is stopping cleanly ([`Input::Stop`]): it serves nothing, has drained its I/O
+    /// (as a mode 1 secondary it holds no grant it could still use), has recorded in its quorum
+    /// slot that it owns nothing, and will not touch the backing devices again in this run. The
+    /// receiver counts the peer as down without fencing it.
+    Leaving,
 }
 
 /// Health of the backing store, reported by the runtime.
@@ -425,7 +439,13 @@ pub enum Input {
     Quorum(QuorumResult),
     Admin(AdminCmd),
     Backend(BackendHealth),
-    FenceResult { ok: bool },
+    FenceResult {
+        ok: bool,
+    },
+    /// The controller is stopping (SIGTERM, `duetctl shutdown`): hand every LUN it serves to a
+    /// live peer, release the rest, drain, record the release in the quorum slot, then say
+    /// [`HaMsg::Leaving`]. [`super::Node::stopped`] tells when the process may exit.
+    Stop,
 }
 
 /// An output of the node, taken with [`super::Node::poll_output`].
@@ -520,6 +540,14 @@ pub enum Event {
     FencedAtDisk,
     /// Rejoined as secondary after a fence at the disk: access may be restored.
     RejoinedAfterFence,
+    /// This controller is stopping cleanly: handing over or releasing every LUN.
+    Stopping,
+    /// The clean stop is complete: nothing is served or owned here; the process may exit.
+    Stopped {
+        peer_told: bool,
+    },
+    /// The peer is stopping cleanly and said so: it is counted down, without a fence.
+    PeerLeaving,
 }
 
 impl fmt::Display for Event {
@@ -564,6 +592,28 @@ impl fmt::Display for Event {
                 f,
                 "rejoined as secondary after the fence at the disk: access to the backing \
                  devices may be restored"
+            ),
+            Event::Stopping => write!(
+                f,
+                "stopping: handing every LUN this controller serves to the peer, releasing the rest"
+            ),
+            Event::Stopped { peer_told } => {
+                if *peer_told {
+                    write!(
+                        f,
+                        "stopped cleanly: nothing served or owned here; the peer knows"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "stopped cleanly: nothing served or owned here; the quorum slot says so \
+                         (the peer was not reachable)"
+                    )
+                }
+            }
+            Event::PeerLeaving => write!(
+                f,
+                "the peer controller is stopping cleanly: counted down, no fence needed"
             ),
         }
     }

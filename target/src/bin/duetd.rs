@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Logs go to standard error through `tracing`; `RUST_LOG` (e.g. `debug`, `duet_target=trace`)
-//! picks what is shown, `info` by default. SIGTERM or Ctrl-C stops the daemon gracefully: no new
-//! connections, in-flight commands finish, backends are flushed, exit status 0.
+//! picks what is shown, `info` by default. SIGTERM or Ctrl-C stops the daemon gracefully: a
+//! controller of a pair first hands every LUN it serves to the peer (a planned switchover; the
+//! peer fences nothing), then no new connections, in-flight commands finish, backends are
+//! flushed, exit status 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -259,11 +261,20 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
             }
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received; stopping");
-            let _ = stop_tx.send(true);
-        });
+        // Set once the HA runtime runs: a stop then hands over first.
+        let ha_slot: Arc<std::sync::OnceLock<Arc<duet_target::ha::runtime::HaRuntime>>> =
+            Arc::new(std::sync::OnceLock::new());
+        {
+            let ha_slot = ha_slot.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("signal received; stopping");
+                if let Some(ha) = ha_slot.get() {
+                    hand_over_before_exit(ha).await;
+                }
+                let _ = stop_tx.send(true);
+            });
+        }
         let ha_cfg = shared.config.ha.clone();
         let pr = match daemon::join_disks(&shared, stop_rx.clone()).await {
             Ok(pr) => pr,
@@ -281,6 +292,9 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        if let Some(rt) = &ha {
+            let _ = ha_slot.set(rt.clone());
+        }
         if let Some(path) = admin_socket.or_else(|| ha_cfg.as_ref().map(|h| h.admin_socket.clone()))
         {
             daemon::spawn_admin(&shared, ha, pr, path, stop_rx.clone());
@@ -295,6 +309,26 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
             }
         }
     })
+}
+
+/// How long a stopping controller waits for its peer to take over before it exits anyway.
+const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A stop of one controller of a pair is a planned switchover: every LUN it serves goes to the
+/// peer first, and the peer is told, so that it takes over at once and fences nothing.
+async fn hand_over_before_exit(ha: &duet_target::ha::runtime::HaRuntime) {
+    let t0 = std::time::Instant::now();
+    match ha.stop(STOP_BOUND).await {
+        duet_target::ha::runtime::StopOutcome::Clean => tracing::info!(
+            ms = t0.elapsed().as_millis() as u64,
+            "HA: stopped cleanly: the peer serves what this controller served and will not fence it"
+        ),
+        duet_target::ha::runtime::StopOutcome::TimedOut => tracing::warn!(
+            "HA: the hand-over did not complete within {} s; exiting: the peer treats this \
+             as a crash (lease wait, then fence)",
+            STOP_BOUND.as_secs()
+        ),
+    }
 }
 
 async fn wait_for_signal() {

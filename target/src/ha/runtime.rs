@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 use duet_core::alua::HaMode;
 use duet_core::ha::grant::{Answer, Received};
 use duet_core::ha::{
-    self, AdminCmd, BackendHealth, Grantee, HaStatus, Input, Node, Output, QuorumOp, QuorumResult,
-    Role,
+    self, AdminCmd, BackendHealth, Grantee, HaMsg, HaStatus, Input, Node, Output, QuorumOp,
+    QuorumResult, Role,
 };
 
 use super::config::HaConfig;
@@ -117,6 +117,21 @@ pub struct HaRuntime {
     /// A reservation conflict was reported to the node and its access is not restored yet
     /// (later conflicts are not reported again meanwhile).
     disk_fenced: AtomicBool,
+    /// The node's clean stop is complete ([`Node::stopped`]).
+    stopped: watch::Sender<bool>,
+    /// During a clean stop, some LUN's I/O did not drain within the gate's bound: the peer must
+    /// not be told that this controller left cleanly (it will fence it instead).
+    stop_undrained: AtomicBool,
+}
+
+/// How [`HaRuntime::stop`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// Every LUN this controller served is served by the peer (or was released with the peer
+    /// down), the quorum slot says so, and the peer was told: it will not fence this controller.
+    Clean,
+    /// The stop did not complete within the bound: the peer treats the exit as a crash.
+    TimedOut,
 }
 
 /// Why the HA runtime could not start.
@@ -179,6 +194,8 @@ impl HaRuntime {
             arbiter,
             agent,
             disk_fenced: AtomicBool::new(false),
+            stopped: watch::channel(false).0,
+            stop_undrained: AtomicBool::new(false),
             cfg,
         });
         for (_, lu) in rt.luns.values() {
@@ -247,6 +264,21 @@ impl HaRuntime {
         let _ = self.tx.send(DriverIn::Node(Input::Admin(cmd)));
     }
 
+    /// Stops this controller cleanly (SIGTERM, `duetctl shutdown`): hands every LUN it serves
+    /// to a live peer, drains, records the release in the quorum area and tells the peer, so
+    /// that the peer takes over at once and fences nothing (see `duet_core::ha` `stop`). Waits
+    /// at most `bound`; the daemon then exits either way.
+    pub async fn stop(&self, bound: Duration) -> StopOutcome {
+        let mut rx = self.stopped.subscribe();
+        let _ = self.tx.send(DriverIn::Node(Input::Stop));
+        let done = tokio::time::timeout(bound, async { rx.wait_for(|v| *v).await.is_ok() }).await;
+        if done == Ok(true) {
+            StopOutcome::Clean
+        } else {
+            StopOutcome::TimedOut
+        }
+    }
+
     /// The LUN numbers under HA.
     pub fn lun_numbers(&self) -> Vec<LunNumber> {
         self.luns.keys().copied().collect()
@@ -309,6 +341,12 @@ impl HaRuntime {
     fn carry_out(self: &Arc<Self>, node: &mut Node) {
         while let Some(out) = node.poll_output() {
             match out {
+                Output::SendPeer(HaMsg::Leaving) if self.stop_undrained.load(Ordering::Acquire) => {
+                    tracing::warn!(
+                        "stopping: I/O still in flight after the drain bound; the peer is not told \
+                         that this controller left cleanly and will fence it"
+                    );
+                }
                 Output::SendPeer(msg) => self.send(Channel::Control, LinkMsg::Ha(msg)),
                 Output::Quorum(op) => self.quorum_io(op),
                 Output::SetTimer { .. } => {}
@@ -336,6 +374,9 @@ impl HaRuntime {
                 Output::FenceIo { lun } => {
                     if let Some((_, lu)) = self.luns.get(&lun) {
                         let drained = close_gate(lu);
+                        if !drained && node.stopping() {
+                            self.stop_undrained.store(true, Ordering::Release);
+                        }
                         tracing::info!(lun, drained, "I/O fenced on this controller");
                     }
                 }
@@ -370,6 +411,10 @@ impl HaRuntime {
     }
 
     fn publish(&self, node: &Node) {
+        if node.stopped() {
+            self.stopped
+                .send_if_modified(|v| !std::mem::replace(v, true));
+        }
         self.published.publish(
             self.luns.keys().map(|&lun| {
                 (

@@ -356,6 +356,13 @@ impl Lab {
         pid
     }
 
+    /// SIGTERM of the node (a clean stop); waits, bounded, until it has exited. Returns whether
+    /// it exited within `limit`.
+    pub fn sigterm(&self, node: Node, limit: Duration) -> bool {
+        let pid = self.signal_node(node, libc::SIGTERM, "SIGTERM");
+        wait_until(|| !alive_with(pid, "duetd"), limit)
+    }
+
     /// SIGSTOP of the node; returns its pid.
     pub fn sigstop(&self, node: Node) -> i32 {
         self.signal_node(node, libc::SIGSTOP, "SIGSTOP")

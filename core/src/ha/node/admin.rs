@@ -6,6 +6,12 @@ use super::*;
 
 impl Node {
     pub(super) fn on_admin(&mut self, now: Time, cmd: AdminCmd) {
+        if self.stopping.is_some() {
+            self.log(Event::Refused {
+                what: format!("{cmd:?}: this controller is stopping"),
+            });
+            return;
+        }
         match cmd {
             AdminCmd::SetRole { lun, role } => {
                 for l in self.luns.iter_mut() {
@@ -58,8 +64,76 @@ impl Node {
         }
     }
 
-    /// Steps down from LUN index `i` and hands it to the peer (planned switchover, failback).
-    pub(super) fn hand_over(&mut self, now: Time, i: usize, reason: &str) {
+    /// Hands LUN index `i` to the peer (planned switchover, failback, clean stop): first asks
+    /// the peer to stop relying on this node's primacy ([`HaMsg::Release`]), serving meanwhile;
+    /// the hand-over proper follows the answer ([`Node::finish_hand_over`]).
+    pub(super) fn hand_over(&mut self, now: Time, i: usize, reason: &'static str) {
+        let l = self.luns[i];
+        if l.role != LunRole::Primary || l.handing_over || l.releasing.is_some() {
+            return;
+        }
+        // In ha_mode 0 the secondary is Standby: it counts on nothing and needs no release.
+        if self.link != 2 || self.peer_down || self.cfg.mode == HaMode::ActiveStandby {
+            self.finish_hand_over(now, i, reason);
+            return;
+        }
+        // Every read lease this node has promised ends by its own lease's current end (probe
+        // answers promise no more, and none at all from now on: see `states_msg`).
+        let deadline = if self.read_lease_needed() {
+            Some(self.lease_until.unwrap_or(now))
+        } else {
+            None
+        };
+        self.luns[i].releasing = Some((reason, deadline));
+        self.out.push_back(Output::SendPeer(HaMsg::Release {
+            lun: l.lun,
+            epoch: l.epoch,
+        }));
+    }
+
+    /// The peer answered [`HaMsg::Release`].
+    pub(super) fn on_released(&mut self, now: Time, lun: LunNumber, epoch: u64) {
+        let Some(i) = self.luns.iter().position(|l| l.lun == lun) else {
+            return;
+        };
+        if let Some((reason, _)) = self.luns[i].releasing {
+            if self.luns[i].epoch == epoch {
+                self.finish_hand_over(now, i, reason);
+            }
+        }
+    }
+
+    /// Hand-overs whose peer did not answer: once every read lease promised has run out, the
+    /// peer no longer counts on this node's primacy anyway.
+    pub(super) fn release_expired(&mut self, now: Time) {
+        for i in 0..self.luns.len() {
+            if let Some((reason, Some(deadline))) = self.luns[i].releasing {
+                if now >= deadline {
+                    self.finish_hand_over(now, i, reason);
+                }
+            }
+        }
+    }
+
+    /// The peer asks this node to stop counting on its primacy of `lun` at `epoch`.
+    pub(super) fn on_release(&mut self, lun: LunNumber, epoch: u64) {
+        let Some(i) = self.luns.iter().position(|l| l.lun == lun) else {
+            return;
+        };
+        let l = &mut self.luns[i];
+        if epoch < l.epoch || l.role == LunRole::Primary {
+            return;
+        }
+        l.relinquished = l.relinquished.max(epoch);
+        l.peer_primary = false;
+        l.awaiting_handover = true;
+        self.out
+            .push_back(Output::SendPeer(HaMsg::Released { lun, epoch }));
+    }
+
+    /// Steps down from LUN index `i` and hands it to the peer.
+    pub(super) fn finish_hand_over(&mut self, now: Time, i: usize, reason: &str) {
+        self.luns[i].releasing = None;
         let lun = self.luns[i].lun;
         if self.automatic() {
             self.luns[i].handing_over = true;
@@ -90,6 +164,7 @@ impl Node {
             let l = self.luns[i];
             if l.role == LunRole::Primary
                 && !l.handing_over
+                && l.releasing.is_none()
                 && !self.suspended
                 && l.role_override.is_none()
                 && self.cfg.role_for(l.lun) == Role::Secondary

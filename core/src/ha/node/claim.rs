@@ -59,12 +59,13 @@ impl Node {
     pub(super) fn should_claim(&self, i: usize) -> bool {
         let l = &self.luns[i];
         self.automatic()
+            && self.stopping.is_none()
             && self.join == Join::Done
             && self.backend_ok
             && !self.fenced_at_disk()
             && l.role == LunRole::Secondary
             && !l.handing_over
-            && !(self.link == 2 && l.peer_primary)
+            && !(self.link == 2 && (l.peer_primary || l.awaiting_handover))
     }
 
     /// Starts claims where due. Non-preferred LUNs wait for `include_non_preferred` (the retry

@@ -6,7 +6,10 @@ use super::*;
 
 impl Node {
     pub(super) fn states_msg(&self, at: Option<Time>, now: Time) -> HaMsg {
-        let valid_for = if self.automatic() {
+        let valid_for = if self.luns.iter().any(|l| l.releasing.is_some()) {
+            // A hand-over is asking the peer to stop relying on this node: promise nothing.
+            0
+        } else if self.automatic() {
             match self.lease_until {
                 Some(t) if t > now && !self.suspended => t - now,
                 _ => 0,
@@ -67,6 +70,25 @@ impl Node {
         self.timers[TimerKind::Probe.index()] = None;
         for l in self.luns.iter_mut() {
             l.peer_primary = false;
+            l.awaiting_handover = false;
+        }
+        // A hand-over waiting for the peer's answer: without the peer there is none. A stop
+        // steps down all the same; a switchover or failback is off.
+        for i in 0..self.luns.len() {
+            if let Some((reason, _)) = self.luns[i].releasing.take() {
+                if self.stopping.is_some() {
+                    if self.automatic() {
+                        self.release_due = true;
+                    }
+                    self.luns[i].stop_handed = false;
+                    self.step_down(now, i, reason);
+                } else {
+                    let lun = self.luns[i].lun;
+                    self.log(Event::Refused {
+                        what: format!("hand-over of LUN {lun}: the HA link went down"),
+                    });
+                }
+            }
         }
         match self.cfg.policy {
             Policy::Naive => {
@@ -157,6 +179,9 @@ impl Node {
                 luns,
             } => self.on_state(now, at, valid_for, &luns),
             HaMsg::Handover { lun, epoch } => self.on_handover(now, lun, epoch),
+            HaMsg::Release { lun, epoch } => self.on_release(lun, epoch),
+            HaMsg::Released { lun, epoch } => self.on_released(now, lun, epoch),
+            HaMsg::Leaving => self.on_peer_leaving(now),
         }
     }
 
@@ -192,6 +217,10 @@ impl Node {
                     epoch: s.epoch,
                     ours,
                 });
+                continue;
+            }
+            if s.primary && s.epoch <= self.luns[i].relinquished {
+                // The peer released this LUN: an older message of its primacy counts no more.
                 continue;
             }
             if s.primary {
@@ -275,15 +304,21 @@ impl Node {
         if self.luns[i].role == LunRole::Primary {
             return;
         }
-        if self.fenced_at_disk() {
+        if self.fenced_at_disk() || self.stopping.is_some() {
+            let why = if self.stopping.is_some() {
+                "this controller is stopping"
+            } else {
+                "this controller is fenced at the disk"
+            };
             self.log(Event::Refused {
-                what: format!("hand-over of LUN {lun}: this controller is fenced at the disk"),
+                what: format!("hand-over of LUN {lun}: {why}"),
             });
             return;
         }
         self.luns[i].epoch = epoch;
         self.luns[i].served = self.luns[i].served.max(epoch);
         self.luns[i].peer_primary = false;
+        self.luns[i].awaiting_handover = false;
         if self.automatic() {
             self.luns[i].role = LunRole::Claiming(Claim {
                 phase: ClaimPhase::Intent,

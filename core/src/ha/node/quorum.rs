@@ -65,6 +65,7 @@ impl Node {
             }
             (Pending::Write { issued, record }, QuorumResult::WriteOk { slot }) if slot == me => {
                 self.seq = self.seq.max(record.seq);
+                self.stop_slot_written(&record);
                 let until = issued.saturating_add(self.cfg.timing.lease_ms);
                 if now < until {
                     let cur = self.lease_until.filter(|&t| t > now);
