@@ -22,6 +22,7 @@ use block::{decode, encode, mix64};
 use device::{AlignedBuf, Device};
 use expect::{check, Expect, State, Verdict};
 use report::{MAX_ERRORS, MAX_STALLS};
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -135,6 +136,9 @@ struct Worker<'a> {
     expect: Vec<Expect>,
     buf: AlignedBuf,
     rng: u64,
+    /// (block, finding) already described in `errors`: the first stale or corrupt read of a
+    /// block is described, its repeats only counted, so they do not crowd out the rest.
+    described: HashSet<(u64, &'static str)>,
 }
 
 impl Worker<'_> {
@@ -176,6 +180,13 @@ impl Worker<'_> {
             }
         }
         r
+    }
+
+    /// Describes a finding on `block` in the error list, once per block and kind.
+    fn finding(&mut self, kind: &'static str, block: u64, msg: String) {
+        if self.described.insert((block, kind)) {
+            self.sh.note(format!("{} {kind}: {msg}", self.sh.stamp()));
+        }
     }
 
     fn io_error(&self, op: &str, block: u64, e: &io::Error) {
@@ -224,24 +235,20 @@ impl Worker<'_> {
             Verdict::Ok => {}
             Verdict::Old(m) if phase == Phase::Final => {
                 self.sh.lost.fetch_add(1, SeqCst);
-                self.sh.note(format!(
-                    "{} lost write: {what} of block {block}: {m}",
-                    self.sh.stamp()
-                ));
+                self.finding("lost write", block, format!("{what} of block {block}: {m}"));
             }
             Verdict::Old(m) => {
                 self.sh.stale.fetch_add(1, SeqCst);
-                self.sh.note(format!(
-                    "{} stale read: block {block}: {m}",
-                    self.sh.stamp()
-                ));
+                self.finding("stale read", block, format!("block {block}: {m}"));
             }
             Verdict::Corrupt(m) => {
                 self.sh.corrupt.fetch_add(1, SeqCst);
-                self.sh.note(format!(
-                    "{} corrupt read: {what} of block {block}: {m}",
-                    self.sh.stamp()
-                ));
+                let kind = if phase == Phase::Final {
+                    "corrupt block"
+                } else {
+                    "corrupt read"
+                };
+                self.finding(kind, block, format!("{what} of block {block}: {m}"));
             }
         }
         Some(v)
@@ -316,7 +323,7 @@ fn random_seed() -> u64 {
 fn area(a: &Args, dev: &Device) -> Result<(u64, u64), String> {
     let p = dev.path().display();
     let bs = a.block_size;
-    if bs % dev.sector != 0 {
+    if !bs.is_multiple_of(dev.sector) {
         return Err(format!(
             "--block-size {bs}: not a multiple of the logical block size of {p} ({})",
             dev.sector
@@ -448,6 +455,7 @@ pub fn run(a: &Args, signals: &AtomicUsize) -> Result<Report, String> {
                 expect,
                 buf: AlignedBuf::new(a.block_size as usize),
                 rng: mix64(seed ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                described: HashSet::new(),
             }
         })
         .collect();

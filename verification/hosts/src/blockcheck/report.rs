@@ -92,7 +92,8 @@ pub struct Report {
     pub final_checked_blocks: u64,
     /// Whether the final read-back covered every block (false when skipped or cut short).
     pub final_check_complete: bool,
-    /// The first error and finding messages.
+    /// The first 20 messages: I/O errors, and the first stale read, corrupt read or lost write
+    /// of each block (repeats are only counted).
     pub errors: Vec<String>,
     /// Why the workload ended: `duration`, `stop-file` or `signal`.
     pub stop_reason: String,
