@@ -83,8 +83,9 @@ impl Device {
         &self.path
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset`; a short read is an error.
-    pub fn read_at(&self, buf: &mut AlignedBuf, offset: u64) -> io::Result<()> {
+    /// Reads exactly `buf.len()` bytes at `offset`; a short read is an error. `buf` must start
+    /// at an [`ALIGN`]ed address (the start of an [`AlignedBuf`]).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let len = buf.len();
         loop {
             // SAFETY: the buffer is valid for `len` bytes and owned by the caller.
@@ -113,8 +114,9 @@ impl Device {
         }
     }
 
-    /// Writes all of `buf` at `offset`; a short write is an error.
-    pub fn write_at(&self, buf: &AlignedBuf, offset: u64) -> io::Result<()> {
+    /// Writes all of `buf` at `offset`; a short write is an error. `buf` must start at an
+    /// [`ALIGN`]ed address (the start of an [`AlignedBuf`]).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let len = buf.len();
         loop {
             // SAFETY: the buffer is valid for `len` bytes.
@@ -171,14 +173,6 @@ impl AlignedBuf {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    fn as_ptr(&self) -> *const u8 {
-        self.ptr
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.ptr
     }
 }
 

@@ -1,13 +1,15 @@
 //! The verifying block workload behind `duet-blockcheck`: what a client host's application
 //! sees of a multipath device while controllers fail under it.
 //!
-//! Worker threads each own a disjoint set of blocks (block `first + k * threads + id`) and do
-//! single-block reads and writes at QD1 with `pread`/`pwrite` on an `O_DIRECT` descriptor. Every
+//! Worker threads each own a disjoint, contiguous range of blocks and do single-block random
+//! reads and writes at QD1 with `pread`/`pwrite` on an `O_DIRECT` descriptor. Every
 //! block written is self-describing ([`block`]); every read is judged against what the worker
 //! knows was acknowledged ([`expect`]). An I/O error is counted and the block becomes uncertain
 //! (old or new generation), and the run goes on. Each I/O's wait is measured: the longest, and
 //! every one over the threshold with its start time, so a scenario can line them up with its
-//! events. At the end, a read-back of every block finds lost writes.
+//! events. At the end, a read-back of every block finds lost writes. --init and the read-back
+//! move [`CHUNK_BYTES`] (runs of consecutive blocks) per I/O, each block still self-describing
+//! and judged on its own.
 
 pub mod args;
 pub mod block;
@@ -45,8 +47,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// The area and settings every worker shares.
 struct Cfg {
     block_size: u64,
-    first_block: u64,
-    threads: u64,
     write_pct: u64,
     writer: u64,
     final_check: bool,
@@ -127,13 +127,16 @@ impl Shared {
     }
 }
 
-/// One worker: its blocks, their expectations, its buffer.
+/// One worker: its blocks (a contiguous range), their expectations, its buffer.
 struct Worker<'a> {
-    id: u64,
+    id: usize,
     sh: &'a Shared,
     dev: &'a Device,
     cfg: &'a Cfg,
+    /// Device block number of the worker's first block.
+    base: u64,
     expect: Vec<Expect>,
+    /// [`CHUNK_BYTES`] (at least one block): --init and the read-back move whole chunks.
     buf: AlignedBuf,
     rng: u64,
     /// (block, finding) already described in `errors`: the first stale or corrupt read of a
@@ -141,28 +144,29 @@ struct Worker<'a> {
     described: HashSet<(u64, &'static str)>,
 }
 
-impl Worker<'_> {
-    fn block_of(&self, k: usize) -> u64 {
-        self.cfg.first_block + k as u64 * self.cfg.threads + self.id
-    }
+/// Bytes per I/O of --init and of the final read-back (a run of consecutive blocks).
+pub const CHUNK_BYTES: u64 = 256 << 10;
 
+impl Worker<'_> {
     fn rand(&mut self) -> u64 {
         self.rng = mix64(self.rng);
         self.rng
     }
 
-    /// One timed I/O of the buffer to or from `block`.
-    fn io(&mut self, phase: Phase, write: bool, block: u64) -> io::Result<()> {
+    /// One timed I/O of `count` blocks from the worker's `k`th block, to or from the buffer.
+    fn io(&mut self, phase: Phase, write: bool, k: usize, count: usize) -> io::Result<()> {
+        let block = self.base + k as u64;
+        let bs = self.cfg.block_size as usize;
         let off = block * self.cfg.block_size;
         let start = Instant::now();
         let since = self.sh.since_t0(start);
-        self.sh.inflight[self.id as usize].store(since.as_nanos() as u64 + 1, SeqCst);
+        self.sh.inflight[self.id].store(since.as_nanos() as u64 + 1, SeqCst);
         let r = if write {
-            self.dev.write_at(&self.buf, off)
+            self.dev.write_at(&self.buf[..count * bs], off)
         } else {
-            self.dev.read_at(&mut self.buf, off)
+            self.dev.read_at(&mut self.buf[..count * bs], off)
         };
-        self.sh.inflight[self.id as usize].store(0, SeqCst);
+        self.sh.inflight[self.id].store(0, SeqCst);
         let took = start.elapsed();
         self.sh.max_wait[phase_index(phase)].fetch_max(took.as_nanos() as u64, SeqCst);
         if took > self.sh.threshold {
@@ -173,6 +177,7 @@ impl Worker<'_> {
                     ms: took.as_millis() as u64,
                     op: if write { "write" } else { "read" },
                     block,
+                    blocks: count as u64,
                     phase,
                 });
             } else {
@@ -182,17 +187,16 @@ impl Worker<'_> {
         r
     }
 
-    /// Describes a finding on `block` in the error list, once per block and kind.
-    fn finding(&mut self, kind: &'static str, block: u64, msg: String) {
-        if self.described.insert((block, kind)) {
-            self.sh.note(format!("{} {kind}: {msg}", self.sh.stamp()));
-        }
-    }
-
-    fn io_error(&self, op: &str, block: u64, e: &io::Error) {
+    fn io_error(&self, op: &str, k: usize, count: usize, e: &io::Error) {
+        let block = self.base + k as u64;
         self.sh.app_errors.fetch_add(1, SeqCst);
+        let what = if count == 1 {
+            format!("block {block}")
+        } else {
+            format!("blocks {block}..{}", block + count as u64 - 1)
+        };
         self.sh.note(format!(
-            "{} {op} block {block} (byte {}): {e}",
+            "{} {op} {what} (byte {}): {e}",
             self.sh.stamp(),
             block * self.cfg.block_size
         ));
@@ -200,71 +204,106 @@ impl Worker<'_> {
         thread::sleep(Duration::from_millis(10));
     }
 
-    /// Writes the next generation of the `k`th block; true when acknowledged.
-    fn write(&mut self, phase: Phase, k: usize) -> bool {
-        let block = self.block_of(k);
-        let gen = self.expect[k].next_gen();
-        self.expect[k].submit(gen);
-        encode(&mut self.buf, block, gen, self.cfg.writer);
-        match self.io(phase, true, block) {
+    /// Describes a finding on `block` in the error list, once per block and kind.
+    fn finding(&mut self, kind: &'static str, block: u64, msg: String) {
+        if self.described.insert((block, kind)) {
+            self.sh.note(format!("{} {kind}: {msg}", self.sh.stamp()));
+        }
+    }
+
+    /// Writes the next generation of `count` blocks from the `k`th in one I/O; true when
+    /// acknowledged.
+    fn write(&mut self, phase: Phase, k: usize, count: usize) -> bool {
+        let bs = self.cfg.block_size as usize;
+        for i in k..k + count {
+            let gen = self.expect[i].next_gen();
+            self.expect[i].submit(gen);
+            let at = (i - k) * bs;
+            encode(
+                &mut self.buf[at..at + bs],
+                self.base + i as u64,
+                gen,
+                self.cfg.writer,
+            );
+        }
+        match self.io(phase, true, k, count) {
             Ok(()) => {
-                self.expect[k].ack(gen, self.cfg.writer);
+                for i in k..k + count {
+                    let gen = self.expect[i].tried;
+                    self.expect[i].ack(gen, self.cfg.writer);
+                }
                 true
             }
             Err(e) => {
-                self.io_error("write", block, &e);
+                self.io_error("write", k, count, &e);
                 false
             }
         }
     }
 
-    /// Reads and judges the `k`th block; `None` on an I/O error.
-    fn read(&mut self, phase: Phase, k: usize) -> Option<Verdict> {
-        let block = self.block_of(k);
-        if let Err(e) = self.io(phase, false, block) {
-            self.io_error("read", block, &e);
-            return None;
+    /// Reads `count` blocks from the `k`th in one I/O and judges each; false on an I/O error.
+    fn read(&mut self, phase: Phase, k: usize, count: usize) -> bool {
+        if let Err(e) = self.io(phase, false, k, count) {
+            self.io_error("read", k, count, &e);
+            return false;
         }
-        let v = check(&self.expect[k], &decode(&self.buf, block), self.cfg.writer);
-        let what = if phase == Phase::Final {
-            "final read-back"
-        } else {
-            "read"
-        };
-        match &v {
+        let bs = self.cfg.block_size as usize;
+        for i in k..k + count {
+            let block = self.base + i as u64;
+            let at = (i - k) * bs;
+            let v = check(
+                &self.expect[i],
+                &decode(&self.buf[at..at + bs], block),
+                self.cfg.writer,
+            );
+            self.judge(phase, block, v);
+        }
+        true
+    }
+
+    fn judge(&mut self, phase: Phase, block: u64, v: Verdict) {
+        match v {
             Verdict::Ok => {}
             Verdict::Old(m) if phase == Phase::Final => {
                 self.sh.lost.fetch_add(1, SeqCst);
-                self.finding("lost write", block, format!("{what} of block {block}: {m}"));
+                self.finding(
+                    "lost write",
+                    block,
+                    format!("final read-back of block {block}: {m}"),
+                );
             }
             Verdict::Old(m) => {
                 self.sh.stale.fetch_add(1, SeqCst);
                 self.finding("stale read", block, format!("block {block}: {m}"));
             }
+            Verdict::Corrupt(m) if phase == Phase::Final => {
+                self.sh.corrupt.fetch_add(1, SeqCst);
+                self.finding(
+                    "corrupt block",
+                    block,
+                    format!("final read-back of block {block}: {m}"),
+                );
+            }
             Verdict::Corrupt(m) => {
                 self.sh.corrupt.fetch_add(1, SeqCst);
-                let kind = if phase == Phase::Final {
-                    "corrupt block"
-                } else {
-                    "corrupt read"
-                };
-                self.finding(kind, block, format!("{what} of block {block}: {m}"));
+                self.finding("corrupt read", block, format!("block {block}: {m}"));
             }
         }
-        Some(v)
     }
 
     /// Init, workload, final read-back; returns the expectations and whether the read-back
     /// covered every block.
     fn run(mut self, init: bool) -> (Vec<Expect>, bool) {
         let n = self.expect.len();
+        let chunk = self.buf.len() / self.cfg.block_size as usize;
         if init {
-            for k in 0..n {
+            for k in (0..n).step_by(chunk) {
                 if self.sh.stop.load(SeqCst) {
                     break;
                 }
-                if self.write(Phase::Init, k) {
-                    self.sh.init_blocks.fetch_add(1, SeqCst);
+                let count = chunk.min(n - k);
+                if self.write(Phase::Init, k, count) {
+                    self.sh.init_blocks.fetch_add(count as u64, SeqCst);
                 }
             }
         }
@@ -277,10 +316,10 @@ impl Worker<'_> {
             let k = (r % n as u64) as usize;
             let write = (r >> 32) % 100 < self.cfg.write_pct;
             if write {
-                self.write(Phase::Run, k);
+                self.write(Phase::Run, k, 1);
                 self.sh.writes.fetch_add(1, SeqCst);
             } else {
-                self.read(Phase::Run, k);
+                self.read(Phase::Run, k, 1);
                 self.sh.reads.fetch_add(1, SeqCst);
             }
             self.sh.ios.fetch_add(1, SeqCst);
@@ -288,13 +327,14 @@ impl Worker<'_> {
         let mut complete = false;
         if self.cfg.final_check {
             complete = true;
-            for k in 0..n {
+            for k in (0..n).step_by(chunk) {
                 if self.sh.abort.load(SeqCst) {
                     complete = false;
                     break;
                 }
-                if self.read(Phase::Final, k).is_some() {
-                    self.sh.final_blocks.fetch_add(1, SeqCst);
+                let count = chunk.min(n - k);
+                if self.read(Phase::Final, k, count) {
+                    self.sh.final_blocks.fetch_add(count as u64, SeqCst);
                 } else {
                     complete = false;
                 }
@@ -397,8 +437,6 @@ pub fn run(a: &Args, signals: &AtomicUsize) -> Result<Report, String> {
     let threads = a.threads as u64;
     let cfg = Cfg {
         block_size: a.block_size,
-        first_block,
-        threads,
         write_pct: a.write_pct as u64,
         writer,
         final_check: !a.no_final_check,
@@ -438,22 +476,23 @@ pub fn run(a: &Args, signals: &AtomicUsize) -> Result<Report, String> {
         );
     }
 
+    let chunk_bytes = CHUNK_BYTES.max(a.block_size) as usize;
+    let range = |id: u64| (blocks * id / threads, blocks * (id + 1) / threads);
     let workers: Vec<Worker> = (0..threads)
         .map(|id| {
-            let n = (blocks - id).div_ceil(threads) as usize;
+            let (from, to) = range(id);
             let expect = match &state {
-                Some(s) => (0..n)
-                    .map(|k| s.expect[k * threads as usize + id as usize])
-                    .collect(),
-                None => vec![Expect::default(); n],
+                Some(s) => s.expect[from as usize..to as usize].to_vec(),
+                None => vec![Expect::default(); (to - from) as usize],
             };
             Worker {
-                id,
+                id: id as usize,
                 sh: &sh,
                 dev: &dev,
                 cfg: &cfg,
+                base: first_block + from,
                 expect,
-                buf: AlignedBuf::new(a.block_size as usize),
+                buf: AlignedBuf::new(chunk_bytes),
                 rng: mix64(seed ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
                 described: HashSet::new(),
             }
@@ -581,13 +620,10 @@ pub fn run(a: &Args, signals: &AtomicUsize) -> Result<Report, String> {
     let final_complete = !a.no_final_check && results.iter().all(|(_, c)| *c);
 
     if let Some(path) = &a.state {
-        let n = blocks as usize;
-        let mut expect = vec![Expect::default(); n];
-        for (id, (ex, _)) in results.iter().enumerate() {
-            for (k, e) in ex.iter().enumerate() {
-                expect[k * a.threads + id] = *e;
-            }
-        }
+        let expect: Vec<Expect> = results
+            .iter()
+            .flat_map(|(ex, _)| ex.iter().copied())
+            .collect();
         let s = State {
             format: expect::STATE_FORMAT.into(),
             block_size: a.block_size,

@@ -40,8 +40,10 @@ pub struct Stall {
     pub ms: u64,
     /// `read` or `write`.
     pub op: &'static str,
-    /// Device block number (byte offset / block size).
+    /// Device block number (byte offset / block size) of the first block.
     pub block: u64,
+    /// Blocks moved by the I/O (1 in the workload; up to a chunk in --init and the read-back).
+    pub blocks: u64,
     pub phase: Phase,
 }
 
