@@ -10,7 +10,8 @@ use std::path::Path;
 /// `gen` is the newest acknowledged generation (0: nothing known, the block is not checked
 /// unless this run writes it), written by `writer`. `tried` is the newest generation ever
 /// submitted (`tried >= gen`): while a write is in flight, or after it failed, any generation in
-/// `gen..=tried` is acceptable, since the failed write may or may not have reached the disk.
+/// `gen..=tried` is acceptable, since the failed write may or may not have reached the disk,
+/// until a read shows one of them there ([`Expect::observe`]) or a newer write is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expect {
     pub gen: u64,
@@ -34,6 +35,18 @@ impl Expect {
         self.gen = gen;
         self.writer = writer;
         self.tried = self.tried.max(gen);
+    }
+
+    /// After a read judged [`Verdict::Ok`] returned `c`: a generation of ours newer than the
+    /// acknowledged one (a write whose outcome was unknown) is on the disk, so from now on an
+    /// older one is stale, as for an acknowledged write.
+    pub fn observe(&mut self, c: &Content, ours: u64) {
+        if let Content::Block { gen, writer } = *c {
+            if gen > self.gen && gen <= self.tried && writer == ours {
+                self.gen = gen;
+                self.writer = writer;
+            }
+        }
     }
 }
 
@@ -202,6 +215,9 @@ mod tests {
         assert_eq!(check(&e, &blk(1, US), US), Verdict::Ok);
         assert_eq!(check(&e, &blk(3, THEM), US), Verdict::Ok);
         assert!(matches!(check(&e, &blk(2, US), US), Verdict::Corrupt(_)));
+        let mut seen = e;
+        seen.observe(&blk(3, THEM), US);
+        assert_eq!(seen, e, "another run's block says nothing of ours");
         e.ack(1, US);
         assert_eq!(check(&e, &blk(1, US), US), Verdict::Ok);
         assert!(matches!(check(&e, &Content::Zero, US), Verdict::Old(_)));
@@ -215,6 +231,10 @@ mod tests {
         for g in 1..=3 {
             assert_eq!(check(&e, &blk(g, US), US), Verdict::Ok, "gen {g}");
         }
+        // A read shows that the second failed write landed: the older ones are stale now.
+        e.observe(&blk(3, US), US);
+        assert!(matches!(check(&e, &blk(2, US), US), Verdict::Old(_)));
+        assert_eq!(check(&e, &blk(3, US), US), Verdict::Ok);
         // Then one acknowledged: only it.
         let g = e.next_gen();
         assert_eq!(g, 4);

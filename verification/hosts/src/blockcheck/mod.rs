@@ -251,11 +251,11 @@ impl Worker<'_> {
         for i in k..k + count {
             let block = self.base + i as u64;
             let at = (i - k) * bs;
-            let v = check(
-                &self.expect[i],
-                &decode(&self.buf[at..at + bs], block),
-                self.cfg.writer,
-            );
+            let c = decode(&self.buf[at..at + bs], block);
+            let v = check(&self.expect[i], &c, self.cfg.writer);
+            if v == Verdict::Ok {
+                self.expect[i].observe(&c, self.cfg.writer);
+            }
             self.judge(phase, block, v);
         }
         true
