@@ -12,9 +12,12 @@
 //!   [`mpio`].
 //! - [`mpio`]: the multipath, ALUA-aware workload with a data oracle behind `duet-mpio`.
 //! - [`load`]: the lean pipelined load generator behind `duet-load`.
+//! - [`blockcheck`]: the verifying O_DIRECT block workload behind `duet-blockcheck`, for a
+//!   client host's multipath device.
 //! - [`histogram`]: the latency histogram both report from; [`units`]: the command-line
 //!   parsers of sizes, durations and portals.
 
+pub mod blockcheck;
 pub mod histogram;
 pub mod load;
 pub mod login;
