@@ -569,8 +569,9 @@ admin_socket = "/run/duet/duetd.sock"
         if rc != 0:
             return None
         try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
+            return json.loads(out[out.index("{"):])
+        except ValueError:
+            log("%s: duetctl ha --json: unreadable: %s" % (name, out[:300]))
             return None
 
     def role(self, name):
