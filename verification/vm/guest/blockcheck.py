@@ -30,7 +30,7 @@ MAGIC = b"DUETBLK1"
 
 def pattern(block, gen):
     head = MAGIC + struct.pack("<QQ", block, gen)
-    return head * (BS // len(head))
+    return (head * (BS // len(head) + 1))[:BS]
 
 
 def decode(buf, block):

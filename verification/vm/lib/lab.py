@@ -44,8 +44,9 @@ TIMING = dict(lease_ms=3000, renew_ms=750, drift_ms=200, margin_ms=1000, heartbe
 SCENARIOS = ["secondary-poweroff", "primary-poweroff", "primary-freeze", "ha-cut", "manual",
              "switchover", "sigterm"]
 # `--scenario all`: every scenario in mode 1, primary-poweroff and switchover in modes 0 and 2.
-MATRIX = [(s, 1) for s in SCENARIOS] + [(s, m) for m in (0, 2)
-                                        for s in ("primary-poweroff", "switchover")]
+MATRIX = [("primary-poweroff", 1), ("switchover", 1)] + [
+    (s, 1) for s in SCENARIOS if s not in ("primary-poweroff", "switchover")] + [
+    (s, m) for m in (0, 2) for s in ("primary-poweroff", "switchover")]
 
 T0 = time.monotonic()
 LOGF = None
@@ -378,9 +379,16 @@ class Guest:
 
     def poweroff(self):
         """`poweroff -f` inside the guest: the kernel stops at once, its memory is gone."""
-        log("%s: poweroff -f" % self.name)
-        self.agent.send_only("poweroff -f")
-        self.wait_exit(60)
+        # The image has no systemd, hence no poweroff(8): SysRq o is the same immediate power
+        # off (no sync, no clean shut-down).
+        log("%s: power off at once (SysRq o, as poweroff -f)" % self.name)
+        self.agent.send_only("echo 1 > /proc/sys/kernel/sysrq; echo o > /proc/sysrq-trigger")
+        try:
+            self.wait_exit(30)
+        except LabError:
+            log("%s: still running: QMP quit (power cut)" % self.name)
+            self.qmp("quit")
+            self.wait_exit(30)
 
     def kill(self):
         if self.proc is None or self.proc.poll() is not None:
