@@ -615,8 +615,11 @@ admin_socket = "/run/duet/duetd.sock"
             raise self._errs[0]
         # The first controller formats the (blank) quorum LUN.
         self.start_duetd("ctrl-a", mode, failover, create_quorum=True)
-        self.wait_role("ctrl-a", "primary", 90)
+        if failover != "manual":
+            # Under manual failover a controller takes no role before it has met its peer.
+            self.wait_role("ctrl-a", "primary", 90)
         self.start_duetd("ctrl-b", mode, failover)
+        self.wait_role("ctrl-a", "primary", 90)
         self.wait_role("ctrl-b", "secondary", 90, link=2)
         log("pair up: ctrl-a primary, ctrl-b secondary, HA link established")
 
