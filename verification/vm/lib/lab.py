@@ -898,6 +898,10 @@ def run_scenario(lab, scenario, mode, image):
     time.sleep(8)
     checks["client_served_at_end"] = lab.ios_grow(60)
     wl = lab.stop_workload()
+    for n, g in lab.guests.items():
+        if g.alive():
+            g.run("dmesg > /out/%s/dmesg.txt 2>&1; multipath -ll > /out/%s/multipath.txt 2>&1; "
+                  "true" % (n, n), timeout=30, check=False)
     fl = []
     for n in CTRLS:
         fl += ["%s: %s" % (n, l.strip()[-200:])
