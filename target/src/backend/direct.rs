@@ -150,6 +150,11 @@ pub fn alignment(file: &File, block_device: bool) -> Result<Alignment, Refusal> 
     }
     match probe_read(file, align.offset.max(512)) {
         Ok(()) => Ok(align),
+        // RESERVATION CONFLICT: a shared disk of a pair whose persistent reservation this host
+        // has not joined yet (the `scsi-pr` agent registers its key after the LUNs are opened,
+        // and the pair holds EXCLUSIVE ACCESS - REGISTRANTS ONLY). The read went the direct way
+        // to the device, which refused it for the reservation: direct I/O works.
+        Err(e) if e.raw_os_error() == Some(libc::EBADE) => Ok(align),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(Refusal::Unsupported(format!(
             "it accepts O_DIRECT at open but refuses a direct read: {e}"
         ))),
