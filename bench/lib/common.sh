@@ -211,7 +211,8 @@ machine_facts() {
     python3 "$REPORT" kv \
         "date=$(date -Is)" "host=$(hostname)" "nproc=$(nproc)" "kernel=$(uname -r)" \
         "cpu_model=$cpu" "duetd_git_rev=$rev" "duetd_version=$duetd_ver" \
-        "tgtd_version=${tgt_ver:-not installed}" "clk_tck=$CLK_TCK"
+        "tgtd_version=${tgt_ver:-not installed}" "clk_tck=$CLK_TCK" \
+        "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)" "qemu_guests=$(pgrep -c -f qemu-system || true)"
 }
 
 # Default output file: bench/results/NAME-<date>.json.
