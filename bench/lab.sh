@@ -78,7 +78,17 @@ for spec in "${WORKLOADS[@]}"; do
 done
 [[ ${#selected[@]} -gt 0 ]] || die "--only $ONLY matches no workload (${WORKLOADS[*]%%|*})"
 
-shm_dir lab WORK
+# On the disk's file system, not tmpfs: every LUN of a pair is opened with O_DIRECT, and O_DIRECT
+# on tmpfs has no device behind it. DUET_LAB_DIR chooses another directory.
+LAB_BASE=${DUET_LAB_DIR:-$ROOT/build}
+mkdir -p "$LAB_BASE"
+WORK=$(mktemp -d "$LAB_BASE/duet-bench-lab.XXXXXX") || die "cannot create a directory in $LAB_BASE"
+track_path "$WORK"
+FS_TYPE=$(stat -f -c %T "$WORK")
+case $FS_TYPE in
+tmpfs | ramfs) say "warning: $WORK is on $FS_TYPE: no device behind it (set DUET_LAB_DIR to a disk)" ;;
+esac
+say "lab directories in $WORK ($FS_TYPE)"
 RAW="$WORK/runs.jsonl"
 : >"$RAW"
 cleanup_hook() { lab_stop; }
@@ -94,6 +104,11 @@ for mode in "${MODE_LIST[@]}"; do
     PID_A=$(node_pid ctrl-a)
     PID_B=$(node_pid ctrl-b)
     [[ -n $PID_A && -n $PID_B ]] || die "no controller PIDs in $LAB_DIR"
+    for pid in $PID_A $PID_B; do
+        n=$(direct_fds "$pid" "$WORK/mode$mode/da0.img")
+        say "pid $pid: LUN file open with O_DIRECT on $n descriptor(s), without on $(plain_fds "$pid" "$WORK/mode$mode/da0.img")"
+        LUN_DIRECT_FDS="${LUN_DIRECT_FDS:+$LUN_DIRECT_FDS,}$n"
+    done
     step=0
     for spec in "${selected[@]}"; do
         IFS='|' read -r name label _ <<<"$spec"
@@ -117,7 +132,8 @@ done
 
 machine_facts >"$WORK/facts.json"
 python3 "$REPORT" kv duration_s="$DURATION" warmup_s="$WARMUP" rounds="$ROUNDS" lun_mib="$LUN_MIB" \
-    "modes=[$MODES]" "only=$ONLY" "duet_load=$DUET_LOAD_BIN" sessions=1 >"$WORK/params.json"
+    "modes=[$MODES]" "only=$ONLY" "duet_load=$DUET_LOAD_BIN" sessions=1 "dir=$LAB_BASE" \
+    "fs_type=$FS_TYPE" "lun_direct_fds=[$LUN_DIRECT_FDS]" >"$WORK/params.json"
 mkdir -p "$(dirname "$OUT")"
 python3 "$REPORT" lab "$RAW" "$WORK/facts.json" "$WORK/params.json" "$OUT"
 say "results: $OUT"

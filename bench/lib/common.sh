@@ -163,6 +163,22 @@ wait_port() {
     return 1
 }
 
+# direct_fds PID FILE / plain_fds PID FILE: how many of the process's descriptors name FILE with
+# O_DIRECT (octal 040000 in /proc/PID/fdinfo's flags) / without it.
+fds_of() {
+    local pid=$1 file=$2 want=$3 fd n=0 flags has
+    for fd in /proc/"$pid"/fd/*; do
+        [[ $(readlink "$fd" 2>/dev/null) == "$file" ]] || continue
+        flags=$(awk '/^flags:/ { print $2 }' "/proc/$pid/fdinfo/${fd##*/}" 2>/dev/null)
+        [[ $flags =~ ^[0-7]+$ ]] || continue
+        has=$(((8#$flags & 8#040000) != 0 ? 1 : 0))
+        [[ $has == "$want" ]] && n=$((n + 1))
+    done
+    echo "$n"
+}
+direct_fds() { fds_of "$1" "$2" 1; }
+plain_fds() { fds_of "$1" "$2" 0; }
+
 # CPU seconds (user + system, all threads) a process has used so far.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_seconds() {
@@ -195,7 +211,8 @@ machine_facts() {
     python3 "$REPORT" kv \
         "date=$(date -Is)" "host=$(hostname)" "nproc=$(nproc)" "kernel=$(uname -r)" \
         "cpu_model=$cpu" "duetd_git_rev=$rev" "duetd_version=$duetd_ver" \
-        "tgtd_version=${tgt_ver:-not installed}" "clk_tck=$CLK_TCK"
+        "tgtd_version=${tgt_ver:-not installed}" "clk_tck=$CLK_TCK" \
+        "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)" "qemu_guests=$(pgrep -c -f qemu-system || true)"
 }
 
 # Default output file: bench/results/NAME-<date>.json.

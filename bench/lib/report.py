@@ -338,7 +338,9 @@ def render_lab(summary, checks, facts, params):
         f"## Duet lab: direct (ctrl-a, primary) vs through ctrl-b (secondary) ({facts.get('nproc')} CPUs, "
         f"kernel {facts.get('kernel')}; duetd {facts.get('duetd_git_rev')})",
         "",
-        f"LUN on tmpfs, {params.get('lun_mib')} MiB; 1 session; {params.get('duration_s')} s per run after "
+        f"LUN file on {params.get('fs_type', 'tmpfs')} ({params.get('dir', '/dev/shm')}), opened with O_DIRECT "
+        f"by both controllers (descriptors with O_DIRECT per controller: {params.get('lun_direct_fds', '?')}), "
+        f"{params.get('lun_mib')} MiB; 1 session; {params.get('duration_s')} s per run after "
         f"{params.get('warmup_s')} s warm-up; {params.get('rounds')} round(s) per path, alternating; medians. "
         "Mode 2: ctrl-b forwards every command to ctrl-a over the HA link; mode 1: ctrl-b does the I/O on the "
         "shared file itself. Ratio = via ctrl-b / direct. CPU = both controllers' user+system seconds per GiB.",

@@ -14,7 +14,7 @@ use duet_core::scsi::{op, CommandContext, Nexus, Prepared, Sense};
 use duet_core::sense::{status, SenseCode};
 
 use super::completion::{check, completion_of};
-use super::medium::{after_command, prepare_local, run_inline, run_medium};
+use super::medium::{after_command, prepare_local, run_inline, start_medium, Started};
 use super::pair::Pair;
 use crate::lu::{Target, PRODUCT, VENDOR};
 use crate::stats::{OpKind, Stats};
@@ -86,11 +86,16 @@ where
             if let Some(c) = run_inline(&lu, &plan, &cmd.data_out) {
                 return Some(timer.finish(c));
             }
-            let reply = reply_later();
-            tokio::spawn(async move {
-                reply(timer.finish(run_medium(lu, plan, cmd.data_out).await));
-            });
-            None
+            match start_medium(lu, plan, cmd.data_out) {
+                Started::Done(c) => Some(timer.finish(c)),
+                Started::Waiting(fut) => {
+                    let reply = reply_later();
+                    tokio::spawn(async move {
+                        reply(timer.finish(fut.await));
+                    });
+                    None
+                }
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //! commands, a secondary running a mode-1 plan) run commands through here. Touches the LU, its
 //! store and its reservation file; an HA pair only through [`Pair`].
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -84,6 +85,30 @@ pub fn try_io_guard(lu: &Lu, plan: &IoPlan) -> Option<IoGuard> {
 pub async fn run_medium(lu: Arc<Lu>, plan: IoPlan, data_out: Bytes) -> Completion {
     let guard = io_guard(&lu, &plan).await;
     run_medium_locked(lu, plan, data_out, guard).await
+}
+
+/// A medium phase as [`start_medium`] left it.
+pub enum Started {
+    /// It finished at once (a fenced LU, a failure found before any I/O).
+    Done(Completion),
+    /// It waits for its I/O, which is already with the kernel when it goes through the ring.
+    Waiting(std::pin::Pin<Box<dyn Future<Output = Completion> + Send>>),
+}
+
+/// [`run_medium`], run here until it first waits: a read or write of a direct-I/O store on this
+/// thread's ring enters the kernel now, while the connection decodes the commands that arrived
+/// with this one, instead of once the task that awaits it first runs. The returned future must
+/// be polled to completion (it was polled once with a waker that does nothing, so it must be
+/// polled again before it can be woken).
+pub fn start_medium(lu: Arc<Lu>, plan: IoPlan, data_out: Bytes) -> Started {
+    let mut fut = Box::pin(run_medium(lu, plan, data_out));
+    match fut
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(c) => Started::Done(c),
+        std::task::Poll::Pending => Started::Waiting(fut),
+    }
 }
 
 /// [`run_medium`] with the I/O lock already held (by this controller or, in mode 1, by the
@@ -379,6 +404,58 @@ mod tests {
         let again = rt.block_on(run_medium(lu.clone(), read(131072), Bytes::new()));
         assert_eq!(again.data_in, data);
         drop(rt);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `start_medium` hands a direct read to the ring before its future is awaited (the command
+    /// reaches the device while the connection decodes the next ones), and the future then
+    /// completes it as `run_medium` would.
+    #[test]
+    fn a_started_medium_phase_is_with_the_kernel_before_it_is_awaited() {
+        use crate::backend::{FileStore, OpenSpec};
+        use duet_core::alua::LunView;
+        use duet_core::scsi::{AluaPicture, LogicalUnit, LuConfig};
+
+        let dir = std::env::temp_dir().join(format!("duet-medium-{}-start", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lun.img");
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 29) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let store = FileStore::open(&OpenSpec {
+            path: &path,
+            size: None,
+            block_size: 512,
+            read_only: false,
+            create: false,
+            direct: true,
+        })
+        .unwrap();
+        let direct = store.direct().is_some();
+        let lu = LogicalUnit::new(LuConfig::new(0, 512, 65536 / 512, "start0")).unwrap();
+        let picture = AluaPicture::from_view(LunView::standalone(), 1, &[1], &[]);
+        let lu = Arc::new(Lu::new(0, lu, store, dir.join("lun.pr"), picture, true));
+        let read = IoPlan {
+            op: IoOp::Read {
+                offset: 8192,
+                len: 16384,
+            },
+            wanted_len: 16384,
+            descriptor_sense: false,
+        };
+        let (started, c) = on_ring_thread(16, move |ring| async move {
+            let before = ring.started();
+            let s = start_medium(lu, read, Bytes::new());
+            let started = ring.started() - before;
+            let c = match s {
+                Started::Done(c) => c,
+                Started::Waiting(fut) => tokio::spawn(fut).await.unwrap(),
+            };
+            (started, c)
+        });
+        assert_eq!(c.status, duet_core::sense::status::GOOD, "{c:?}");
+        assert_eq!(&c.data_in[..], &data[8192..8192 + 16384]);
+        assert_eq!(started, u64::from(direct), "direct store: {direct}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
