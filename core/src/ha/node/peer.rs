@@ -255,6 +255,18 @@ impl Node {
                 self.luns[i].peer_primary = false;
             }
         }
+        if self.automatic()
+            && at.is_none()
+            && lease_for_peer
+            && self.read_lease_needed()
+            && self.timers[TimerKind::PeerLease.index()].is_none()
+        {
+            // The peer just became primary (a hand-over, a takeover): ask for its read lease
+            // now rather than at the next probe round, so that this controller reports itself
+            // Active/Non-optimized again after one round trip (a host's multipath would
+            // otherwise fail this path on Transitioning meanwhile).
+            self.send_probe(now);
+        }
         if self.automatic() {
             if let Some(at) = at {
                 if lease_for_peer && valid_for > 0 {
