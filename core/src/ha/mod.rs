@@ -72,10 +72,21 @@
 //! link that it lost its role. A node that learns over the link, with a read lease, that the peer
 //! serves gives its claim up.
 //!
-//! A planned switchover ([`AdminCmd::Switchover`]) needs no lease wait: the primary stops serving,
-//! writes its slot without the LUN and then sends [`HaMsg::Handover`]; the receiver claims from
-//! step 2 without fencing. With [`Config::failback`], a primary that is not the preferred
+//! A planned switchover ([`AdminCmd::Switchover`]) needs no lease wait. In modes 1 and 2 the
+//! secondary reports itself active on a read lease the primary granted, a promise the primary
+//! cannot take back alone: so the primary first sends [`HaMsg::Release`] and keeps serving until
+//! the peer answers [`HaMsg::Released`] (it no longer counts on the primary and waits for the
+//! hand-over), or until every read lease it promised has run out (its own lease's end when it
+//! asked). Then it stops serving, writes its slot without the LUN and sends [`HaMsg::Handover`];
+//! the receiver claims from step 2 without fencing, and asks for a read lease at once when it
+//! hears the new primary. With [`Config::failback`], a primary that is not the preferred
 //! controller of a LUN hands it over the same way once the link has been up for a full lease.
+//!
+//! **A clean stop** ([`Input::Stop`]: SIGTERM, `systemctl stop`) is a planned switchover of every
+//! LUN the node serves, followed by a drain, a slot write that owns nothing and
+//! [`HaMsg::Leaving`]; the receiver counts the peer down without a fence (a mode 1 primary does
+//! not suspend I/O when the link then closes). The runtime bounds the stop; a stop that does not
+//! complete in time ends as a crash (see `node/stop.rs`).
 //!
 //! **Why a stale heartbeat means an expired lease.** Let `D = drift_ms` bound how much the two
 //! clocks' measurements of one interval (up to `lease_ms + margin_ms` long) may differ, and let
