@@ -313,16 +313,26 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
 
 /// How long a stopping controller waits for its peer to take over before it exits anyway.
 const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a controller that stopped cleanly keeps answering Unavailable before it closes.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A stop of one controller of a pair is a planned switchover: every LUN it serves goes to the
 /// peer first, and the peer is told, so that it takes over at once and fences nothing.
 async fn hand_over_before_exit(ha: &duet_target::ha::runtime::HaRuntime) {
     let t0 = std::time::Instant::now();
     match ha.stop(STOP_BOUND).await {
-        duet_target::ha::runtime::StopOutcome::Clean => tracing::info!(
-            ms = t0.elapsed().as_millis() as u64,
-            "HA: stopped cleanly: the peer serves what this controller served and will not fence it"
-        ),
+        duet_target::ha::runtime::StopOutcome::Clean => {
+            tracing::info!(
+                ms = t0.elapsed().as_millis() as u64,
+                "HA: stopped cleanly: the peer serves what this controller served and will not \
+                 fence it"
+            );
+            // Keep the portals a moment longer: every command that still comes here is answered
+            // Unavailable, so the hosts' multipath fails this path and retries on the peer. A
+            // connection closed under a command would instead hold it in the host's session
+            // recovery (Linux: `replacement_timeout`, 5 s or more) before it is retried.
+            tokio::time::sleep(LINGER).await;
+        }
         duet_target::ha::runtime::StopOutcome::TimedOut => tracing::warn!(
             "HA: the hand-over did not complete within {} s; exiting: the peer treats this \
              as a crash (lease wait, then fence)",
