@@ -105,24 +105,28 @@ fn scenario(
     );
 }
 
+/// After ctrl-b is gone, ctrl-a must stay primary with the link down.
+fn ctrl_a_stays_primary_alone(lab: &Lab, problems: &mut Vec<String>, how: &str) {
+    let ok = wait_until(
+        || {
+            lab.view(Node::A)
+                .is_some_and(|v| v.link_state != 2 && v.role == "primary" && v.primary == Some(1))
+        },
+        ROLE_CHANGE,
+    );
+    if !ok {
+        problems.push(format!(
+            "ctrl-a did not stay primary with the link down after ctrl-b {how}: {:?}",
+            lab.view(Node::A)
+        ));
+    }
+}
+
 /// kill -9 of the secondary: the primary keeps the LUN and notices the link is gone.
 fn kill_secondary(mode: u8) {
     scenario(mode, "kill_secondary", LOAD_FOR, |lab, _load, problems| {
         lab.kill9(Node::B);
-        let ok = wait_until(
-            || {
-                lab.view(Node::A).is_some_and(|v| {
-                    v.link_state != 2 && v.role == "primary" && v.primary == Some(1)
-                })
-            },
-            ROLE_CHANGE,
-        );
-        if !ok {
-            problems.push(format!(
-                "ctrl-a did not stay primary with the link down after ctrl-b died: {:?}",
-                lab.view(Node::A)
-            ));
-        }
+        ctrl_a_stays_primary_alone(lab, problems, "died");
     });
 }
 
@@ -369,20 +373,7 @@ fn sigterm_secondary(mode: u8) {
                 problems.push("ctrl-b did not exit within 10 s of SIGTERM".into());
                 return;
             }
-            let ok = wait_until(
-                || {
-                    lab.view(Node::A).is_some_and(|v| {
-                        v.link_state != 2 && v.role == "primary" && v.primary == Some(1)
-                    })
-                },
-                ROLE_CHANGE,
-            );
-            if !ok {
-                problems.push(format!(
-                    "ctrl-a did not stay primary after ctrl-b stopped: {:?}",
-                    lab.view(Node::A)
-                ));
-            }
+            ctrl_a_stays_primary_alone(lab, problems, "stopped");
             let fenced = fence_lines(lab, Node::A);
             if !fenced.is_empty() {
                 problems.push(format!(

@@ -4,7 +4,7 @@
 use std::alloc::{self, Layout};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -83,66 +83,20 @@ impl Device {
         &self.path
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset`; a short read is an error. `buf` must start
-    /// at an [`ALIGN`]ed address (the start of an [`AlignedBuf`]).
+    /// Reads exactly `buf.len()` bytes at `offset`; a short read is an error (a direct
+    /// transfer is never continued at an unaligned offset). `buf` must start at an [`ALIGN`]ed
+    /// address (the start of an [`AlignedBuf`]).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let len = buf.len();
-        loop {
-            // SAFETY: the buffer is valid for `len` bytes and owned by the caller.
-            let n = unsafe {
-                libc::pread(
-                    self.file.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    len,
-                    offset as libc::off_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n as usize != len {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("short read ({n} of {len} bytes)"),
-                ));
-            }
-            return Ok(());
-        }
+        let n = retry_interrupted(|| self.file.read_at(buf, offset))?;
+        whole(n, len, io::ErrorKind::UnexpectedEof, "read")
     }
 
     /// Writes all of `buf` at `offset`; a short write is an error. `buf` must start at an
     /// [`ALIGN`]ed address (the start of an [`AlignedBuf`]).
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let len = buf.len();
-        loop {
-            // SAFETY: the buffer is valid for `len` bytes.
-            let n = unsafe {
-                libc::pwrite(
-                    self.file.as_raw_fd(),
-                    buf.as_ptr().cast(),
-                    len,
-                    offset as libc::off_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n as usize != len {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("short write ({n} of {len} bytes)"),
-                ));
-            }
-            return Ok(());
-        }
+        let n = retry_interrupted(|| self.file.write_at(buf, offset))?;
+        whole(n, buf.len(), io::ErrorKind::WriteZero, "write")
     }
 }
 
@@ -196,5 +150,27 @@ impl Drop for AlignedBuf {
         let layout = Layout::from_size_align(self.len.max(1), ALIGN).expect("valid layout");
         // SAFETY: allocated in `new` with this layout.
         unsafe { alloc::dealloc(self.ptr, layout) }
+    }
+}
+
+/// Runs `op` again while it is interrupted by a signal.
+fn retry_interrupted(mut op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// A transfer of `n` bytes where `len` were asked for: anything short is an error.
+fn whole(n: usize, len: usize, kind: io::ErrorKind, what: &str) -> io::Result<()> {
+    if n == len {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            kind,
+            format!("short {what} ({n} of {len} bytes)"),
+        ))
     }
 }
