@@ -81,13 +81,7 @@ done
 # On the disk's file system, not tmpfs: every LUN of a pair is opened with O_DIRECT, and O_DIRECT
 # on tmpfs has no device behind it. DUET_LAB_DIR chooses another directory.
 LAB_BASE=${DUET_LAB_DIR:-$ROOT/build}
-mkdir -p "$LAB_BASE"
-WORK=$(mktemp -d "$LAB_BASE/duet-bench-lab.XXXXXX") || die "cannot create a directory in $LAB_BASE"
-track_path "$WORK"
-FS_TYPE=$(stat -f -c %T "$WORK")
-case $FS_TYPE in
-tmpfs | ramfs) say "warning: $WORK is on $FS_TYPE: no device behind it (set DUET_LAB_DIR to a disk)" ;;
-esac
+disk_workdir "$LAB_BASE" duet-bench-lab DUET_LAB_DIR
 say "lab directories in $WORK ($FS_TYPE)"
 RAW="$WORK/runs.jsonl"
 : >"$RAW"

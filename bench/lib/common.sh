@@ -31,6 +31,20 @@ proc_start() {
 track_pid() { TRACKED_PIDS+=("$1:$(proc_start "$1")"); }
 track_path() { TRACKED_PATHS+=("$1"); }
 
+# A fresh, tracked work directory NAME.XXXXXX under BASE, meant to be on a disk: O_DIRECT on tmpfs
+# or ramfs has no device behind it, which is said with a warning naming ENV (the variable that
+# chooses BASE). Sets WORK and FS_TYPE.
+disk_workdir() {
+    local base=$1 name=$2 env=$3
+    mkdir -p "$base"
+    WORK=$(mktemp -d "$base/$name.XXXXXX") || die "cannot create a directory in $base"
+    track_path "$WORK"
+    FS_TYPE=$(stat -f -c %T "$WORK")
+    case $FS_TYPE in
+    tmpfs | ramfs) say "warning: $WORK is on $FS_TYPE: no device behind it (set $env to a disk)" ;;
+    esac
+}
+
 # Whether process $1 is alive (and not a zombie).
 alive() {
     local st

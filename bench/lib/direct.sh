@@ -28,13 +28,7 @@ say "load client: $DUET_LOAD_BIN"
 
 # A directory on a real file system (not tmpfs: there is no device behind it).
 DIRECT_BASE=${DUET_DIRECT_DIR:-$ROOT/build}
-mkdir -p "$DIRECT_BASE"
-WORK=$(mktemp -d "$DIRECT_BASE/duet-bench-direct.XXXXXX") || die "cannot create a directory in $DIRECT_BASE"
-track_path "$WORK"
-FS_TYPE=$(stat -f -c %T "$WORK")
-case $FS_TYPE in
-tmpfs | ramfs) say "warning: $WORK is on $FS_TYPE: no device behind it (set DUET_DIRECT_DIR to a disk)" ;;
-esac
+disk_workdir "$DIRECT_BASE" duet-bench-direct DUET_DIRECT_DIR
 say "LUN files in $WORK ($FS_TYPE)"
 DUET_IQN="iqn.2026-11.dev.duet:bench-direct"
 TGT_IQN="iqn.2026-11.dev.tgt:bench-direct"
