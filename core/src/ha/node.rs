@@ -183,6 +183,9 @@ pub struct Node {
     link_up_at: Option<Time>,
     /// This node fenced the peer; it is known down until the link comes up again.
     peer_down: bool,
+    /// The link went down because the peer closed it ([`Input::PeerLinkClosed`]), not by
+    /// silence; cleared when the link comes up.
+    link_closed: bool,
     join: Join,
     /// The heartbeat value of this node's slot (last written or learned).
     seq: u64,
@@ -240,6 +243,7 @@ impl Node {
             link: if standalone { 0 } else { 1 },
             link_up_at: None,
             peer_down: false,
+            link_closed: false,
             join: if standalone || !automatic {
                 Join::Done
             } else {
@@ -505,7 +509,8 @@ impl Node {
         let before: Vec<GroupStates> = self.luns.iter().map(|l| self.alua(l.lun)).collect();
         match input {
             Input::PeerLinkUp => self.on_link_up(now),
-            Input::PeerLinkDown => self.on_link_down(now),
+            Input::PeerLinkDown => self.on_link_down(now, false),
+            Input::PeerLinkClosed => self.on_link_down(now, true),
             Input::PeerMsg(msg) => self.on_msg(now, msg),
             Input::Timer(kind) => self.on_timer(now, kind),
             Input::Quorum(r) => self.on_quorum(now, r),

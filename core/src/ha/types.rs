@@ -433,7 +433,13 @@ pub enum AdminCmd {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Input {
     PeerLinkUp,
+    /// The HA link fell silent: nothing arrived from the peer for `dead_after_ms`. The peer may
+    /// be dead, paused, or alive behind a cut network.
     PeerLinkDown,
+    /// The peer's end closed the HA link (FIN or RST, the connection ended): most likely its
+    /// process exited. Otherwise as [`Input::PeerLinkDown`]; a claim against an owner may fence
+    /// without a fence delay (see the module documentation of [`crate::ha`]).
+    PeerLinkClosed,
     PeerMsg(HaMsg),
     Timer(TimerKind),
     Quorum(QuorumResult),

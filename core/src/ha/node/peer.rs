@@ -55,6 +55,7 @@ impl Node {
 
     pub(super) fn on_link_up(&mut self, now: Time) {
         let _ = now;
+        self.link_closed = false;
         self.out.push_back(Output::SendPeer(HaMsg::Hello {
             version: PROTOCOL_VERSION,
             ha_id: self.cfg.ha_id,
@@ -62,7 +63,8 @@ impl Node {
         }));
     }
 
-    pub(super) fn on_link_down(&mut self, now: Time) {
+    pub(super) fn on_link_down(&mut self, now: Time, closed: bool) {
+        self.link_closed = closed;
         if self.link == 2 {
             self.set_link(1);
         }
