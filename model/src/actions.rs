@@ -38,6 +38,8 @@ pub enum Action {
     Duplicate(u8, Msg),
     FenceOk(u8),
     FenceFail(u8),
+    /// The fencing agent gives a controller fenced at the disk its access back.
+    Restore(u8),
     Crash(u8),
     Restart(u8),
     /// A clean stop begins (SIGTERM).
@@ -108,6 +110,9 @@ impl ClusterModel {
                     }
                     if !c.writes.is_empty() {
                         actions.push(Action::Land(n));
+                    }
+                    if c.restore {
+                        actions.push(Action::Restore(n));
                     }
                     if faults && s.budget.crashes > 0 {
                         actions.push(Action::Crash(n));
@@ -207,6 +212,14 @@ impl ClusterModel {
                             .and_then(|i| s.slots.get(i).cloned())
                             .flatten(),
                     },
+                    QuorumOp::Write { slot, .. } if s.ctl[n].disk_fenced => {
+                        // The quorum device is reserved Write Exclusive - Registrants Only: a
+                        // preempted controller may read it but not write it.
+                        QuorumResult::Failed {
+                            slot,
+                            reason: "reservation conflict".into(),
+                        }
+                    }
                     QuorumOp::Write { slot, record } => {
                         if let Some(x) = (slot as usize)
                             .checked_sub(1)
@@ -275,6 +288,33 @@ impl ClusterModel {
                 s.net.push((to, m));
                 s.net.sort();
             }
+            Action::FenceOk(n) if self.opts.disk_fence && s.ctl[n as usize].disk_fenced => {
+                // A controller fenced at the disk cannot fence: the device refuses its
+                // preemption, as it refuses its other commands.
+                let n = n as usize;
+                s.ctl[n].fence = false;
+                self.feed(&mut s, n, Input::FenceResult { ok: false });
+            }
+            Action::FenceOk(n) if self.opts.disk_fence => {
+                let n = n as usize;
+                let p = 1 - n;
+                s.ctl[n].fence = false;
+                if s.ctl[p].node.as_ref().is_some_and(|x| x.is_primary(LUN)) {
+                    s.primary_lost = true;
+                }
+                s.ctl[p].disk_fenced = true;
+                // PREEMPT AND ABORT: the fenced controller's queued writes are aborted (never
+                // land); its clients see errors and retry on the other path.
+                for w in std::mem::take(&mut s.ctl[p].writes) {
+                    Self::fail_attempt(&mut s, w.client, w.op, w.attempt);
+                    self.write_landed(&mut s, p, w.lock);
+                }
+                s.ctl[p].paused = false;
+                if std::mem::take(&mut s.ctl[p].leaving_held) {
+                    self.send(&mut s, p, Msg::Ha(HaMsg::Leaving));
+                }
+                self.feed(&mut s, n, Input::FenceResult { ok: true });
+            }
             Action::FenceOk(n) => {
                 let n = n as usize;
                 s.ctl[n].fence = false;
@@ -282,6 +322,12 @@ impl ClusterModel {
                     self.kill(&mut s, 1 - n);
                 }
                 self.feed(&mut s, n, Input::FenceResult { ok: true });
+            }
+            Action::Restore(n) => {
+                let n = n as usize;
+                s.ctl[n].restore = false;
+                s.ctl[n].disk_fenced = false;
+                self.feed(&mut s, n, Input::Backend(duet_core::ha::BackendHealth::Ok));
             }
             Action::FenceFail(n) => {
                 let n = n as usize;
@@ -347,6 +393,15 @@ impl ClusterModel {
                     let _ = s.history.on_invoke(c, op.clone());
                     s.clients[ci].invoked = true;
                 }
+                if let Served::By(exec, _) = served {
+                    if s.ctl[exec].disk_fenced {
+                        // The backend refuses the executing controller: the command fails with
+                        // a retryable sense (Transitioning) and the client tries the other path.
+                        s.clients[ci].path = 1 - path;
+                        self.refused_by_disk(&mut s, exec);
+                        return Some(s);
+                    }
+                }
                 let value = match op {
                     RegisterOp::Write(v) => Some(v),
                     RegisterOp::Read => None,
@@ -408,6 +463,13 @@ impl ClusterModel {
                     if std::mem::take(&mut s.ctl[n].leaving_held) {
                         self.send(&mut s, n, Msg::Ha(HaMsg::Leaving));
                     }
+                }
+                if s.ctl[n].disk_fenced {
+                    // A write issued after the fence: the backend refuses it.
+                    Self::fail_attempt(&mut s, w.client, w.op, w.attempt);
+                    self.write_landed(&mut s, n, w.lock);
+                    self.refused_by_disk(&mut s, n);
+                    return Some(s);
                 }
                 s.backend = w.value;
                 let ci = w.client as usize;

@@ -106,6 +106,7 @@ impl ClusterModel {
                     }
                     s.ctl[n].fence = true
                 }
+                Output::RestoreDiskAccess => s.ctl[n].restore = true,
                 _ => {}
             }
         }
@@ -131,7 +132,8 @@ impl ClusterModel {
         s.ctl[n].boots = boots;
         if was_connected {
             s.net.clear();
-            self.feed(s, 1 - n, Input::PeerLinkDown);
+            // The dead controller's end of the link closes: the survivor sees the connection end.
+            self.feed(s, 1 - n, Input::PeerLinkClosed);
             self.grants_link_lost(s, 1 - n);
         }
     }
@@ -143,11 +145,21 @@ impl ClusterModel {
         }
     }
 
+    /// Controller `n` serves as primary: it says so and the backend does not refuse it (a
+    /// controller fenced at the disk may still believe it serves until its first refused I/O,
+    /// but nothing it does reaches the disk).
     pub(crate) fn serving_primary(s: &ClusterState, n: usize) -> bool {
-        s.ctl[n]
-            .node
-            .as_ref()
-            .is_some_and(|x| x.is_primary(LUN) && x.serving(LUN))
+        !s.ctl[n].disk_fenced
+            && s.ctl[n]
+                .node
+                .as_ref()
+                .is_some_and(|x| x.is_primary(LUN) && x.serving(LUN))
+    }
+
+    /// The backend refused controller `n`'s I/O (it is fenced at the disk): the runtime tells
+    /// the node.
+    pub(crate) fn refused_by_disk(&self, s: &mut ClusterState, n: usize) {
+        self.feed(s, n, Input::Backend(duet_core::ha::BackendHealth::Fenced));
     }
 
     /// Whether a secondary `n` can get its command executed by the primary (grant or forward).
@@ -256,7 +268,11 @@ impl ClusterModel {
         {
             return false;
         }
-        if !self.faults_allowed(s) && s.ctl.iter().any(|c| c.quorum.is_some() || c.fence) {
+        if !self.faults_allowed(s)
+            && s.ctl
+                .iter()
+                .any(|c| c.quorum.is_some() || c.fence || c.restore)
+        {
             return false;
         }
         true

@@ -13,6 +13,10 @@ pub struct ModelOptions {
     pub policy: Policy,
     pub mode: HaMode,
     pub fencing: Fencing,
+    /// The agent fences at the disk (as `scsi-pr`): the fenced controller lives on, its queued
+    /// writes are aborted, its media I/O and quorum writes are refused, and it learns of the
+    /// fence from its first refused I/O. Otherwise the agent kills (process, power).
+    pub disk_fence: bool,
     /// Mutation: the safety margin is set below the clock-drift bound.
     pub margin_below_drift: bool,
     /// Mutation (mode 1): a secondary writes to the backend without a grant from the primary.
@@ -76,6 +80,7 @@ impl Default for ModelOptions {
             policy: Policy::Automatic,
             mode: HaMode::ActiveActiveShared,
             fencing: Fencing::Agent,
+            disk_fence: false,
             margin_below_drift: false,
             ungranted_write: false,
             clients: 1,

@@ -69,6 +69,12 @@ impl ClusterModel {
         let Some(node) = &s.ctl[n].node else {
             return true;
         };
+        if s.ctl[n].disk_fenced {
+            // Fenced at the disk and not yet told: every data command it starts is refused with
+            // a retryable sense (Transitioning), never served wrongly, and the first refusal
+            // makes it step down.
+            return true;
+        }
         if node.is_primary(LUN) {
             node.serving(LUN) && !Self::serving_primary(s, 1 - n)
         } else {

@@ -76,6 +76,11 @@ pub struct Controller {
     /// A clean stop began: if it has not completed by this time (own clock), the runtime's
     /// bound ends the process anyway, as a crash.
     pub stop_by: Option<u64>,
+    /// Fenced at the disk (the `scsi-pr` agent preempted its key): alive, but the backend
+    /// refuses its media I/O and its quorum writes until its access is restored.
+    pub disk_fenced: bool,
+    /// The node asked for its disk access back ([`Output::RestoreDiskAccess`](duet_core::ha::Output::RestoreDiskAccess)).
+    pub restore: bool,
 }
 
 impl Controller {
@@ -94,6 +99,8 @@ impl Controller {
             asks: Vec::new(),
             leaving_held: false,
             stop_by: None,
+            disk_fenced: false,
+            restore: false,
         }
     }
 }

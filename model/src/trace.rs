@@ -57,10 +57,20 @@ impl ClusterModel {
                     Self::name(*to)
                 )
             }
+            Action::FenceOk(n) if self.opts.disk_fence => format!(
+                "{} fences {} at the disk (preempted: its queued writes are aborted, its I/O \
+                 refused; it lives on)",
+                Self::name(*n),
+                Self::name(1 - *n)
+            ),
             Action::FenceOk(n) => format!(
                 "{} fences {} (killed; its pending writes are discarded)",
                 Self::name(*n),
                 Self::name(1 - *n)
+            ),
+            Action::Restore(n) => format!(
+                "{}'s access to the disk is restored (its key registered again)",
+                Self::name(*n)
             ),
             Action::FenceFail(n) => format!("{}'s fencing agent fails", Self::name(*n)),
             Action::Crash(n) => format!("{} crashes", Self::name(*n)),
@@ -139,6 +149,9 @@ impl ClusterModel {
                         let _ = write!(out, " lease<{l}");
                     }
                 }
+            }
+            if s.ctl[n].disk_fenced {
+                out.push_str(" disk-fenced");
             }
             if !s.ctl[n].writes.is_empty() {
                 let v: Vec<u8> = s.ctl[n].writes.iter().map(|w| w.value).collect();

@@ -49,6 +49,9 @@ pub enum FencingName {
     Agent,
     /// No fencing: failover rests on lease timing alone.
     None,
+    /// A fencing agent at the disk (as `scsi-pr`): the fenced controller lives on and keeps
+    /// answering, but the backend refuses its I/O and aborts its queued writes.
+    Disk,
 }
 
 impl FencingName {
@@ -56,6 +59,7 @@ impl FencingName {
         match self {
             FencingName::Agent => "agent",
             FencingName::None => "none",
+            FencingName::Disk => "disk",
         }
     }
 
@@ -63,6 +67,7 @@ impl FencingName {
         match self {
             FencingName::Agent => Fencing::Agent,
             FencingName::None => Fencing::None,
+            FencingName::Disk => Fencing::Agent,
         }
     }
 }
@@ -73,18 +78,23 @@ impl FencingName {
 pub enum MutationName {
     /// Mode 1: the secondary writes to the shared backend without a grant from the primary.
     UngrantedWrite,
+    /// A fence-confirmed takeover serves as soon as it has asked for the fence, without
+    /// waiting for the agent's result.
+    TakeoverBeforeFence,
 }
 
 impl MutationName {
     pub fn name(self) -> &'static str {
         match self {
             MutationName::UngrantedWrite => "ungranted-write",
+            MutationName::TakeoverBeforeFence => "takeover-before-fence",
         }
     }
 
     fn apply(self, o: &mut ModelOptions) {
         match self {
             MutationName::UngrantedWrite => o.ungranted_write = true,
+            MutationName::TakeoverBeforeFence => o.fencing = Fencing::Unawaited,
         }
     }
 }
@@ -211,6 +221,7 @@ impl ClusterConfig {
             policy: self.policy.policy(),
             mode,
             fencing: self.fencing.fencing(),
+            disk_fence: self.fencing == FencingName::Disk,
             margin_below_drift: self.margin_below_drift,
             clients,
             ..defaults

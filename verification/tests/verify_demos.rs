@@ -216,6 +216,56 @@ fn an_ungranted_write_of_the_secondary_is_caught() {
 }
 
 #[test]
+fn a_takeover_that_serves_before_its_fence_completes_is_caught() {
+    // The survivor asks for the fence and serves at once: the old primary's queued write lands
+    // after the new primary's acknowledged ones.
+    let (code, report) = check_json(&[
+        "--policy",
+        "automatic",
+        "--mode",
+        "2",
+        "--mutation",
+        "takeover-before-fence",
+        "--bound",
+        "link_cuts=0",
+        "--bound",
+        "ops_per_client=2",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        report["mutations"],
+        serde_json::json!(["takeover-before-fence"])
+    );
+    let broken = failing(&report);
+    assert!(
+        broken
+            .iter()
+            .any(|b| b == "acked-writes-durable" || b == "linearizable"),
+        "the unfenced old primary's write must show: {report}"
+    );
+}
+
+#[test]
+fn a_fence_at_the_disk_keeps_every_property() {
+    // The agent preempts the old primary at the disk instead of killing it: it lives on,
+    // believes it serves until its first refused I/O, and may try to fence back.
+    let (code, report) = check_json(&[
+        "--policy",
+        "automatic",
+        "--mode",
+        "2",
+        "--fencing",
+        "disk",
+        "--bound",
+        "link_cuts=0",
+        "--bound",
+        "ops_per_client=2",
+    ]);
+    assert_eq!(report["fencing"], "disk");
+    assert_eq!(code, 0, "{:?}", failing(&report));
+}
+
+#[test]
 fn the_same_checks_with_fencing_and_the_right_margin_hold() {
     // The controls for the mutations above: same bounds, no mutation, no counterexample.
     let (code, report) = check_json(&["--policy", "automatic", "--bound", "link_cuts=0"]);

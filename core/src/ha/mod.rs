@@ -49,6 +49,14 @@
 //!    means Y is alive: the wait starts again from that read. A read *issued* at or after
 //!    `t0 + lease_ms + margin_ms` (own clock) that still shows `seq` proves that Y's lease has
 //!    expired (below). A slot that no longer owns the LUN ends the wait at once.
+//!    *Fence-confirmed takeover*: with [`Fencing::Agent`] and the link down, X does not wait
+//!    out the lease. It watches Y's heartbeat for the *fence delay* only (`renew_ms +
+//!    margin_ms`, one `renew_ms` more on the controller that does not prefer the primary role;
+//!    none when Y closed the link, [`Input::PeerLinkClosed`], or is already fenced) and, if
+//!    `seq` did not move, goes on to step 2 with a claim that can only be completed by a
+//!    successful fence in step 4. A heartbeat that moves makes it a live owner: from then on the
+//!    full lease wait applies, so a live primary behind a cut link is never fenced for a
+//!    missed heartbeat or two.
 //! 2. *Intent*: write X's slot with the LUN owned, at epoch = newest known + 1. This write must
 //!    succeed within the lease rule (it starts X's lease).
 //! 3. *Check*: read Y's slot again. If Y now owns the LUN with a `seq` other than the one proven
@@ -97,6 +105,21 @@
 //! succeeded would have landed before X's second read and changed `seq`; one that lands later
 //! comes back after Y's lease ended and gives Y nothing.
 //!
+//! **Why a fence may replace the wait.** A fence reported `ok` means Y can no longer reach the
+//! backend: a process or power agent has stopped it, a disk-level agent has preempted its key so
+//! that the device refuses its reads and writes and aborted what it had queued. From then on
+//! nothing Y does reaches the disk, whatever its lease says, so the lease wait buys nothing.
+//! Y, if alive (fenced at the disk), may still believe it serves until it tries I/O: every data
+//! command it starts is refused with a retryable sense (Transitioning), its quorum writes are
+//! refused so its lease runs out, and its first refused I/O makes it step down
+//! ([`BackendHealth::Fenced`]). A claim that has not seen the fence succeed never serves: a
+//! failed fence abandons it and the claim is tried again (the lease wait is then the path, as
+//! the fence delay only orders who fences first). Fence races on a cut link: both controllers
+//! live and keep writing their slots, so neither claim gets past its fence delay unless the
+//! other's heartbeat really stopped; where both do reach their fence (both slots stalled), the
+//! delays order them, and the first fence disables the other: a killed controller fences
+//! nobody, and a disk-fenced one's own preemption is refused by the device.
+//!
 //! **Why fencing as well.** The lease stops a controller from *starting* I/O; it cannot stop a
 //! write the controller issued before it was paused (a stopped process, a stalled kernel), which
 //! may reach the disk arbitrarily late. So before serving, a claimant fences the peer. In mode 1
@@ -123,7 +146,10 @@
 //! - Timers fire on time: the runtime delivers [`Input::Timer`] for a deadline before its clock
 //!   moves past it (a stalled node is covered by fencing, not by timers).
 //! - The quorum area's slots are read and written atomically; operations may be slow or fail.
-//! - A fence reported `ok` has stopped the peer and discarded the writes it had in flight.
+//! - A fence reported `ok` has stopped the peer's access to the backend and discarded the writes
+//!   it had in flight: it killed the peer, or preempted its key at the disk, so that the device
+//!   refuses the peer's I/O (including its quorum writes) until its access is restored. A fenced
+//!   controller's own fence request fails.
 
 pub mod grant;
 mod node;

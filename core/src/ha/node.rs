@@ -66,6 +66,10 @@ struct Claim {
     stale_seq: Option<u64>,
     /// A planned hand-over from the peer: no lease wait, no fencing.
     handover: bool,
+    /// A fence-confirmed takeover: the peer's heartbeat was seen stalled for the fence delay
+    /// only, not for a full claim wait, so the fence (never the lease) proves that the peer
+    /// stopped. Such a claim never serves without a successful fence.
+    fence_proof: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -564,6 +568,31 @@ impl Node {
 
     fn wait(&self) -> u64 {
         self.cfg.timing.claim_wait()
+    }
+
+    /// How long a claim of LUN index `i` watches an owning peer's heartbeat before it fences
+    /// instead of waiting out the peer's lease (a fence-confirmed takeover); `None` where the
+    /// lease wait is the only way (no fencing agent, the link up).
+    ///
+    /// The delay decides fence races on a cut link, where both controllers live: it must be
+    /// long enough for a live peer's next heartbeat to show (`renew_ms` plus `margin_ms` for the
+    /// write's latency), and the controller that does not prefer the primary role waits one
+    /// renew interval longer, so that where both claim, the preferred one fences first. A link
+    /// the peer closed (its process exited) or a peer already fenced needs no delay.
+    fn fence_delay(&self, i: usize) -> Option<u64> {
+        if self.cfg.fencing == Fencing::None || self.link == 2 {
+            return None;
+        }
+        if self.peer_down || self.link_closed {
+            return Some(0);
+        }
+        let t = &self.cfg.timing;
+        let base = t.renew_ms.saturating_add(t.margin_ms);
+        Some(if self.preferred(&self.luns[i]) {
+            base
+        } else {
+            base.saturating_add(t.renew_ms)
+        })
     }
 
     fn preferred(&self, l: &LunState) -> bool {

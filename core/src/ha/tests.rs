@@ -101,14 +101,25 @@ impl Pair {
         }
     }
 
+    /// Node `i` dies; its end of the link closes, so the peer sees the connection end.
     fn kill(&mut self, i: usize) {
+        self.die(i, Input::PeerLinkClosed);
+    }
+
+    /// Node `i` dies without closing the link (power loss behind a switch): the peer learns it
+    /// only from the link's silence.
+    fn kill_silently(&mut self, i: usize) {
+        self.die(i, Input::PeerLinkDown);
+    }
+
+    fn die(&mut self, i: usize, seen: Input) {
         let was = self.connected();
         self.nodes[i] = None;
         self.quorum[i] = None;
         self.fence[i] = false;
         if was {
             self.net.clear();
-            self.feed(1 - i, Input::PeerLinkDown);
+            self.feed(1 - i, seen);
         }
     }
 
@@ -279,35 +290,162 @@ fn mode_0_secondary_is_standby() {
     assert!(!p.node(1).serving(LUN));
 }
 
+/// When `node` first logged that it became primary, at or after `since`.
+fn became_primary(p: &Pair, node: usize, since: Time) -> Option<Time> {
+    p.first(node, since, |o| {
+        matches!(o, Output::Log(Event::BecamePrimary { .. }))
+    })
+}
+
 #[test]
-fn the_survivor_takes_over_only_after_the_lease_and_after_fencing() {
+fn a_crashed_primary_is_fenced_at_once_and_the_survivor_serves_without_a_lease_wait() {
     let mut p = Pair::new(
         HaMode::ActiveActiveForward,
         Policy::Automatic,
         Fencing::Agent,
     );
     p.advance(300);
-    // The primary's last renewal before the crash was issued at or before the crash.
     let crash = p.now;
     p.kill(0);
     p.pump();
-    assert_eq!(p.node(1).alua(LUN).local, AluaState::Transitioning);
-    p.advance(2000);
+    // The connection closed: the survivor fences and claims without waiting for the lease.
+    let fenced = p
+        .first(1, crash, |o| *o == Output::FencePeer)
+        .expect("fenced");
+    let primary = became_primary(&p, 1, crash).expect("became primary");
+    assert_eq!(
+        fenced, crash,
+        "the fence starts as soon as the claim is recorded"
+    );
+    assert!(primary >= fenced);
     let n2 = p.node(1);
     assert!(n2.is_primary(LUN) && n2.serving(LUN));
     assert_eq!(n2.alua(LUN).local, AluaState::ActiveOptimized);
     assert!(n2.epoch(LUN) >= 2);
+}
+
+#[test]
+fn a_silent_dead_primary_is_fenced_after_the_fence_delay_not_the_lease() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    let crash = p.now;
+    p.kill_silently(0);
+    p.pump();
+    assert_eq!(p.node(1).alua(LUN).local, AluaState::Transitioning);
+    p.advance(2000);
     let t = timing();
     let fenced = p
         .first(1, crash, |o| *o == Output::FencePeer)
         .expect("fenced");
-    let primary = p
-        .first(1, crash, |o| {
-            matches!(o, Output::Log(Event::BecamePrimary { .. }))
-        })
-        .expect("became primary");
-    assert!(fenced >= crash + t.lease_ms + t.margin_ms - t.renew_ms);
+    // Node 2 does not prefer the primary role: it watches the peer's heartbeat for two renew
+    // intervals and the margin before it fences, and far less than the lease.
+    assert!(fenced >= crash + 2 * t.renew_ms + t.margin_ms);
+    assert!(fenced < crash + t.lease_ms + t.margin_ms);
+    let primary = became_primary(&p, 1, crash).expect("became primary");
     assert!(primary >= fenced);
+    assert!(p.node(1).serving(LUN));
+}
+
+#[test]
+fn without_a_fencing_agent_the_survivor_waits_out_the_lease() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::None,
+    );
+    p.advance(300);
+    let crash = p.now;
+    p.kill(0);
+    p.pump();
+    p.advance(2000);
+    let t = timing();
+    let primary = became_primary(&p, 1, crash).expect("became primary");
+    assert!(primary >= crash + t.lease_ms + t.margin_ms - t.renew_ms);
+    assert!(p.first(1, crash, |o| *o == Output::FencePeer).is_none());
+}
+
+#[test]
+fn a_failed_fence_never_serves_and_the_claim_is_tried_again() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    let crash = p.now;
+    // The agent fails: answer the fence with ok=false by hand.
+    p.nodes[0] = None;
+    p.quorum[0] = None;
+    p.net.clear();
+    p.feed(1, Input::PeerLinkClosed);
+    for _ in 0..20 {
+        // Pump by hand, intercepting the fence.
+        while let Some(o) = p.nodes[1].as_mut().and_then(|n| n.poll_output()) {
+            if let Output::Quorum(op) = &o {
+                p.quorum[1] = Some(op.clone());
+            }
+            if o == Output::FencePeer {
+                p.feed(1, Input::FenceResult { ok: false });
+            }
+            p.out.push((1, p.now, o));
+        }
+        if let Some(op) = p.quorum[1].take() {
+            let r = match op {
+                QuorumOp::Read { slot } => QuorumResult::ReadOk {
+                    slot,
+                    record: p.slots[slot as usize - 1].clone(),
+                },
+                QuorumOp::Write { slot, record } => {
+                    p.slots[slot as usize - 1] = Some(record);
+                    QuorumResult::WriteOk { slot }
+                }
+            };
+            p.feed(1, Input::Quorum(r));
+        }
+        p.now += 50;
+        let due: Vec<TimerKind> = p.node(1).due_timers(p.now).collect();
+        for k in due {
+            p.feed(1, Input::Timer(k));
+        }
+    }
+    assert!(p.first(1, crash, |o| *o == Output::FencePeer).is_some());
+    assert!(became_primary(&p, 1, crash).is_none());
+    assert!(!p.node(1).is_primary(LUN));
+    assert_ne!(p.node(1).alua(LUN).local, AluaState::ActiveOptimized);
+    let fences = p
+        .out
+        .iter()
+        .filter(|(n, t, o)| *n == 1 && *t >= crash && *o == Output::FencePeer)
+        .count();
+    assert!(fences >= 2, "the claim is tried again after a failed fence");
+}
+
+#[test]
+fn a_cut_link_with_a_live_primary_fences_nobody_in_mode_2() {
+    let mut p = Pair::new(
+        HaMode::ActiveActiveForward,
+        Policy::Automatic,
+        Fencing::Agent,
+    );
+    p.advance(300);
+    let cut = p.now;
+    p.cut();
+    p.advance(3000);
+    // The primary's heartbeat keeps moving: the secondary never fences it.
+    assert!(p.first(1, cut, |o| *o == Output::FencePeer).is_none());
+    assert!(p.first(0, cut, |o| *o == Output::FencePeer).is_none());
+    assert!(p.node(0).is_primary(LUN) && p.node(0).serving(LUN));
+}
+
+#[test]
+fn a_fence_whose_result_is_not_awaited_is_refused_as_configuration() {
+    let mut c = Config::pair(1, HaMode::ActiveStandby, &[LUN]);
+    c.fencing = Fencing::Unawaited;
+    assert_eq!(c.validate(), Err(ConfigError::UnawaitedFence));
 }
 
 #[test]

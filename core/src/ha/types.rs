@@ -60,6 +60,10 @@ pub enum Fencing {
     /// No fencing, configured explicitly. Automatic failover then rests on lease timing alone,
     /// which cannot stop writes a paused controller has already issued.
     None,
+    /// An agent whose result is not awaited: a fence-confirmed takeover serves as soon as it has
+    /// asked for the fence. Unsafe by design: the model's negative control
+    /// (`--mutation takeover-before-fence`); [`Config::validate`] refuses it.
+    Unawaited,
 }
 
 impl Fencing {
@@ -67,6 +71,7 @@ impl Fencing {
         match self {
             Fencing::Agent => "agent",
             Fencing::None => "none",
+            Fencing::Unawaited => "unawaited",
         }
     }
 }
@@ -209,6 +214,9 @@ impl Config {
         if self.policy == Policy::Naive {
             return Err(ConfigError::NaivePolicy);
         }
+        if self.fencing == Fencing::Unawaited {
+            return Err(ConfigError::UnawaitedFence);
+        }
         let mut seen: Vec<LunNumber> = self.luns.iter().map(|l| l.lun).collect();
         seen.sort_unstable();
         if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
@@ -244,6 +252,8 @@ pub enum ConfigError {
     BadHaId(u8),
     #[error("failover policy \"naive\" is unsafe (split brain on a cut link) and exists only for the model checker")]
     NaivePolicy,
+    #[error("a fence whose result is not awaited is the model's negative control, never a configuration")]
+    UnawaitedFence,
     #[error("LUN {0} is configured twice")]
     DuplicateLun(LunNumber),
     #[error("renew interval ({renew_ms} ms) must be above 0 and below the lease ({lease_ms} ms)")]

@@ -84,6 +84,7 @@ impl Node {
                     must_fence: max_known > 0,
                     stale_seq: None,
                     handover: false,
+                    fence_proof: false,
                 });
                 let lun = self.luns[i].lun;
                 self.log(Event::ClaimStarted { lun });
@@ -139,19 +140,20 @@ impl Node {
                 }
             }
             // Where the peer's slot shows ownership, this read already starts the claim wait.
-            let phase = self.watch(now, rec.seq);
             for i in 0..self.luns.len() {
                 if self.should_claim(i) && rec.owns(self.luns[i].lun) {
                     self.luns[i].role = LunRole::Claiming(Claim {
-                        phase,
+                        phase: ClaimPhase::Observe,
                         epoch: 0,
                         intent: false,
                         must_fence: true,
                         stale_seq: None,
                         handover: false,
+                        fence_proof: false,
                     });
                     let lun = self.luns[i].lun;
                     self.log(Event::ClaimStarted { lun });
+                    self.watch_owner(now, i, rec.seq);
                 }
             }
             self.consider_claims(now, false);
@@ -174,8 +176,8 @@ impl Node {
                     }
                     if peer_owns {
                         c.must_fence = true;
-                        c.phase = self.watch(now, rec.seq);
                         self.luns[i].role = LunRole::Claiming(c);
+                        self.watch_owner(now, i, rec.seq);
                     } else {
                         self.luns[i].role = LunRole::Claiming(c);
                         self.enter_intent(i);
@@ -200,8 +202,11 @@ impl Node {
                         }
                     } else if peer_owns {
                         self.luns[i].epoch = self.luns[i].epoch.max(peer_epoch);
-                        // The peer is alive: watch its new heartbeat value from now on. (Over the
-                        // link, a peer that proves its primacy ends the claim.)
+                        // The peer is alive: watch its new heartbeat value from now on, for a
+                        // full claim wait (a live owner is never fenced on a stall of one
+                        // heartbeat). Over the link, a peer that proves its primacy ends the
+                        // claim.
+                        c.fence_proof = false;
                         c.phase = self.watch(now, rec.seq);
                         self.luns[i].role = LunRole::Claiming(c);
                     } else if c.intent {
@@ -219,6 +224,7 @@ impl Node {
                         } else {
                             // Keep the claim recorded and poll the peer's slot: it gives up and
                             // clears its claim, or its heartbeat stops for a full claim wait.
+                            c.fence_proof = false;
                             c.phase = self.watch(now, rec.seq);
                             self.luns[i].role = LunRole::Claiming(c);
                         }
@@ -227,6 +233,40 @@ impl Node {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// The claim of LUN index `i` found the peer's slot owning the LUN with heartbeat `seq`
+    /// (a read that returned at `now`). Where a fence can confirm the takeover
+    /// ([`Node::fence_delay`]), the claim watches the heartbeat for the fence delay only and then
+    /// fences; with no delay it records its intent at once. Otherwise it waits out the peer's
+    /// lease ([`Node::watch`]).
+    pub(super) fn watch_owner(&mut self, now: Time, i: usize, seq: u64) {
+        let LunRole::Claiming(mut c) = self.luns[i].role else {
+            return;
+        };
+        match self.fence_delay(i) {
+            Some(0) => {
+                c.fence_proof = true;
+                c.stale_seq = Some(seq);
+                self.luns[i].role = LunRole::Claiming(c);
+                self.enter_intent(i);
+            }
+            Some(d) => {
+                c.fence_proof = true;
+                let until = now.saturating_add(d);
+                c.phase = ClaimPhase::Wait {
+                    seq,
+                    until,
+                    next: now.saturating_add(self.cfg.timing.renew_ms).min(until),
+                };
+                self.luns[i].role = LunRole::Claiming(c);
+            }
+            None => {
+                c.fence_proof = false;
+                c.phase = self.watch(now, seq);
+                self.luns[i].role = LunRole::Claiming(c);
             }
         }
     }
@@ -272,7 +312,20 @@ impl Node {
         let LunRole::Claiming(mut c) = self.luns[i].role else {
             return;
         };
-        if c.must_fence && !c.handover && self.cfg.fencing == Fencing::Agent && !self.peer_down {
+        let fence = c.must_fence && !c.handover && !self.peer_down;
+        if fence && self.cfg.fencing == Fencing::Unawaited {
+            // The negative control: ask for the fence and serve without waiting for it.
+            if self.fence.is_none() {
+                self.fence = Some(FenceWhy::Claim);
+                self.log(Event::FencingPeer);
+                self.out.push_back(Output::FencePeer);
+            }
+            if self.lease_valid(now) {
+                self.become_primary(now, i, c.epoch);
+            } else {
+                self.abort_claim(now, i, "lease expired during the claim");
+            }
+        } else if fence && (self.cfg.fencing == Fencing::Agent || c.fence_proof) {
             c.phase = ClaimPhase::Fence;
             self.luns[i].role = LunRole::Claiming(c);
             if self.fence.is_none() {

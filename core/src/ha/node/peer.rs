@@ -341,6 +341,7 @@ impl Node {
                 must_fence: false,
                 stale_seq: None,
                 handover: true,
+                fence_proof: false,
             });
             self.enter_intent(i);
         } else {
