@@ -4,7 +4,7 @@
 # and ha_mode 1 (ctrl-b does the I/O itself on the shared file). One session, duet-load.
 # Markdown table on stdout, every run in a JSON file. Run as root: bench/lab.sh [--quick] ...
 # With --soak S: instead, load through both controllers at once for S seconds per mode and count
-# HA link downs and takeovers (there must be none).
+# HA link downs and takeovers (there must be none; the exit status is 1 otherwise).
 source "$(dirname "$0")/lib/common.sh"
 source "$BENCH_DIR/lib/lab.sh"
 
@@ -240,7 +240,7 @@ for r in rows:
     alive = r["alive"]["ctrl_a"] and r["alive"]["ctrl_b"]
     events = [a["link_downs_closed"], a["link_downs_silent"], b["link_downs_closed"],
               b["link_downs_silent"], a["takeovers"], b["takeovers"], r["ha_log_lines"]]
-    if any(e != 0 for e in events) or not alive or r["errors"] != 0:
+    if any(e != 0 for e in events) or not alive:
         bad += 1
     lines.append(
         f"| {r['mode']} | {r['workload']} x {r['sessions_per_controller']} sessions "
@@ -249,8 +249,9 @@ for r in rows:
         f"| {fmt(b['link_downs_closed'])}/{fmt(b['link_downs_silent'])} "
         f"| {fmt(a['takeovers'])}/{fmt(b['takeovers'])} | {fmt(r['ha_log_lines'])} "
         f"| {'yes' if alive else 'NO'} |")
-lines += ["", "Unplanned HA events (link downs, takeovers, claims, fences, a dead controller, "
-          f"errors): {'none' if bad == 0 else f'in {bad} run(s)'}."]
+lines += ["", "Unplanned HA events (link downs, takeovers, claims, fences, a dead controller): "
+          f"{'none' if bad == 0 else f'in {bad} run(s)'}. `errors` are commands the load saw "
+          "fail (not HA events: see docs/performance.md)."]
 md = "\n".join(lines)
 print(md)
 with open(out, "w") as f:
