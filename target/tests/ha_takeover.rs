@@ -130,6 +130,7 @@ fn the_survivor_of_a_killed_primary_reports_its_takeover() {
         role(v) == "primary" && !v["last_takeover"].is_null()
     });
     let t = &after["last_takeover"];
+    eprintln!("ctrl-b's last takeover: {t}");
     assert_eq!(t["cause"], "link_closed", "{after}");
     assert_eq!(t["luns"], serde_json::json!([1]), "{after}");
     for key in [
