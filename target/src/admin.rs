@@ -142,6 +142,70 @@ pub struct HaInfo {
     /// marked) and reservation holder and type, as last read (every few seconds).
     #[serde(default)]
     pub reservations: Vec<DeviceStatus>,
+    /// The last time this controller took LUNs over by a claim (not a switchover), if it did.
+    #[serde(default)]
+    pub last_takeover: Option<TakeoverInfo>,
+    /// Counts since start: HA link downs by cause, takeovers.
+    #[serde(default)]
+    pub counters: HaCounters,
+}
+
+/// What a controller's last takeover waited for ([`TakeoverInfo::cause`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TakeoverCause {
+    /// The peer closed the HA link (end of stream, reset, bye): its process most likely exited.
+    LinkClosed,
+    /// The HA link went silent for `dead_after_ms` (or failed on this side).
+    LinkSilent,
+    /// No link event: the claim waited on the peer's lease in the quorum area (the link was
+    /// already down, the primary stepped down, this controller's own lease had lapsed).
+    PeerLease,
+    /// The first claim after this controller started, before the link ever came up.
+    StartUp,
+}
+
+impl TakeoverCause {
+    /// The cause in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TakeoverCause::LinkClosed => "HA link closed by the peer",
+            TakeoverCause::LinkSilent => "HA link silent",
+            TakeoverCause::PeerLease => "the peer's lease",
+            TakeoverCause::StartUp => "start-up",
+        }
+    }
+}
+
+/// The last takeover: this controller became primary by a claim. Times in milliseconds of the
+/// controller's monotonic clock, except `started_unix_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverInfo {
+    /// The LUNs it became primary of, in that step.
+    pub luns: Vec<LunNumber>,
+    /// What it waited for.
+    pub cause: TakeoverCause,
+    /// When it started (the link event, else the claim's start), Unix time in milliseconds.
+    pub started_unix_ms: u64,
+    /// How long ago it ended (became primary).
+    pub ago_ms: u64,
+    /// From the claim's start until primary, the fence included (the lease wait is most of it).
+    pub claim_ms: u64,
+    /// How long the fencing agent took; `None`: the claim did not fence.
+    pub fence_ms: Option<u64>,
+    /// From the start (link event or claim) until primary.
+    pub total_ms: u64,
+}
+
+/// Counters of a controller of a pair, since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaCounters {
+    /// The HA link went down because the peer closed it.
+    pub link_downs_closed: u64,
+    /// The HA link went down by silence (or an error of this side).
+    pub link_downs_silent: u64,
+    /// Takeovers (primary by a claim, not by a switchover).
+    pub takeovers: u64,
 }
 
 /// The role named in `duetctl role` (CTL's `ha_role`).

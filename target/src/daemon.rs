@@ -12,7 +12,7 @@ use duet_core::alua::AluaState;
 use duet_core::ha::{peer_of, Policy, Role};
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminApi, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg};
+use crate::admin::{self, AdminApi, HaCounters, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg};
 use crate::config::Config;
 use crate::ha::config::HaConfig;
 use crate::ha::fence::{self, FenceAgent};
@@ -270,6 +270,8 @@ impl AdminApi for DaemonAdmin {
                 peer_fenced: false,
                 events: Vec::new(),
                 reservations: Vec::new(),
+                last_takeover: None,
+                counters: HaCounters::default(),
             };
         };
         let (status, age, peer_fenced) = h.status();
@@ -290,6 +292,8 @@ impl AdminApi for DaemonAdmin {
                     .collect()
             })
             .unwrap_or_default();
+        let (last_takeover, takeovers) = h.last_takeover();
+        let link = h.link().stats();
         let holds_lease = status
             .as_ref()
             .is_some_and(|s| s.lease_remaining_ms.is_some());
@@ -310,6 +314,12 @@ impl AdminApi for DaemonAdmin {
             peer_fenced,
             events: h.events(),
             reservations: self.pr.as_ref().map(|m| m.snapshot()).unwrap_or_default(),
+            last_takeover,
+            counters: HaCounters {
+                link_downs_closed: link.downs_closed,
+                link_downs_silent: link.downs_silent,
+                takeovers,
+            },
         }
     }
 

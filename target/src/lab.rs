@@ -212,8 +212,8 @@ lease_ms = {lease}
 renew_ms = {renew}
 drift_ms = {drift}
 margin_ms = {margin}
-heartbeat_ms = 200
-dead_after_ms = 1000
+heartbeat_ms = 150
+dead_after_ms = 600
 "#,
             name = n.name,
             config = n.config.display(),

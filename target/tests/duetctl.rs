@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use duet_target::admin::{
-    self, AdminApi, AdminError, HaInfo, HaLunInfo, LunInfo, PortInfo, Request, RoleArg, StatInfo,
+    self, AdminApi, AdminError, HaCounters, HaInfo, HaLunInfo, LunInfo, PortInfo, Request, RoleArg,
+    StatInfo, TakeoverCause, TakeoverInfo,
 };
 use duet_target::ha::pr_fence::{DeviceRole, DeviceStatus, KeyInfo, KeyOwner, ReservationInfo};
 use duet_target::stats::{OpKind, Stats};
@@ -125,6 +126,20 @@ impl AdminApi for Fake {
                 }),
                 error: None,
             }],
+            last_takeover: Some(TakeoverInfo {
+                luns: vec![1],
+                cause: TakeoverCause::LinkClosed,
+                started_unix_ms: 1_764_692_401_123,
+                ago_ms: 2_000,
+                claim_ms: 1_530,
+                fence_ms: Some(12),
+                total_ms: 1_531,
+            }),
+            counters: HaCounters {
+                link_downs_closed: 1,
+                link_downs_silent: 0,
+                takeovers: 1,
+            },
         }
     }
 
@@ -406,6 +421,10 @@ fn ha_shows_link_lease_luns_and_events() {
         "Reservations (scsi-pr):",
         "/dev/mapper/shared0 (data): keys 0x5d1e0a2b3c4d0001 (ours), 0x5d1e0a2b3c4d0002 (peer); \
          reserved exclusive-access-registrants-only by 0x5d1e0a2b3c4d0001 (ours)",
+        "Last takeover (LUN 1): started 2025-12-02 16:20:01.123 UTC",
+        "waited for: HA link closed by the peer",
+        "fence took 12 ms, claim took 1530 ms, total 1531 ms",
+        "HA link down 1 time(s) closed by the peer, 0 time(s) silent; 1 takeover(s)",
     ] {
         assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
     }
@@ -423,6 +442,9 @@ fn ha_shows_link_lease_luns_and_events() {
     assert_eq!(v["luns"][0]["epoch"], 3);
     assert_eq!(v["lease_holder"], 1);
     assert_eq!(v["peer_fenced"], false);
+    assert_eq!(v["last_takeover"]["cause"], "link_closed");
+    assert_eq!(v["last_takeover"]["fence_ms"], 12);
+    assert_eq!(v["counters"]["takeovers"], 1);
     let dev = &v["reservations"][0];
     assert_eq!(dev["device"], "/dev/mapper/shared0");
     assert_eq!(dev["keys"][1]["owner"], "peer");

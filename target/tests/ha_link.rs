@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use duet_target::ha::link::{self, Channel, LinkConfig, LinkDown, LinkEvent, LinkHandle, PeerAddr};
+use duet_target::ha::link::{
+    self, Channel, DownKind, LinkConfig, LinkDown, LinkEvent, LinkHandle, PeerAddr,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -78,13 +80,17 @@ impl Side {
         }
     }
 
-    /// Waits for `Down`, ignoring messages; returns the reason and how long it took.
-    async fn expect_down(&mut self, within: Duration) -> (String, Duration) {
+    /// Waits for `Down`, ignoring messages; returns the reason and how long it took, and checks
+    /// that the link reports the expected kind of down.
+    async fn expect_down(&mut self, within: Duration, want: DownKind) -> (String, Duration) {
         let start = Instant::now();
         loop {
             let left = within.saturating_sub(start.elapsed());
             match self.next(left).await {
-                Some(LinkEvent::Down { reason }) => return (reason, start.elapsed()),
+                Some(LinkEvent::Down { reason, kind }) => {
+                    assert_eq!(kind, want, "{reason}");
+                    return (reason, start.elapsed());
+                }
                 Some(LinkEvent::Message { .. }) => continue,
                 other => panic!("expected the link to go down, got {other:?}"),
             }
@@ -204,11 +210,16 @@ async fn pair_comes_up_and_exchanges_messages_in_order() {
         let json = serde_json::to_value(stats).unwrap();
         assert!(json["data"]["bytes_sent"].as_u64().unwrap() >= (N * 64 * 1024) as u64);
 
-        // An orderly shutdown takes the peer down at once (a bye, not a time-out).
+        // An orderly shutdown takes the peer down at once (a bye, not a time-out): the peer
+        // closed the link.
         a.stop().await;
-        let (reason, _) = b.expect_down(Duration::from_secs(5)).await;
+        let (reason, _) = b
+            .expect_down(Duration::from_secs(5), DownKind::Closed)
+            .await;
         assert!(reason.contains("shut down"), "{reason}");
         assert_eq!(b.handle.state(), 1);
+        assert_eq!(b.handle.stats().downs_closed, 1);
+        assert_eq!(b.handle.stats().downs_silent, 0);
         assert_eq!(
             b.handle.send(Channel::Control, Bytes::from_static(b"x")),
             Err(LinkDown)
@@ -377,8 +388,11 @@ async fn dead_peer_is_seen_down_and_a_new_peer_comes_up() {
         let mut b = start_in(&rt, config(2, 1, PeerAddr::Connect(addr), SECRET));
         assert_eq!(a.expect_up().await, 2);
         assert_eq!(b.expect_up().await, 1);
+        // Its sockets close with its process: the link was closed, not silent.
         rt.shutdown_background();
-        let (reason, took) = a.expect_down(Duration::from_secs(5)).await;
+        let (reason, took) = a
+            .expect_down(Duration::from_secs(5), DownKind::Closed)
+            .await;
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert!(!reason.is_empty());
         assert_eq!(a.handle.state(), 1);
@@ -393,12 +407,16 @@ async fn dead_peer_is_seen_down_and_a_new_peer_comes_up() {
         // The listening peer crashes; the connecting side notices and dials a restarted one.
         let rt = peer_runtime();
         a.stop().await;
-        let _ = b2.expect_down(Duration::from_secs(5)).await;
+        let _ = b2
+            .expect_down(Duration::from_secs(5), DownKind::Closed)
+            .await;
         let mut a2 = start_in(&rt, config(1, 1, PeerAddr::Listen(addr), SECRET));
         assert_eq!(a2.expect_up().await, 2);
         assert_eq!(b2.expect_up().await, 1);
         rt.shutdown_background();
-        let (_, took) = b2.expect_down(Duration::from_secs(5)).await;
+        let (_, took) = b2
+            .expect_down(Duration::from_secs(5), DownKind::Closed)
+            .await;
         assert!(took < Duration::from_secs(5), "{took:?}");
         let rt = peer_runtime();
         let mut a3 = start_in(&rt, config(1, 1, PeerAddr::Listen(addr), SECRET));
@@ -424,9 +442,13 @@ async fn frozen_peer_is_detected_by_the_heartbeat() {
         // Freeze the peer: its only worker thread blocks, so it neither reads nor pings, but its
         // sockets stay open.
         rt.spawn(async { std::thread::sleep(Duration::from_secs(7)) });
-        let (reason, took) = a.expect_down(Duration::from_secs(5)).await;
+        let (reason, took) = a
+            .expect_down(Duration::from_secs(5), DownKind::Silent)
+            .await;
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert!(reason.contains("no frame"), "{reason}");
+        assert_eq!(a.handle.stats().downs_silent, 1);
+        assert_eq!(a.handle.stats().downs_closed, 0);
         assert_eq!(a.handle.state(), 1);
         rt.shutdown_background();
         a.stop().await;

@@ -683,8 +683,8 @@ fn defaults() {
     assert!(!c.failback);
     assert_eq!(c.admin_socket, Path::new("/run/duet/duetd.sock"));
     assert_eq!(c.timing, duet_core::ha::Timing::default());
-    assert_eq!(c.heartbeat(), Duration::from_millis(200));
-    assert_eq!(c.dead_after(), Duration::from_secs(1));
+    assert_eq!(c.heartbeat(), Duration::from_millis(150));
+    assert_eq!(c.dead_after(), Duration::from_millis(600));
     assert_eq!(c.fence_timeout(), Duration::from_secs(5));
     assert_eq!(c.pidfile, None);
     assert!(c.luns.is_empty());
@@ -738,7 +738,11 @@ fn bad_values_name_their_line() {
         ("heartbeat_ms = -5", "`heartbeat_ms`: expected 1 to"),
         (
             "dead_after_ms = 150",
-            "`dead_after_ms` (150) must exceed `heartbeat_ms` (200)",
+            "`dead_after_ms` (150) must be at least 3 times `heartbeat_ms` (150), 450",
+        ),
+        (
+            "dead_after_ms = 449",
+            "`dead_after_ms` (449) must be at least 3 times `heartbeat_ms` (150), 450",
         ),
         ("admin_socket = \"\"", "`admin_socket`: expected a path"),
         ("bogus = 1", "unknown field `bogus`"),

@@ -540,6 +540,17 @@ fn ha_text(ha: &HaInfo) -> String {
             out.push('\n');
         }
     }
+    if let Some(t) = &ha.last_takeover {
+        out.push_str(&takeover_text(t));
+    }
+    if ha.ha_id != 0 {
+        let c = &ha.counters;
+        out.push_str(&format!(
+            "\nSince start: HA link down {} time(s) closed by the peer, {} time(s) silent; \
+             {} takeover(s)\n",
+            c.link_downs_closed, c.link_downs_silent, c.takeovers
+        ));
+    }
     if !ha.events.is_empty() {
         out.push_str("\nRecent events:\n");
         for e in &ha.events {
@@ -549,6 +560,49 @@ fn ha_text(ha: &HaInfo) -> String {
         }
     }
     out
+}
+
+/// The last takeover: when, what it waited for, how long the fence and the claim took.
+fn takeover_text(t: &admin::TakeoverInfo) -> String {
+    let luns: Vec<String> = t.luns.iter().map(|l| l.to_string()).collect();
+    let fence = match t.fence_ms {
+        Some(ms) => format!("fence took {ms} ms"),
+        None => "no fence".to_string(),
+    };
+    format!(
+        "\nLast takeover (LUN {}): started {} ({:.1} s ago)\n  waited for: {}\n  \
+         {fence}, claim took {} ms, total {} ms\n",
+        luns.join(", "),
+        utc_text(t.started_unix_ms),
+        (t.ago_ms + t.total_ms) as f64 / 1000.0,
+        t.cause.describe(),
+        t.claim_ms,
+        t.total_ms,
+    )
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm UTC` (the proleptic Gregorian calendar).
+fn utc_text(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (eras of 400 years, 146 097 days each).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
 }
 
 fn stat_table(s: &StatInfo) -> String {

@@ -23,8 +23,8 @@
 //! renew_ms = 1000
 //! drift_ms = 200
 //! margin_ms = 1000
-//! heartbeat_ms = 200              # HA link ping interval
-//! dead_after_ms = 1000            # link silence after which the peer is down
+//! heartbeat_ms = 150              # HA link ping interval
+//! dead_after_ms = 600             # link silence after which the peer is down (>= 3 x heartbeat_ms)
 //! reconnect_ms = 200              # delay between HA link connection attempts
 //! failback = false                # give LUNs back to their preferred node when it is healthy again
 //! fence_timeout_ms = 5000
@@ -68,9 +68,14 @@ use pr::parse_pr_key;
 /// Default path of duetctl's admin socket.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/duet/duetd.sock";
 /// Default HA link ping interval (ms).
-pub const DEFAULT_HEARTBEAT_MS: u64 = 200;
-/// Default link silence after which the peer counts as down (ms).
-pub const DEFAULT_DEAD_AFTER_MS: u64 = 1000;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 150;
+/// Default link silence after which the peer counts as down (ms): four ping intervals. The
+/// link's control channel has a thread of its own (`crate::ha::runtime`), so I/O load does not
+/// delay its pings.
+pub const DEFAULT_DEAD_AFTER_MS: u64 = 600;
+/// `dead_after_ms` must be at least this many ping intervals: one late or lost ping, and the
+/// scheduling jitter of both sides, must not take the link down.
+pub const MIN_PINGS_PER_DEAD_AFTER: u64 = 3;
 /// Default delay between HA link connection attempts (ms).
 pub const DEFAULT_RECONNECT_MS: u64 = 200;
 /// Default time a fencing agent may take (ms).
@@ -600,7 +605,7 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
         &raw.fence_timeout_ms,
         DEFAULT_FENCE_TIMEOUT_MS,
     )?;
-    if dead_after_ms <= heartbeat_ms {
+    if dead_after_ms < heartbeat_ms.saturating_mul(MIN_PINGS_PER_DEAD_AFTER) {
         let line = raw
             .dead_after_ms
             .as_ref()
@@ -610,8 +615,10 @@ pub fn validate(src: Source<'_>, raw: &Spanned<RawHa>) -> Result<HaConfig, Confi
         return Err(fail(
             line,
             format!(
-                "`dead_after_ms` ({dead_after_ms}) must exceed `heartbeat_ms` ({heartbeat_ms}): \
-                 the peer would be declared down between two pings"
+                "`dead_after_ms` ({dead_after_ms}) must be at least {MIN_PINGS_PER_DEAD_AFTER} \
+                 times `heartbeat_ms` ({heartbeat_ms}), {}: with less, one late ping would \
+                 take the link down",
+                heartbeat_ms.saturating_mul(MIN_PINGS_PER_DEAD_AFTER)
             ),
         ));
     }

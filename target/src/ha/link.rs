@@ -26,6 +26,9 @@
 //! [`LinkConfig::heartbeat`]; when nothing arrives on the control channel for
 //! [`LinkConfig::dead_after`], or either socket closes, the link goes down, both sockets are
 //! closed and the link is set up again, with a fresh login, every [`LinkConfig::reconnect`].
+//! [`LinkEvent::Down`] says which it was ([`DownKind`]): the peer closed a connection (end of
+//! stream, reset, bye: its process most likely exited) or the link went silent (no frame for
+//! `dead_after`; also a refused frame, an error or the shutdown of this side).
 //!
 //! # Parts
 //!
@@ -54,6 +57,6 @@ pub use frame::{
     FrameError, FrameHeader, FrameKind, FRAME_MAGIC, HEADER_LEN, LINK_VERSION, MAX_LOGIN_PAYLOAD,
     MAX_PAYLOAD,
 };
-pub use handle::{DataHandler, LinkDown, LinkEvent, LinkHandle};
+pub use handle::{DataHandler, DownKind, LinkDown, LinkEvent, LinkHandle};
 pub use stats::{ChannelStats, LinkStats};
 pub use supervisor::{spawn, spawn_on};

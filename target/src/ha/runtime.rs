@@ -13,6 +13,10 @@
 //! [`Pair`](crate::exec::Pair)), the primary runs them and lends mode-1 grants ([`serve`]), and
 //! the primary replicates reservations and mode pages to its peer.
 //!
+//! The link's control channel, the driver and the receipt of link events run on a thread of
+//! their own ([`thread`]), so that no I/O load delays a heartbeat or the node's timers; the
+//! driver records what the last takeover waited for and how long it took ([`takeover`]).
+//!
 //! It touches the LUs only through [`crate::lu`] and [`crate::exec`], never the daemon's
 //! connections or listeners.
 
@@ -20,7 +24,7 @@ use duet_core::LunNumber;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -35,16 +39,19 @@ use duet_core::ha::{
 use super::config::HaConfig;
 use super::fence::{self, FenceAgent};
 use super::gate::GatePass;
-use super::link::{self, Channel, LinkEvent, LinkHandle};
+use super::link::{self, Channel, DownKind, LinkEvent, LinkHandle};
 use super::proto::{self, LinkMsg, PeerReply};
 use super::quorum::Arbiter;
 use super::tables::{GrantTable, LunFacts, PendingTable, Published};
+use crate::admin::TakeoverInfo;
 use crate::exec::{IoGuard, Pair};
 use crate::lu::{Lu, Target};
 use crate::sync::{lock, Mutex};
 
 mod forward;
 mod serve;
+mod takeover;
+mod thread;
 
 /// How long closing the fencing gate waits for admitted I/O.
 const GATE_DRAIN: Duration = Duration::from_secs(5);
@@ -104,6 +111,8 @@ pub struct HaRuntime {
     /// The role facts every I/O path reads (loom-checked: never torn).
     published: Published,
     events: Mutex<VecDeque<String>>,
+    /// The last takeover (kept by the driver).
+    takeovers: Mutex<takeover::Takeovers>,
     /// Forwarded requests waiting for the primary's answer.
     pending: PendingTable<ReplyTo>,
     /// Mode 1, primary side: grants held for the peer, per link session, decided by core's
@@ -141,12 +150,14 @@ pub enum HaStartError {
     DuplicateLun { lun: LunNumber },
     #[error("HA: {0}")]
     Config(String),
+    #[error("HA: cannot start the HA thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl HaRuntime {
-    /// Builds the runtime for the LUs of `targets` and starts the link and the driver task.
-    /// The link's data channel runs on `data_thread` and polls for `poll_us` microseconds when
-    /// idle (as the connections do). The caller makes the runtime the daemon's
+    /// Builds the runtime for the LUs of `targets` and starts the HA thread with the link and
+    /// the driver task. The link's data channel runs on `data_thread` and polls for `poll_us`
+    /// microseconds when idle (as the connections do). The caller makes the runtime the daemon's
     /// [`Pair`](crate::exec::Pair).
     pub fn start<'a>(
         targets: impl IntoIterator<Item = &'a Arc<Target>>,
@@ -171,10 +182,13 @@ impl HaRuntime {
             .validate()
             .map_err(|e| HaStartError::Config(e.to_string()))?;
         let mode = core_cfg.mode;
-        // The link's control channel runs on the main runtime, apart from the connection threads:
-        // heartbeats must not wait behind I/O. Its data channel (forwarded commands, which have
-        // no heartbeats) runs on the first connection thread and polls like the connections do:
-        // a command forwarded from a connection on that thread, and its answer, cross no thread.
+        // The link's control channel runs on the HA thread, with the driver and nothing else:
+        // heartbeats and the node's timers never wait behind I/O. Its data channel (forwarded
+        // commands, which have no heartbeats) runs on the first connection thread and polls like
+        // the connections do: a command forwarded from a connection on that thread, and its
+        // answer, cross no thread.
+        let ha_thread = thread::start(shutdown.clone()).map_err(HaStartError::Thread)?;
+        let _on_ha_thread = ha_thread.enter();
         let mut link_cfg = cfg.link_config();
         link_cfg.data_poll = Duration::from_micros(poll_us);
         let (link, link_rx) = link::spawn_on(link_cfg, shutdown.clone(), data_thread);
@@ -187,6 +201,7 @@ impl HaRuntime {
             tx,
             published: Published::new(ha::peer_of(cfg.id), mode),
             events: Mutex::new(VecDeque::new()),
+            takeovers: Mutex::new(takeover::Takeovers::default()),
             pending: PendingTable::new(),
             grants: GrantTable::new(),
             grantee: Mutex::new(Grantee::new()),
@@ -259,6 +274,16 @@ impl HaRuntime {
         lock(&self.events).iter().cloned().collect()
     }
 
+    /// The last takeover (primary by a claim, not a switchover), if there was one, and how many
+    /// there were since start.
+    pub fn last_takeover(&self) -> (Option<TakeoverInfo>, u64) {
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let t = lock(&self.takeovers);
+        (t.last(self.now(), unix_ms), t.count())
+    }
+
     /// Hands an admin command to the node.
     pub fn admin(&self, cmd: AdminCmd) {
         let _ = self.tx.send(DriverIn::Node(Input::Admin(cmd)));
@@ -298,7 +323,7 @@ impl HaRuntime {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
-            self.carry_out(&mut node);
+            self.carry_out(&mut node).await;
             self.publish(&node);
             if self.mode == HaMode::ActiveActiveShared {
                 // The step may have changed what the grantor may grant (role, epoch, link).
@@ -312,7 +337,16 @@ impl HaRuntime {
                 .map(|t| Duration::from_millis(t.saturating_sub(now)));
             tokio::select! {
                 m = rx.recv() => match m {
-                    Some(DriverIn::Node(input)) => node.handle(self.now(), input),
+                    Some(DriverIn::Node(input)) => {
+                        let now = self.now();
+                        match input {
+                            Input::PeerLinkUp => lock(&self.takeovers).link_up(),
+                            Input::PeerLinkClosed => lock(&self.takeovers).link_down(now, true),
+                            Input::PeerLinkDown => lock(&self.takeovers).link_down(now, false),
+                            _ => {}
+                        }
+                        node.handle(now, input)
+                    }
                     None => break,
                 },
                 _ = async {
@@ -337,8 +371,9 @@ impl HaRuntime {
         tracing::debug!("HA driver stopped");
     }
 
-    /// Performs every pending output of the node, in order.
-    fn carry_out(self: &Arc<Self>, node: &mut Node) {
+    /// Performs every pending output of the node, in order. Only closing the fencing gate waits
+    /// (for the I/O it admitted, off this thread); the outputs after it wait with it.
+    async fn carry_out(self: &Arc<Self>, node: &mut Node) {
         while let Some(out) = node.poll_output() {
             match out {
                 Output::SendPeer(HaMsg::Leaving) if self.stop_undrained.load(Ordering::Acquire) => {
@@ -373,7 +408,7 @@ impl HaRuntime {
                 Output::RestoreDiskAccess => self.restore_disk_access(),
                 Output::FenceIo { lun } => {
                     if let Some((_, lu)) = self.luns.get(&lun) {
-                        let drained = close_gate(lu);
+                        let drained = close_gate(lu).await;
                         if !drained && node.stopping() {
                             self.stop_undrained.store(true, Ordering::Release);
                         }
@@ -387,6 +422,7 @@ impl HaRuntime {
                     }
                 }
                 Output::Log(ev) => {
+                    lock(&self.takeovers).event(self.now(), &ev);
                     let line = ev.to_string();
                     match &ev {
                         ha::Event::QuorumFailed { .. }
@@ -570,9 +606,15 @@ impl HaRuntime {
                         }
                     }
                 }
-                LinkEvent::Down { reason } => {
-                    tracing::debug!("HA link down: {reason}");
-                    let _ = self.tx.send(DriverIn::Node(Input::PeerLinkDown));
+                LinkEvent::Down { reason, kind } => {
+                    tracing::debug!("HA link down ({kind}): {reason}");
+                    // Only a link the peer closed (its process most likely exited) is
+                    // `PeerLinkClosed`; silence, and a failure on this side, is `PeerLinkDown`.
+                    let input = match kind {
+                        DownKind::Closed => Input::PeerLinkClosed,
+                        DownKind::Silent => Input::PeerLinkDown,
+                    };
+                    let _ = self.tx.send(DriverIn::Node(input));
                     // Forwarded commands in flight are answered "transitioning" and retried.
                     self.pending.close();
                     // The peer's grants end with the link; the node suspends I/O until the peer
@@ -703,13 +745,13 @@ impl HaRuntime {
     }
 }
 
-/// Closes a LUN's fencing gate, waiting for admitted I/O (off the async threads).
-fn close_gate(lu: &Lu) -> bool {
+/// Closes a LUN's fencing gate at once and waits for the I/O it admitted, at most
+/// [`GATE_DRAIN`], on the blocking pool: the HA thread keeps sending and reading heartbeats
+/// meanwhile. Returns whether the gate drained.
+async fn close_gate(lu: &Lu) -> bool {
     let gate = lu.gate.clone();
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-            tokio::task::block_in_place(|| gate.close(GATE_DRAIN))
-        }
-        _ => gate.close(GATE_DRAIN),
-    }
+    gate.close_begin();
+    tokio::task::spawn_blocking(move || gate.wait_drained(GATE_DRAIN))
+        .await
+        .unwrap_or(false)
 }

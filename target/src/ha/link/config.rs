@@ -85,7 +85,7 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    /// A configuration with the default timings: heartbeat 200 ms, dead after 1 s, reconnect
+    /// A configuration with the default timings: heartbeat 150 ms, dead after 600 ms, reconnect
     /// every 200 ms.
     pub fn new(ha_id: u8, mode: u8, peer: PeerAddr, secret: Vec<u8>) -> Self {
         LinkConfig {
@@ -93,8 +93,8 @@ impl LinkConfig {
             mode,
             peer,
             secret,
-            heartbeat: Duration::from_millis(200),
-            dead_after: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(150),
+            dead_after: Duration::from_millis(600),
             reconnect: Duration::from_millis(200),
             data_poll: Duration::ZERO,
         }

@@ -40,6 +40,8 @@ pub enum LinkEvent {
     Down {
         /// Why, for the log.
         reason: String,
+        /// Whether the peer closed it or it went silent.
+        kind: DownKind,
     },
     /// A message from the peer. Messages of one channel arrive in the order they were sent; none
     /// from a connection arrives after the `Down` that ended it.
@@ -49,6 +51,27 @@ pub enum LinkEvent {
         /// The payload, exactly as handed to the peer's [`LinkHandle::send`].
         payload: Bytes,
     },
+}
+
+/// How the link went down: the one distinction the layer above acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownKind {
+    /// The peer's end closed a connection of the link: end of stream (FIN), a reset (RST), or a
+    /// bye. Most likely the peer's process exited: the kernel closes its sockets even on a crash.
+    Closed,
+    /// The peer did not close it: nothing arrived for `dead_after` (the peer may be dead, paused,
+    /// or alive behind a cut network), or the link failed on this side (a frame it refuses, an
+    /// error of its own, its shutdown). Whether the peer is alive is unknown.
+    Silent,
+}
+
+impl fmt::Display for DownKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DownKind::Closed => "closed by the peer",
+            DownKind::Silent => "silent",
+        })
+    }
 }
 
 /// [`LinkHandle::send`] failed: the link is not up (or the payload is longer than
@@ -81,6 +104,8 @@ pub(super) struct Shared {
     pub(super) channels: [ChannelCounters; 2],
     pub(super) ups: AtomicU64,
     pub(super) refused_logins: AtomicU64,
+    /// Downs by [`DownKind`]: closed by the peer, silent.
+    downs: [AtomicU64; 2],
     /// The last warning logged about failed attempts: repeats are logged at debug level only.
     pub(super) last_warning: Mutex<Option<String>>,
     /// Takes the data channel's messages on the reader task (see [`LinkHandle::handle_data`]).
@@ -103,6 +128,7 @@ impl Shared {
             channels: Default::default(),
             ups: AtomicU64::new(0),
             refused_logins: AtomicU64::new(0),
+            downs: Default::default(),
             last_warning: Mutex::new(None),
             data_handler: OnceLock::new(),
             data_rt,
@@ -114,6 +140,11 @@ impl Shared {
         if old != new {
             info!("HA link status changed from {old} to {new}");
         }
+    }
+
+    /// Counts one down of the link (not this side's shutdown).
+    pub(super) fn note_down(&self, kind: DownKind) {
+        self.downs[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the link is up (state 2).
@@ -231,6 +262,8 @@ impl LinkHandle {
             ups,
             reconnects: ups.saturating_sub(1),
             refused_logins: self.shared.refused_logins.load(Ordering::Relaxed),
+            downs_closed: self.shared.downs[DownKind::Closed as usize].load(Ordering::Relaxed),
+            downs_silent: self.shared.downs[DownKind::Silent as usize].load(Ordering::Relaxed),
         }
     }
 }

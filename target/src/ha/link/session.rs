@@ -27,11 +27,13 @@ use tracing::{info, warn};
 use super::channel::Channel;
 use super::config::LinkConfig;
 use super::frame::{bye_text, Frame, FrameKind, Outgoing};
-use super::handle::{LinkEvent, SessionTx, Shared, STATE_CONNECTING, STATE_OFFLINE, STATE_ONLINE};
+use super::handle::{
+    DownKind, LinkEvent, SessionTx, Shared, STATE_CONNECTING, STATE_OFFLINE, STATE_ONLINE,
+};
 use super::handshake::Refusal;
 use super::login::Authed;
 use super::tasks::{shutdown_asked, AbortOnDrop};
-use super::wire::{write_frames, ConnError, FrameReader};
+use super::wire::{io_closed_by_peer, write_frames, ConnError, FrameReader};
 use crate::idle_poll::IdlePoll;
 use crate::sync::lock;
 
@@ -44,14 +46,34 @@ struct TaskEnd {
     /// The control channel's reader ended (with `bye` when the peer said goodbye).
     control_reader: bool,
     bye: bool,
+    /// The peer closed the connection (end of stream, reset or bye): see [`DownKind`].
+    closed: bool,
 }
 
 impl TaskEnd {
+    /// Ended by this side or by an error of the link, not by the peer closing.
     fn other(reason: String) -> Self {
         TaskEnd {
             reason,
             control_reader: false,
             bye: false,
+            closed: false,
+        }
+    }
+
+    /// Ended because the peer closed the connection.
+    fn closed(reason: String) -> Self {
+        TaskEnd {
+            closed: true,
+            ..TaskEnd::other(reason)
+        }
+    }
+
+    fn kind(&self) -> DownKind {
+        if self.closed {
+            DownKind::Closed
+        } else {
+            DownKind::Silent
         }
     }
 }
@@ -122,7 +144,7 @@ pub(super) async fn run_session(
         ),
     ]);
 
-    let (reason, stopping) = loop {
+    let (end, stopping) = loop {
         let extra_conn = async {
             match extra.as_deref_mut() {
                 Some(rx) => rx.recv().await,
@@ -135,9 +157,11 @@ pub(super) async fn run_session(
                 shared.refused_logins.fetch_add(1, Ordering::Relaxed);
                 warn!(peer = %conn.addr, "{}", Refusal::ChannelTaken(conn.channel));
             }
-            _ = shutdown_asked(shutdown) => break ("shut down".to_string(), true),
+            _ = shutdown_asked(shutdown) => break (TaskEnd::other("shut down".to_string()), true),
         }
     };
+    let kind = end.kind();
+    let reason = end.reason;
 
     // From here on nothing is sent or delivered for this session.
     *lock(&shared.session) = None;
@@ -145,13 +169,14 @@ pub(super) async fn run_session(
         info!(peer = %peer_addr, "HA link down: {reason}");
         shared.set_state(STATE_OFFLINE);
     } else {
-        warn!(peer = %peer_addr, "HA link down: {reason}");
+        warn!(peer = %peer_addr, "HA link down ({kind}): {reason}");
         shared.set_state(STATE_CONNECTING);
+        shared.note_down(kind);
     }
     {
         let mut gate = lock(&shared.gate);
         gate.live = 0;
-        let _ = gate.events.send(LinkEvent::Down { reason });
+        let _ = gate.events.send(LinkEvent::Down { reason, kind });
     }
     if stopping {
         // Tell the peer, so that it goes down at once rather than after `dead_after`.
@@ -165,12 +190,12 @@ pub(super) async fn run_session(
     stopping
 }
 
-/// The reason a session ended, given the first task that ended: when it is not the control
-/// reader, the control reader gets a moment to report a bye the peer sent before closing (its
-/// data socket may close first), which says more than "connection closed".
-async fn settle(first: TaskEnd, done: &mut mpsc::UnboundedReceiver<TaskEnd>) -> String {
+/// How a session ended, given the first task that ended: when it is not the control reader, the
+/// control reader gets a moment to report a bye the peer sent before closing (its data socket
+/// may close first), which says more than "connection closed".
+async fn settle(first: TaskEnd, done: &mut mpsc::UnboundedReceiver<TaskEnd>) -> TaskEnd {
     if first.control_reader {
-        return first.reason;
+        return first;
     }
     let control = timeout(Duration::from_millis(50), async {
         while let Some(end) = done.recv().await {
@@ -182,8 +207,8 @@ async fn settle(first: TaskEnd, done: &mut mpsc::UnboundedReceiver<TaskEnd>) -> 
     })
     .await;
     match control {
-        Ok(Some(end)) if end.bye => end.reason,
-        _ => first.reason,
+        Ok(Some(end)) if end.bye => end,
+        _ => first,
     }
 }
 
@@ -227,7 +252,14 @@ async fn write_loop(
                     counters.sent(o.wire_len());
                 }
             }
-            Err(e) => return TaskEnd::other(format!("{channel} channel: write failed: {e}")),
+            Err(e) => {
+                let reason = format!("{channel} channel: write failed: {e}");
+                return if io_closed_by_peer(&e) {
+                    TaskEnd::closed(reason)
+                } else {
+                    TaskEnd::other(reason)
+                };
+            }
         }
         batch.clear();
         if bye {
@@ -294,15 +326,27 @@ async fn read_loop(
     generation: u64,
     poll: Duration,
 ) -> TaskEnd {
-    let (reason, bye) = read_frames(&mut r, dead_after, &shared, channel, generation, poll).await;
+    let (reason, how) = read_frames(&mut r, dead_after, &shared, channel, generation, poll).await;
     TaskEnd {
         reason,
         control_reader: channel == Channel::Control,
-        bye,
+        bye: how == ReadEnd::Bye,
+        closed: how != ReadEnd::Other,
     }
 }
 
-/// Reads and dispatches frames until the connection ends; returns why, and whether with a bye.
+/// How a reader ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The peer said goodbye.
+    Bye,
+    /// The peer closed the connection without one (end of stream, reset).
+    Closed,
+    /// Silence for `dead_after`, a refused frame, an error of this side.
+    Other,
+}
+
+/// Reads and dispatches frames until the connection ends; returns why and how.
 async fn read_frames(
     r: &mut FrameReader,
     dead_after: Option<Duration>,
@@ -310,7 +354,7 @@ async fn read_frames(
     channel: Channel,
     generation: u64,
     poll: Duration,
-) -> (String, bool) {
+) -> (String, ReadEnd) {
     let counters = &shared.channels[channel.index()];
     loop {
         let next = match dead_after {
@@ -321,7 +365,7 @@ async fn read_frames(
                     let ms = d.as_millis();
                     return (
                         format!("no frame from the peer on the {channel} channel for {ms} ms"),
-                        false,
+                        ReadEnd::Other,
                     );
                 }
             },
@@ -329,7 +373,14 @@ async fn read_frames(
         };
         let frame = match next {
             Ok(f) => f,
-            Err(e) => return (format!("{channel} channel: {e}"), false),
+            Err(e) => {
+                let how = if e.closed_by_peer() {
+                    ReadEnd::Closed
+                } else {
+                    ReadEnd::Other
+                };
+                return (format!("{channel} channel: {e}"), how);
+            }
         };
         counters.received(frame.wire_len());
         match frame.kind {
@@ -337,11 +388,11 @@ async fn read_frames(
             FrameKind::Message => shared.deliver(generation, channel, frame.payload),
             FrameKind::Bye => {
                 let text = bye_text(&frame.payload);
-                return (format!("peer closed the link: {text}"), true);
+                return (format!("peer closed the link: {text}"), ReadEnd::Bye);
             }
             FrameKind::Login => {
                 let text = format!("{channel} channel: unexpected login frame after the login");
-                return (text, false);
+                return (text, ReadEnd::Other);
             }
         }
     }

@@ -33,6 +33,11 @@ pub struct LinkStats {
     pub reconnects: u64,
     /// Logins refused, by this side or by the peer (wrong secret, mode, ids, version, channel).
     pub refused_logins: u64,
+    /// How many times the link went down because the peer closed it (end of stream, reset, bye).
+    pub downs_closed: u64,
+    /// How many times the link went down without the peer closing it: silence for
+    /// `dead_after`, a refused frame, an error of this side (its own shutdown is not counted).
+    pub downs_silent: u64,
 }
 
 /// The live counters of one channel.

@@ -27,6 +27,27 @@ pub(super) enum ConnError {
     Frame(#[from] FrameError),
 }
 
+impl ConnError {
+    /// Whether the peer's end closed the connection: end of stream (FIN) or a reset (RST; a
+    /// write then fails with a broken pipe), as opposed to a frame the codec refused or an
+    /// error of this side.
+    pub(super) fn closed_by_peer(&self) -> bool {
+        match self {
+            ConnError::Closed | ConnError::ClosedMidFrame => true,
+            ConnError::Io(e) => io_closed_by_peer(e),
+            ConnError::Frame(_) => false,
+        }
+    }
+}
+
+/// Whether a socket error means that the peer's end closed the connection.
+pub(super) fn io_closed_by_peer(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+    )
+}
+
 /// What a frame reader asks the socket for when it waits for a header.
 const READ_CHUNK: usize = 64 * 1024;
 
