@@ -510,6 +510,14 @@ fn rolling_restart(mode: u8, by: StopBy) {
     });
 }
 
+fn rolling_restart_sigterm(mode: u8) {
+    rolling_restart(mode, StopBy::Sigterm);
+}
+
+fn rolling_restart_duetctl(mode: u8) {
+    rolling_restart(mode, StopBy::Duetctl);
+}
+
 macro_rules! scenario_tests {
     ($($(#[$attr:meta])* $name:ident => $f:ident($mode:expr);)*) => {
         $(
@@ -547,10 +555,10 @@ scenario_tests! {
     mode0_sigterm_secondary => sigterm_secondary(0);
     mode1_sigterm_secondary => sigterm_secondary(1);
     mode2_sigterm_secondary => sigterm_secondary(2);
-    mode0_rolling_restart => rolling_restart(0, StopBy::Sigterm);
-    mode1_rolling_restart => rolling_restart(1, StopBy::Sigterm);
-    mode2_rolling_restart => rolling_restart(2, StopBy::Sigterm);
-    mode1_rolling_restart_duetctl => rolling_restart(1, StopBy::Duetctl);
+    mode0_rolling_restart => rolling_restart_sigterm(0);
+    mode1_rolling_restart => rolling_restart_sigterm(1);
+    mode2_rolling_restart => rolling_restart_sigterm(2);
+    mode1_rolling_restart_duetctl => rolling_restart_duetctl(1);
 }
 
 // ------------------------------------------------------------------------------------------
