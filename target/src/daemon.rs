@@ -13,8 +13,7 @@ use duet_core::ha::{peer_of, Policy, Role};
 use tokio::sync::watch;
 
 use crate::admin::{
-    self, AdminApi, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg, ShutdownRequests,
-    ShutdownTicket,
+    self, AdminApi, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg, ShutdownRequests, ShutdownTicket,
 };
 use crate::config::Config;
 use crate::ha::config::HaConfig;

@@ -459,9 +459,13 @@ fn joined(nodes: &[LabNode; 2]) -> Option<&'static str> {
 
 fn status_line(n: &LabNode) -> String {
     let pid = read_pid(&n.pidfile).filter(|&p| is_our_duetd(p, &n.config));
-    let ha = crate::admin::request(&n.socket, &crate::admin::Request::Ha, Duration::from_secs(2))
-        .ok()
-        .and_then(|r| r.into_data::<crate::admin::HaInfo>().ok());
+    let ha = crate::admin::request(
+        &n.socket,
+        &crate::admin::Request::Ha,
+        Duration::from_secs(2),
+    )
+    .ok()
+    .and_then(|r| r.into_data::<crate::admin::HaInfo>().ok());
     match (pid, ha) {
         (None, _) => format!("{}: not running", n.name),
         (Some(p), None) => format!("{}: pid {p}, not answering", n.name),
@@ -492,7 +496,10 @@ fn console_stop(n: &LabNode, child: &mut Option<Child>) -> bool {
         *child = None;
         return true;
     }
-    eprintln!("duetd lab: stopping {} (it hands its LUNs over first)", n.name);
+    eprintln!(
+        "duetd lab: stopping {} (it hands its LUNs over first)",
+        n.name
+    );
     match crate::admin::shutdown(&n.socket, Duration::from_secs(30)) {
         Ok((info, exited)) => eprintln!(
             "duetd lab: {}: {} (hand-over {} ms); {}",
@@ -516,8 +523,7 @@ fn console_stop(n: &LabNode, child: &mut Option<Child>) -> bool {
             *child = None;
         }
     }
-    child.is_none()
-        && !read_pid(&n.pidfile).is_some_and(|p| is_our_duetd(p, &n.config))
+    child.is_none() && !read_pid(&n.pidfile).is_some_and(|p| is_our_duetd(p, &n.config))
 }
 
 /// Starts one controller as the lab's child and waits until the pair is joined again.
@@ -604,7 +610,10 @@ fn console_command(
             }
             eprintln!("duetd lab: rolling restart done");
         }
-        _ => eprintln!("duetd lab: unknown command `{}`\n{CONSOLE_HELP}", line.trim()),
+        _ => eprintln!(
+            "duetd lab: unknown command `{}`\n{CONSOLE_HELP}",
+            line.trim()
+        ),
     }
 }
 

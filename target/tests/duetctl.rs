@@ -933,7 +933,10 @@ fn shutdown_stops_a_real_daemon_and_returns_after_its_exit() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let r = duetctl(&["--socket", sock.to_str().unwrap(), "shutdown", "--json"], &[]);
+    let r = duetctl(
+        &["--socket", sock.to_str().unwrap(), "shutdown", "--json"],
+        &[],
+    );
     // duetctl returned: the daemon has closed everything at its exit (it may take the kernel a
     // moment more to report the exit status).
     let until = Instant::now() + Duration::from_secs(2);

@@ -437,77 +437,84 @@ fn rolling_restart(mode: u8, by: StopBy) {
         StopBy::Sigterm => "rolling_restart",
         StopBy::Duetctl => "rolling_restart_duetctl",
     };
-    scenario(mode, name, Duration::from_secs(30), |lab, _load, problems| {
-        let first_epoch = epoch(lab, Node::A);
-        for node in [Node::B, Node::A] {
-            let peer = node.peer();
-            if !clean_stop(lab, node, by, problems) {
-                return;
-            }
-            // The peer serves alone.
-            let alone = wait_until(
-                || {
-                    lab.view(peer).is_some_and(|v| {
-                        v.link_state != 2 && v.role == "primary" && v.primary == Some(peer.ha_id())
-                    })
-                },
-                ROLE_CHANGE,
-            );
-            if !alone {
-                problems.push(format!(
-                    "{peer} does not serve alone after {node} stopped: {:?}",
-                    lab.view(peer)
-                ));
-                return;
-            }
-            lab.restart(node);
-            let joined = wait_until(
-                || {
-                    linked_secondary_of(&lab.view(node), peer)
-                        && lab.view(peer).is_some_and(|v| {
-                            v.link_state == 2
+    scenario(
+        mode,
+        name,
+        Duration::from_secs(30),
+        |lab, _load, problems| {
+            let first_epoch = epoch(lab, Node::A);
+            for node in [Node::B, Node::A] {
+                let peer = node.peer();
+                if !clean_stop(lab, node, by, problems) {
+                    return;
+                }
+                // The peer serves alone.
+                let alone = wait_until(
+                    || {
+                        lab.view(peer).is_some_and(|v| {
+                            v.link_state != 2
                                 && v.role == "primary"
                                 && v.primary == Some(peer.ha_id())
                         })
-                },
-                Duration::from_secs(20),
-            );
-            if !joined {
-                problems.push(format!(
+                    },
+                    ROLE_CHANGE,
+                );
+                if !alone {
+                    problems.push(format!(
+                        "{peer} does not serve alone after {node} stopped: {:?}",
+                        lab.view(peer)
+                    ));
+                    return;
+                }
+                lab.restart(node);
+                let joined = wait_until(
+                    || {
+                        linked_secondary_of(&lab.view(node), peer)
+                            && lab.view(peer).is_some_and(|v| {
+                                v.link_state == 2
+                                    && v.role == "primary"
+                                    && v.primary == Some(peer.ha_id())
+                            })
+                    },
+                    Duration::from_secs(20),
+                );
+                if !joined {
+                    problems.push(format!(
                     "{node} did not rejoin as {peer}'s secondary after its restart: {node} {:?}, \
                      {peer} {:?}",
                     lab.view(node),
                     lab.view(peer)
                 ));
-                return;
+                    return;
+                }
             }
-        }
-        if !primary_on(&lab.view(Node::B), Node::B, first_epoch)
-            || !linked_secondary_of(&lab.view(Node::A), Node::B)
-        {
-            problems.push(format!(
+            if !primary_on(&lab.view(Node::B), Node::B, first_epoch)
+                || !linked_secondary_of(&lab.view(Node::A), Node::B)
+            {
+                problems.push(format!(
                 "after the rolling restart ctrl-b should be primary (epoch above {first_epoch}) \
                  and ctrl-a its linked secondary: ctrl-a {:?}, ctrl-b {:?}",
                 lab.view(Node::A),
                 lab.view(Node::B)
             ));
-        }
-        for node in [Node::A, Node::B] {
-            let log = std::fs::read_to_string(lab.log_path(node)).unwrap_or_default();
-            if !log.contains("stopped cleanly") {
-                problems.push(format!(
-                    "{node} did not report a clean stop:\n{}",
-                    lab.log_tail(node, 20)
-                ));
             }
-            let fenced = fence_lines(lab, node);
-            if !fenced.is_empty() {
-                problems.push(format!(
-                    "{node} fenced its peer during a rolling restart: {fenced:?}"
-                ));
+            for node in [Node::A, Node::B] {
+                let log = std::fs::read_to_string(lab.log_path(node)).unwrap_or_default();
+                if !log.contains("stopped cleanly") {
+                    problems.push(format!(
+                        "{node} did not report a clean stop:\n{}",
+                        lab.log_tail(node, 20)
+                    ));
+                }
+                let fenced = fence_lines(lab, node);
+                if !fenced.is_empty() {
+                    problems.push(format!(
+                        "{node} fenced its peer during a rolling restart: {fenced:?}"
+                    ));
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 fn rolling_restart_sigterm(mode: u8) {

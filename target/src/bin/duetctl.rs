@@ -274,10 +274,7 @@ fn shutdown(socket: &std::path::Path, json: bool) -> Result<(), Failure> {
             if exited {
                 "has exited".to_string()
             } else {
-                format!(
-                    "has not exited within {} s",
-                    SHUTDOWN_TIMEOUT.as_secs()
-                )
+                format!("has not exited within {} s", SHUTDOWN_TIMEOUT.as_secs())
             }
         ));
     }

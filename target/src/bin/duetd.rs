@@ -289,7 +289,13 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
         }
         if let Some(path) = admin_socket.or_else(|| ha_cfg.as_ref().map(|h| h.admin_socket.clone()))
         {
-            daemon::spawn_admin(&shared, (ha, pr), Some(stop_requests), path, stop_rx.clone());
+            daemon::spawn_admin(
+                &shared,
+                (ha, pr),
+                Some(stop_requests),
+                path,
+                stop_rx.clone(),
+            );
         }
         // (The pid file stays: see `daemon`.)
         let result = server::serve(shared, stop_rx).await;
