@@ -389,6 +389,7 @@ def summarize_failover(runs):
         ok = [r for r in cell if r.get("ok")]
         stalls = [r.get("longest_stall_ms") for r in ok if r.get("longest_stall_ms") is not None]
         takeovers = [r.get("takeover_ms") for r in ok if r.get("takeover_ms") is not None]
+        rejoins = [r.get("rejoin_ms") for r in ok if r.get("rejoin_ms") is not None]
         row = {
             "mode": mode,
             "event": event,
@@ -398,6 +399,10 @@ def summarize_failover(runs):
             "stall_p90_ms": nearest_rank(stalls, 90),
             "stall_max_ms": max(stalls) if stalls else None,
             "takeover_median_ms": median(takeovers),
+            "rejoin_median_ms": median(rejoins),
+            # Events after which either controller's log said it fenced (or tried to fence) its
+            # peer; None for runs of a script that did not look.
+            "fenced": (sum(1 for r in cell if r.get("fenced")) if any("fenced" in r for r in cell) else None),
             "errors": sum(int(r.get("errors") or 0) for r in cell),
             "ops": sum(int(r.get("ops") or 0) for r in cell),
             # Controllers found dead after an event that should not have killed them.
@@ -416,24 +421,28 @@ def render_failover(summary, checks, facts, params):
         "",
         f"duet-mpio (2 paths, QD {params.get('qd')}, 50% writes, every byte verified) runs across one event "
         f"each; the stall is its longest interval without any completion. lease_ms {params.get('lease_ms')}. "
-        "Takeover = from the event until the survivor's `duetctl ha` shows it primary. Unplanned deaths = "
+        "Takeover = from the event until the survivor's `duetctl ha` shows it primary; rejoin (stop, pause) = "
+        "from the event until the restarted controller is the linked secondary again, under load. Fenced = "
+        "events after which a controller's log says it fenced its peer. Unplanned deaths = "
         "controllers found dead after an event that should not have killed them (restarted).",
         "",
     ]
-    headers = ["mode", "event", "n", "median stall ms", "p90 ms", "max ms", "takeover median ms", "ops",
-               "errors", "stale", "corrupt", "lost writes", "unplanned deaths"]
+    headers = ["mode", "event", "n", "median stall ms", "p90 ms", "max ms", "takeover median ms",
+               "rejoin median ms", "ops", "errors", "stale", "corrupt", "lost writes", "fenced",
+               "unplanned deaths"]
     rows = []
     for s in summary:
         rows.append(
             [
                 s["mode"], s["event"], f"{s['n']}" + (f" ({s['failed']} failed)" if s["failed"] else ""),
                 fmt(s["stall_median_ms"]), fmt(s["stall_p90_ms"]), fmt(s["stall_max_ms"]),
-                fmt(s["takeover_median_ms"]), fmt(s["ops"]), s["errors"], s["stale_reads"],
-                s["corrupt_reads"], s["lost_writes"], s["unplanned_deaths"],
+                fmt(s["takeover_median_ms"]), fmt(s.get("rejoin_median_ms")), fmt(s["ops"]), s["errors"],
+                s["stale_reads"], s["corrupt_reads"], s["lost_writes"],
+                "-" if s.get("fenced") is None else s["fenced"], s["unplanned_deaths"],
             ]
         )
     out.append(table(headers, rows) if rows else "(no runs)")
-    out += ["", "### Data integrity (must be 0)", ""]
+    out += ["", "### Data integrity, and no fence in a planned hand-over (must be 0)", ""]
     out.extend(check_line(c) for c in checks)
     deaths = sum(s["unplanned_deaths"] for s in summary)
     if deaths:
@@ -451,6 +460,9 @@ def checks_failover(summary):
     for s in summary:
         bad = sum(s[k] for k in INTEGRITY)
         out.append(check(f"mode {s['mode']}, {s['event']}: stale + corrupt reads + lost writes", bad, "<=", 0))
+        # A planned hand-over (switchover, clean stop) fences no one.
+        if s["event"] in ("switchover", "stop") and s.get("fenced") is not None:
+            out.append(check(f"mode {s['mode']}, {s['event']}: events with a fence", s["fenced"], "<=", 0))
     return out
 
 

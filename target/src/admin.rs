@@ -13,7 +13,13 @@
 //! {"cmd":"role","role":"primary","lun":1}  -> data: "message"     (lun may be null or left out)
 //! {"cmd":"switchover","lun":null}          -> data: "message"
 //! {"cmd":"stat"}                           -> data: StatInfo
+//! {"cmd":"shutdown"}                       -> data: ShutdownInfo  (see below)
 //! ```
+//!
+//! `shutdown` stops the daemon exactly as SIGTERM does (a controller of a pair first hands every
+//! LUN it serves to its peer). The answer comes once that hand-over is done, or has failed, and
+//! the daemon then keeps the connection open until the process exits: a client that reads on
+//! after the answer sees the end of the stream when the daemon is gone ([`shutdown`] does).
 //!
 //! Every answer is `{"ok":true,"error":null,"data":...}` or `{"ok":false,"error":"why",
 //! "data":null}`. A line that is not a valid request gets an `ok: false` answer and the
@@ -34,7 +40,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 pub use crate::ha::pr_fence::DeviceStatus;
@@ -274,6 +280,87 @@ pub enum Request {
     },
     /// Read the I/O statistics.
     Stat,
+    /// Stop the daemon as SIGTERM does (a controller of a pair hands over first).
+    Shutdown,
+}
+
+/// How a stop requested by `shutdown` (or a signal) went (the answer to `duetctl shutdown`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownInfo {
+    /// `clean`: every LUN this controller served is served by its peer (or released with the
+    /// peer down), and the peer was told it leaves: it fences nothing. `timed_out`: the
+    /// hand-over did not complete within the daemon's bound; the peer treats the exit as a
+    /// crash (lease wait, then fence). `standalone`: no HA pair, nothing to hand over.
+    pub outcome: String,
+    /// How long the hand-over took, in milliseconds.
+    pub handover_ms: u64,
+    /// The daemon's process id (as the daemon sees it).
+    pub pid: u32,
+    /// One line for the administrator.
+    pub message: String,
+}
+
+impl ShutdownInfo {
+    /// Whether the stop went as planned (`clean` or `standalone`).
+    pub fn is_clean(&self) -> bool {
+        self.outcome == "clean" || self.outcome == "standalone"
+    }
+}
+
+/// The daemon's answer to one `shutdown` request, with the signal that it was written.
+struct ShutdownReply {
+    info: ShutdownInfo,
+    written: oneshot::Sender<()>,
+}
+
+/// A `shutdown` request waiting for the stop's outcome; the daemon's stop task answers it with
+/// [`ShutdownWaiter::answer`].
+pub struct ShutdownWaiter {
+    reply: oneshot::Sender<ShutdownReply>,
+}
+
+impl ShutdownWaiter {
+    /// Hands `info` to the client's connection and waits, at most `bound`, until the answer is
+    /// written (or the client has gone).
+    pub async fn answer(self, info: ShutdownInfo, bound: Duration) {
+        let (written, done) = oneshot::channel();
+        if self.reply.send(ShutdownReply { info, written }).is_ok() {
+            let _ = tokio::time::timeout(bound, done).await;
+        }
+    }
+}
+
+/// The admin socket's side of `shutdown`: each request becomes a [`ShutdownWaiter`] on the
+/// channel the daemon's stop task reads ([`shutdown_channel`]).
+#[derive(Clone, Debug)]
+pub struct ShutdownRequests(mpsc::UnboundedSender<ShutdownWaiter>);
+
+impl std::fmt::Debug for ShutdownWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShutdownWaiter")
+    }
+}
+
+/// What a `shutdown` request waits on: the stop's outcome.
+pub struct ShutdownTicket(oneshot::Receiver<ShutdownReply>);
+
+impl ShutdownRequests {
+    /// Asks the daemon to stop; the ticket resolves with the outcome. `Err` when the daemon's
+    /// stop task is gone (it stops already and has answered everyone it will).
+    pub fn request(&self) -> Result<ShutdownTicket, String> {
+        let (reply, rx) = oneshot::channel();
+        self.0
+            .send(ShutdownWaiter { reply })
+            .map_err(|_| "the daemon is already stopping".to_string())?;
+        Ok(ShutdownTicket(rx))
+    }
+}
+
+/// The channel between the admin socket ([`ShutdownRequests`], given to the [`AdminApi`]) and
+/// the daemon's stop task (the receiver).
+pub fn shutdown_channel() -> (ShutdownRequests, mpsc::UnboundedReceiver<ShutdownWaiter>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (ShutdownRequests(tx), rx)
 }
 
 /// The daemon's answer to one [`Request`].
@@ -337,6 +424,11 @@ pub trait AdminApi: Send + Sync + 'static {
     fn switchover(&self, lun: Option<LunNumber>) -> Result<String, String>;
     /// I/O statistics.
     fn stat(&self) -> StatInfo;
+    /// Starts a stop of the daemon, as SIGTERM does; the ticket resolves with its outcome.
+    /// `Err` carries the reason for a refusal.
+    fn shutdown(&self) -> Result<ShutdownTicket, String> {
+        Err("this daemon cannot be stopped through its admin socket".into())
+    }
 }
 
 /// Errors of the admin socket, on either side.
@@ -414,6 +506,60 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
     serde_json::from_slice(&answer).map_err(|e| AdminError::Protocol(e.to_string()))
 }
 
+/// Asks the daemon at `path` to stop (`shutdown`) and waits, at most `timeout` in all, for the
+/// answer and then for the daemon to exit (the end of the connection). Returns the outcome and
+/// whether the daemon was seen to exit within `timeout`.
+pub fn shutdown(path: &Path, timeout: Duration) -> Result<(ShutdownInfo, bool), AdminError> {
+    let io_err = |source| AdminError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let deadline = std::time::Instant::now() + timeout.max(Duration::from_millis(1));
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let stream = StdUnixStream::connect(path).map_err(|source| AdminError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream.set_write_timeout(Some(left())).map_err(io_err)?;
+    let mut line = serde_json::to_vec(&Request::Shutdown)
+        .map_err(|e| AdminError::Protocol(format!("cannot encode the request: {e}")))?;
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io_err)?;
+    stream.set_read_timeout(Some(left())).map_err(io_err)?;
+    let mut reader = BufReader::new((&stream).take(MAX_LINE as u64 + 1));
+    let mut answer = Vec::new();
+    reader.read_until(b'\n', &mut answer).map_err(io_err)?;
+    if answer.last() != Some(&b'\n') {
+        return Err(AdminError::Protocol(if answer.is_empty() {
+            "the daemon closed the connection without answering".into()
+        } else {
+            "the answer was cut short".into()
+        }));
+    }
+    let info: ShutdownInfo = serde_json::from_slice::<Response>(&answer)
+        .map_err(|e| AdminError::Protocol(e.to_string()))?
+        .into_data()?;
+    // The daemon holds the connection until it exits: the end of the stream means it is gone.
+    let mut rest = [0u8; 256];
+    let exited = loop {
+        if stream.set_read_timeout(Some(left())).is_err() {
+            break false;
+        }
+        match reader.get_mut().read(&mut rest) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    Ok((info, exited))
+}
+
 /// Answers one request line.
 pub fn dispatch(api: &dyn AdminApi, line: &[u8]) -> Response {
     let req: Request = match serde_json::from_slice(line) {
@@ -450,6 +596,8 @@ fn answer(api: &dyn AdminApi, req: Request) -> Response {
             Err(e) => Response::failure(e),
         },
         Request::Switchover { lun } => message(api.switchover(lun)),
+        // Answered by the connection's task, which waits for the stop (see `client`).
+        Request::Shutdown => Response::failure("shutdown is answered by the connection"),
     }
 }
 
@@ -598,6 +746,41 @@ async fn client(stream: UnixStream, api: Arc<dyn AdminApi>) {
         let text = line.trim_ascii();
         if text.is_empty() {
             continue;
+        }
+        if matches!(
+            serde_json::from_slice::<Request>(text),
+            Ok(Request::Shutdown)
+        ) {
+            let ticket = match api.shutdown() {
+                Ok(t) => t,
+                Err(e) => {
+                    if !write_response(&mut write, &Response::failure(e)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Ok(reply) = ticket.0.await else {
+                let r = Response::failure("the daemon stopped without reporting the outcome");
+                let _ = write_response(&mut write, &r).await;
+                return;
+            };
+            let r = match serde_json::to_value(&reply.info) {
+                Ok(v) => Response::success(v),
+                Err(e) => Response::failure(format!("cannot encode the answer: {e}")),
+            };
+            let written = write_response(&mut write, &r).await;
+            if written {
+                // Keep the connection open until the process exits: its end tells the client
+                // that the daemon is gone. The descriptor is closed by the exit itself.
+                if let Ok(read) = reader.into_inner().reunite(write) {
+                    if let Ok(std) = read.into_std() {
+                        let _ = std::os::fd::IntoRawFd::into_raw_fd(std);
+                    }
+                }
+            }
+            let _ = reply.written.send(());
+            return;
         }
         let r = dispatch(api.as_ref(), text);
         if !write_response(&mut write, &r).await {

@@ -12,7 +12,10 @@ use duet_core::alua::AluaState;
 use duet_core::ha::{peer_of, Policy, Role};
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminApi, HaCounters, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg};
+use crate::admin::{
+    self, AdminApi, HaCounters, HaInfo, HaLunInfo, LunInfo, PortInfo, RoleArg, ShutdownRequests,
+    ShutdownTicket,
+};
 use crate::config::Config;
 use crate::ha::config::HaConfig;
 use crate::ha::fence::{self, FenceAgent};
@@ -158,6 +161,8 @@ pub struct DaemonAdmin {
     pub ha: Option<Arc<HaRuntime>>,
     /// The `scsi-pr` agent's monitor, with that fencing agent.
     pub pr: Option<Arc<PrMonitor>>,
+    /// Where `duetctl shutdown` goes: the daemon's stop task, the one SIGTERM triggers.
+    pub stop: Option<ShutdownRequests>,
 }
 
 fn abbrev(s: AluaState) -> String {
@@ -342,6 +347,15 @@ impl AdminApi for DaemonAdmin {
     fn stat(&self) -> StatInfo {
         self.shared.stats.snapshot()
     }
+
+    fn shutdown(&self) -> Result<ShutdownTicket, String> {
+        let stop = self
+            .stop
+            .as_ref()
+            .ok_or("this daemon cannot be stopped through its admin socket")?;
+        tracing::info!("shutdown requested through the admin socket");
+        stop.request()
+    }
 }
 
 /// The role word for `duetctl`: primary, secondary, claiming or transitioning.
@@ -365,11 +379,11 @@ fn lun_role(h: &HaRuntime, lun: LunNumber) -> String {
     }
 }
 
-/// Serves the admin socket at `path` until shutdown.
+/// Serves the admin socket at `path` until shutdown; `duetctl shutdown` requests go to `stop`.
 pub fn spawn_admin(
     shared: &Arc<Shared>,
-    ha: Option<Arc<HaRuntime>>,
-    pr: Option<Arc<PrMonitor>>,
+    (ha, pr): (Option<Arc<HaRuntime>>, Option<Arc<PrMonitor>>),
+    stop: Option<ShutdownRequests>,
     path: std::path::PathBuf,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -377,6 +391,7 @@ pub fn spawn_admin(
         shared: shared.clone(),
         ha,
         pr,
+        stop,
     });
     tokio::spawn(async move {
         if let Err(e) = admin::serve(path.clone(), api, shutdown).await {

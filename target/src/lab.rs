@@ -6,6 +6,10 @@
 //! loopback. They export `iqn.2016-01.local.beast:target0` LUN 1. The lab writes their
 //! configuration files into DIR, so each controller can also be stopped and started by hand
 //! (`duetd --config DIR/ctrl-a.toml`).
+//!
+//! The lab reads commands on its standard input (see [`CONSOLE_HELP`]): `restart a` stops
+//! ctrl-a cleanly (as `duetctl shutdown` does: it hands its LUNs over first), starts it again and
+//! waits until the pair is joined again; `rolling` does that for ctrl-b, then ctrl-a.
 
 use duet_core::LunNumber;
 use std::fmt::Write as _;
@@ -360,9 +364,16 @@ pub fn run(opts: &LabOptions) -> i32 {
         }
     }
     print_banner(opts, &nodes, &exe);
+    let console = spawn_console();
     let mut last_check = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        while let Ok(line) = console.try_recv() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            console_command(&line, &exe, &nodes, &mut children, &stop);
+        }
         if last_check.elapsed() < Duration::from_millis(500) {
             continue;
         }
@@ -372,10 +383,12 @@ pub fn run(opts: &LabOptions) -> i32 {
                 if let Ok(Some(st)) = c.try_wait() {
                     let n = &nodes[i];
                     eprintln!(
-                        "duetd lab: {} ({}) {}; start it again with: {} --config {}",
+                        "duetd lab: {} ({}) {}; start it again with `start {}` here, or: {} \
+                         --config {}",
                         n.name,
                         n.url(),
                         describe(st),
+                        &n.name[5..],
                         exe.display(),
                         n.config.display()
                     );
@@ -387,6 +400,221 @@ pub fn run(opts: &LabOptions) -> i32 {
     eprintln!("duetd lab: stopping both controllers");
     stop_all(&nodes, &mut children);
     0
+}
+
+/// The lab's console commands (read from standard input, one per line).
+pub const CONSOLE_HELP: &str = "\
+duetd lab commands (type them here, one per line):
+  restart a|b   stop the controller cleanly (it hands its LUNs to the peer, as
+                `duetctl shutdown` does), start it again, wait until the pair is joined
+  rolling       restart b, then restart a (a rolling restart)
+  stop a|b      stop the controller cleanly and leave it stopped
+  start a|b     start a stopped controller and wait until the pair is joined
+  status        each controller's pid, link state and role for LUN 1
+  help          this text";
+
+/// Reads standard input line by line on a thread of its own; the lines arrive on the receiver.
+/// At the end of the input (e.g. `< /dev/null`) the thread ends and nothing more arrives.
+fn spawn_console() -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// How long the console waits for a stopped controller to come back and rejoin.
+const REJOIN_BOUND: Duration = Duration::from_secs(30);
+
+/// The state of the pair as the console sees it: both controllers answer, the HA link is up on
+/// both, one is primary for LUN 1 and the other its secondary. Returns the primary's name.
+fn joined(nodes: &[LabNode; 2]) -> Option<&'static str> {
+    let view = |n: &LabNode| -> Option<(u8, String, Option<u8>)> {
+        let ha: crate::admin::HaInfo = crate::admin::request(
+            &n.socket,
+            &crate::admin::Request::Ha,
+            Duration::from_secs(2),
+        )
+        .ok()?
+        .into_data()
+        .ok()?;
+        let l = ha.luns.iter().find(|l| l.lun == LAB_LUN)?;
+        Some((ha.link_state, l.role.clone(), l.primary))
+    };
+    let (a, b) = (view(&nodes[0])?, view(&nodes[1])?);
+    if a.0 != 2 || b.0 != 2 || a.2.is_none() || a.2 != b.2 {
+        return None;
+    }
+    match (a.1.as_str(), b.1.as_str()) {
+        ("primary", "secondary") => Some(nodes[0].name),
+        ("secondary", "primary") => Some(nodes[1].name),
+        _ => None,
+    }
+}
+
+fn status_line(n: &LabNode) -> String {
+    let pid = read_pid(&n.pidfile).filter(|&p| is_our_duetd(p, &n.config));
+    let ha = crate::admin::request(
+        &n.socket,
+        &crate::admin::Request::Ha,
+        Duration::from_secs(2),
+    )
+    .ok()
+    .and_then(|r| r.into_data::<crate::admin::HaInfo>().ok());
+    match (pid, ha) {
+        (None, _) => format!("{}: not running", n.name),
+        (Some(p), None) => format!("{}: pid {p}, not answering", n.name),
+        (Some(p), Some(h)) => {
+            let role = h
+                .luns
+                .iter()
+                .find(|l| l.lun == LAB_LUN)
+                .map(|l| format!("{} (epoch {}, {})", l.role, l.epoch, l.local_alua))
+                .unwrap_or_else(|| "no LUN".into());
+            format!(
+                "{}: pid {p}, link state {}, LUN {LAB_LUN} {role}",
+                n.name, h.link_state
+            )
+        }
+    }
+}
+
+/// Stops one controller cleanly through its admin socket (`duetctl shutdown`) and reaps it if
+/// it is the lab's child. Returns whether it is gone.
+fn console_stop(n: &LabNode, child: &mut Option<Child>) -> bool {
+    let running = read_pid(&n.pidfile).is_some_and(|p| is_our_duetd(p, &n.config));
+    if !running {
+        eprintln!("duetd lab: {} is not running", n.name);
+        if let Some(c) = child.as_mut() {
+            let _ = c.try_wait();
+        }
+        *child = None;
+        return true;
+    }
+    eprintln!(
+        "duetd lab: stopping {} (it hands its LUNs over first)",
+        n.name
+    );
+    match crate::admin::shutdown(&n.socket, Duration::from_secs(30)) {
+        Ok((info, exited)) => eprintln!(
+            "duetd lab: {}: {} (hand-over {} ms); {}",
+            n.name,
+            info.message,
+            info.handover_ms,
+            if exited { "exited" } else { "still running" }
+        ),
+        Err(e) => {
+            eprintln!("duetd lab: {}: shutdown failed: {e}", n.name);
+            return false;
+        }
+    }
+    if let Some(c) = child.as_mut() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(Some(st)) = c.try_wait() {
+            eprintln!("duetd lab: {} {}", n.name, describe(st));
+            *child = None;
+        }
+    }
+    child.is_none() && !read_pid(&n.pidfile).is_some_and(|p| is_our_duetd(p, &n.config))
+}
+
+/// Starts one controller as the lab's child and waits until the pair is joined again.
+fn console_start(exe: &Path, nodes: &[LabNode; 2], i: usize, child: &mut Option<Child>) -> bool {
+    let n = &nodes[i];
+    if read_pid(&n.pidfile).is_some_and(|p| is_our_duetd(p, &n.config)) {
+        eprintln!("duetd lab: {} is already running", n.name);
+    } else {
+        match spawn_node(exe, n, true) {
+            Ok(c) => {
+                eprintln!("duetd lab: started {} (pid {})", n.name, c.id());
+                *child = Some(c);
+            }
+            Err(e) => {
+                eprintln!("duetd lab: cannot start {}: {e}", n.name);
+                return false;
+            }
+        }
+    }
+    let deadline = Instant::now() + REJOIN_BOUND;
+    loop {
+        if let Some(p) = joined(nodes) {
+            eprintln!("duetd lab: the pair is joined again: {p} is primary");
+            return true;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "duetd lab: the pair did not join within {} s: {}; {}",
+                REJOIN_BOUND.as_secs(),
+                status_line(&nodes[0]),
+                status_line(&nodes[1])
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Carries out one console command.
+fn console_command(
+    line: &str,
+    exe: &Path,
+    nodes: &[LabNode; 2],
+    children: &mut [Option<Child>],
+    stop: &AtomicBool,
+) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let node = |w: Option<&&str>| -> Option<usize> {
+        match w.map(|w| w.trim_start_matches("ctrl-")) {
+            Some("a") => Some(0),
+            Some("b") => Some(1),
+            _ => None,
+        }
+    };
+    match (words.first().copied(), node(words.get(1))) {
+        (None, _) => {}
+        (Some("help"), _) => eprintln!("{CONSOLE_HELP}"),
+        (Some("status"), _) => {
+            for n in nodes {
+                eprintln!("{}", status_line(n));
+            }
+        }
+        (Some("stop"), Some(i)) => {
+            console_stop(&nodes[i], &mut children[i]);
+        }
+        (Some("start"), Some(i)) => {
+            console_start(exe, nodes, i, &mut children[i]);
+        }
+        (Some("restart"), Some(i)) => {
+            if console_stop(&nodes[i], &mut children[i]) && !stop.load(Ordering::SeqCst) {
+                console_start(exe, nodes, i, &mut children[i]);
+            }
+        }
+        (Some("rolling"), _) => {
+            for i in [1, 0] {
+                if stop.load(Ordering::SeqCst)
+                    || !console_stop(&nodes[i], &mut children[i])
+                    || stop.load(Ordering::SeqCst)
+                    || !console_start(exe, nodes, i, &mut children[i])
+                {
+                    eprintln!("duetd lab: rolling restart stopped");
+                    return;
+                }
+            }
+            eprintln!("duetd lab: rolling restart done");
+        }
+        _ => eprintln!(
+            "duetd lab: unknown command `{}`\n{CONSOLE_HELP}",
+            line.trim()
+        ),
+    }
 }
 
 /// Stops the lab's controllers: the children, and controllers started by hand from the lab's
@@ -475,7 +703,16 @@ fn print_banner(opts: &LabOptions, nodes: &[LabNode; 2], exe: &Path) {
         "Planned switchover:  {duetctl} --socket {} switchover",
         a.socket.display()
     );
-    let _ = writeln!(s, "\nCtrl-C stops both controllers.\n");
+    let _ = writeln!(
+        s,
+        "Planned stop:        {duetctl} --socket {} shutdown   # hands over, then exits",
+        a.socket.display()
+    );
+    let _ = writeln!(
+        s,
+        "\nType `restart b`, `restart a` or `rolling` here for a rolling restart (`help` lists the"
+    );
+    let _ = writeln!(s, "commands). Ctrl-C stops both controllers.\n");
     eprint!("{s}");
 }
 

@@ -893,3 +893,92 @@ fn an_oversized_request_is_refused_and_only_its_connection_closed() {
     assert_eq!(reader.read_line(&mut answer).unwrap(), 0, "not closed");
     assert_eq!(d.ctl(&["ha", "--json"]).assert_ok().json()["peer_id"], 2);
 }
+
+#[test]
+fn shutdown_of_a_daemon_that_does_not_offer_it_is_refused() {
+    let d = Daemon::start("shutdown-refused");
+    let r = d.ctl(&["shutdown", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot be stopped"),
+        "{v}"
+    );
+    // The server keeps serving.
+    assert_eq!(d.ctl(&["ha", "--json"]).assert_ok().json()["ha_id"], 1);
+}
+
+/// `duetctl shutdown` against the real duetd (a single controller with an admin socket): the
+/// answer says there was nothing to hand over, and duetctl returns once duetd has exited, with
+/// status 0.
+#[test]
+fn shutdown_stops_a_real_daemon_and_returns_after_its_exit() {
+    let dir = tmp("shutdown-real");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.join("duetd.toml");
+    let sock = dir.join("duetd.sock");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[portal_group.p]\nlisten = [\"127.0.0.1:{port}\"]\n\
+             [[target]]\nname = \"{TARGET}\"\nauth_group = \"none\"\n\
+             [[target.lun]]\nnumber = 1\npath = \"{}\"\nsize = \"1MiB\"\ncreate = true\n",
+            dir.join("lun1.img").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duetd"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--admin-socket")
+        .arg(&sock)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start duetd");
+    let started = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("duetd exited at start: {st}");
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("duetd's admin socket never appeared");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = duetctl(
+        &["--socket", sock.to_str().unwrap(), "shutdown", "--json"],
+        &[],
+    );
+    // duetctl returned: the daemon has closed everything at its exit (it may take the kernel a
+    // moment more to report the exit status).
+    let until = Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        match child.try_wait().unwrap() {
+            Some(st) => break Some(st),
+            None if Instant::now() > until => break None,
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let v = r.assert_ok().json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["outcome"], "standalone", "{v}");
+    assert_eq!(v["exited"], true, "{v}");
+    assert_eq!(v["pid"], child.id(), "{v}");
+    let status = status.expect("duetd still runs after duetctl shutdown returned");
+    assert_eq!(status.code(), Some(0), "duetd's exit status");
+    let _ = std::fs::remove_dir_all(&dir);
+}

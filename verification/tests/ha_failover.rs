@@ -12,7 +12,9 @@
 //!
 //! Scenarios, each in HA modes 0, 1 and 2: kill -9 of the secondary; kill -9 of the primary;
 //! SIGSTOP of the primary for longer than its lease; an HA link cut with both controllers alive;
-//! kill -9 and restart of the secondary (rejoin); planned switchover. Plus libiscsi's
+//! kill -9 and restart of the secondary (rejoin); planned switchover; SIGTERM of the primary and
+//! of the secondary; a rolling restart (stop ctrl-b cleanly, start it, wait until joined, then
+//! ctrl-a; in mode 1 also with `duetctl shutdown` instead of SIGTERM). Plus libiscsi's
 //! `iscsi-test-cu` over both controllers (MultipathIO) in modes 1 and 2.
 //!
 //! Each scenario prints one line to standard error for `verification/failover-report.sh`:
@@ -384,6 +386,145 @@ fn sigterm_secondary(mode: u8) {
     );
 }
 
+/// How a rolling restart stops a controller: SIGTERM, or `duetctl shutdown` (the same path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopBy {
+    Sigterm,
+    Duetctl,
+}
+
+/// Stops `node` cleanly by `by` and checks that it reported a clean stop and exited.
+fn clean_stop(lab: &Lab, node: Node, by: StopBy, problems: &mut Vec<String>) -> bool {
+    match by {
+        StopBy::Sigterm => {
+            if !lab.sigterm(node, Duration::from_secs(10)) {
+                problems.push(format!("{node} did not exit within 10 s of SIGTERM"));
+                return false;
+            }
+        }
+        StopBy::Duetctl => {
+            let r = lab.duetctl(node, &["shutdown", "--json"]);
+            let doc: serde_json::Value =
+                serde_json::from_str(&r.stdout).unwrap_or(serde_json::Value::Null);
+            let field = |k: &str| doc.get(k).cloned().unwrap_or(serde_json::Value::Null);
+            if !r.ok()
+                || field("ok") != serde_json::Value::Bool(true)
+                || field("outcome") != "clean"
+                || field("exited") != serde_json::Value::Bool(true)
+            {
+                problems.push(format!(
+                    "duetctl shutdown of {node} did not report a clean stop and an exit: {}",
+                    r.all().trim()
+                ));
+                return false;
+            }
+            if lab.alive(node) {
+                problems.push(format!(
+                    "{node} still runs after duetctl shutdown said it exited"
+                ));
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// A rolling restart under load: stop ctrl-b cleanly, start it again, wait until the pair is
+/// joined; then the same for ctrl-a. No I/O error, no fence in either log; at the end ctrl-b is
+/// primary (it took over when ctrl-a stopped) and ctrl-a its linked secondary.
+fn rolling_restart(mode: u8, by: StopBy) {
+    let name = match by {
+        StopBy::Sigterm => "rolling_restart",
+        StopBy::Duetctl => "rolling_restart_duetctl",
+    };
+    scenario(
+        mode,
+        name,
+        Duration::from_secs(30),
+        |lab, _load, problems| {
+            let first_epoch = epoch(lab, Node::A);
+            for node in [Node::B, Node::A] {
+                let peer = node.peer();
+                if !clean_stop(lab, node, by, problems) {
+                    return;
+                }
+                // The peer serves alone.
+                let alone = wait_until(
+                    || {
+                        lab.view(peer).is_some_and(|v| {
+                            v.link_state != 2
+                                && v.role == "primary"
+                                && v.primary == Some(peer.ha_id())
+                        })
+                    },
+                    ROLE_CHANGE,
+                );
+                if !alone {
+                    problems.push(format!(
+                        "{peer} does not serve alone after {node} stopped: {:?}",
+                        lab.view(peer)
+                    ));
+                    return;
+                }
+                lab.restart(node);
+                let joined = wait_until(
+                    || {
+                        linked_secondary_of(&lab.view(node), peer)
+                            && lab.view(peer).is_some_and(|v| {
+                                v.link_state == 2
+                                    && v.role == "primary"
+                                    && v.primary == Some(peer.ha_id())
+                            })
+                    },
+                    Duration::from_secs(20),
+                );
+                if !joined {
+                    problems.push(format!(
+                    "{node} did not rejoin as {peer}'s secondary after its restart: {node} {:?}, \
+                     {peer} {:?}",
+                    lab.view(node),
+                    lab.view(peer)
+                ));
+                    return;
+                }
+            }
+            if !primary_on(&lab.view(Node::B), Node::B, first_epoch)
+                || !linked_secondary_of(&lab.view(Node::A), Node::B)
+            {
+                problems.push(format!(
+                "after the rolling restart ctrl-b should be primary (epoch above {first_epoch}) \
+                 and ctrl-a its linked secondary: ctrl-a {:?}, ctrl-b {:?}",
+                lab.view(Node::A),
+                lab.view(Node::B)
+            ));
+            }
+            for node in [Node::A, Node::B] {
+                let log = std::fs::read_to_string(lab.log_path(node)).unwrap_or_default();
+                if !log.contains("stopped cleanly") {
+                    problems.push(format!(
+                        "{node} did not report a clean stop:\n{}",
+                        lab.log_tail(node, 20)
+                    ));
+                }
+                let fenced = fence_lines(lab, node);
+                if !fenced.is_empty() {
+                    problems.push(format!(
+                        "{node} fenced its peer during a rolling restart: {fenced:?}"
+                    ));
+                }
+            }
+        },
+    );
+}
+
+fn rolling_restart_sigterm(mode: u8) {
+    rolling_restart(mode, StopBy::Sigterm);
+}
+
+fn rolling_restart_duetctl(mode: u8) {
+    rolling_restart(mode, StopBy::Duetctl);
+}
+
 macro_rules! scenario_tests {
     ($($(#[$attr:meta])* $name:ident => $f:ident($mode:expr);)*) => {
         $(
@@ -421,6 +562,10 @@ scenario_tests! {
     mode0_sigterm_secondary => sigterm_secondary(0);
     mode1_sigterm_secondary => sigterm_secondary(1);
     mode2_sigterm_secondary => sigterm_secondary(2);
+    mode0_rolling_restart => rolling_restart_sigterm(0);
+    mode1_rolling_restart => rolling_restart_sigterm(1);
+    mode2_rolling_restart => rolling_restart_sigterm(2);
+    mode1_rolling_restart_duetctl => rolling_restart_duetctl(1);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //! duetctl [--socket PATH] [--json] role primary|secondary [--lun N]
 //! duetctl [--socket PATH] [--json] switchover [--lun N]
 //! duetctl [--socket PATH] [--json] stat [--interval SECS [--count N]]
+//! duetctl [--socket PATH] [--json] shutdown
 //! ```
 //!
 //! The socket defaults to `$DUET_SOCKET`, else `/run/duet/duetd.sock`. Exit status: 0 done,
@@ -27,6 +28,9 @@ use duet_target::admin::{
 
 /// How long to wait for the daemon's answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `shutdown` waits for the hand-over and the daemon's exit (the daemon bounds its
+/// hand-over at 5 s).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,6 +91,14 @@ enum Cmd {
         #[arg(long, value_name = "N", requires = "interval", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
     },
+    /// Stop the daemon as SIGTERM does, and wait until it has exited
+    ///
+    /// A controller of a pair first hands every LUN it serves to its peer (a planned
+    /// switchover: the peer fences nothing). The answer says how that went (`clean`,
+    /// `timed_out`, or `standalone` without a pair); duetctl then waits until the daemon has
+    /// exited, so it can be started again at once. Exit status 1 when the hand-over timed out
+    /// or the daemon did not exit within 30 s.
+    Shutdown,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -114,6 +126,8 @@ enum Failure {
     Usage(String),
     /// The daemon could not be reached or answered nonsense (exit 2 / 1).
     Admin(AdminError),
+    /// The operation was carried out but did not go as planned; already reported (exit 1).
+    Failed,
 }
 
 impl From<AdminError> for Failure {
@@ -142,6 +156,7 @@ fn main() -> ExitCode {
             eprintln!("duetctl: {m}");
             ExitCode::from(2)
         }
+        Err(Failure::Failed) => ExitCode::from(1),
         Err(Failure::Admin(e)) => {
             eprintln!("duetctl: {e}");
             match e {
@@ -218,6 +233,7 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<(), Failure> {
             let message: String = ask(socket, &Request::Switchover { lun: *lun })?;
             emit_message(json, &message);
         }
+        Cmd::Shutdown => return shutdown(socket, json),
         Cmd::Stat { interval, count } => match interval {
             None => {
                 let s: StatInfo = ask(socket, &Request::Stat)?;
@@ -235,6 +251,38 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<(), Failure> {
         },
     }
     Ok(())
+}
+
+fn shutdown(socket: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let (info, exited) = admin::shutdown(socket, SHUTDOWN_TIMEOUT)?;
+    let ok = info.is_clean() && exited;
+    if json {
+        emit(&to_json(&serde_json::json!({
+            "ok": ok,
+            "outcome": info.outcome,
+            "handover_ms": info.handover_ms,
+            "pid": info.pid,
+            "exited": exited,
+            "message": info.message,
+        })));
+    } else {
+        emit(&format!(
+            "{} (hand-over {} ms); duetd (pid {}) {}\n",
+            info.message,
+            info.handover_ms,
+            info.pid,
+            if exited {
+                "has exited".to_string()
+            } else {
+                format!("has not exited within {} s", SHUTDOWN_TIMEOUT.as_secs())
+            }
+        ));
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Failed)
+    }
 }
 
 fn emit_message(json: bool, message: &str) {

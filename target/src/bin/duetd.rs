@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Logs go to standard error through `tracing`; `RUST_LOG` (e.g. `debug`, `duet_target=trace`)
-//! picks what is shown, `info` by default. SIGTERM or Ctrl-C stops the daemon gracefully: a
-//! controller of a pair first hands every LUN it serves to the peer (a planned switchover; the
-//! peer fences nothing), then no new connections, in-flight commands finish, backends are
-//! flushed, exit status 0.
+//! picks what is shown, `info` by default. SIGTERM, Ctrl-C or `duetctl shutdown` stops the daemon
+//! gracefully: a controller of a pair first hands every LUN it serves to the peer (a planned
+//! switchover; the peer fences nothing), then no new connections, in-flight commands finish,
+//! backends are flushed, exit status 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -264,17 +264,9 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
         // Set once the HA runtime runs: a stop then hands over first.
         let ha_slot: Arc<std::sync::OnceLock<Arc<duet_target::ha::runtime::HaRuntime>>> =
             Arc::new(std::sync::OnceLock::new());
-        {
-            let ha_slot = ha_slot.clone();
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("signal received; stopping");
-                if let Some(ha) = ha_slot.get() {
-                    hand_over_before_exit(ha).await;
-                }
-                let _ = stop_tx.send(true);
-            });
-        }
+        // `duetctl shutdown` takes the same path as SIGTERM.
+        let (stop_requests, stop_waiters) = duet_target::admin::shutdown_channel();
+        tokio::spawn(stop_task(ha_slot.clone(), stop_waiters, stop_tx));
         let ha_cfg = shared.config.ha.clone();
         let pr = match daemon::join_disks(&shared, stop_rx.clone()).await {
             Ok(pr) => pr,
@@ -297,7 +289,13 @@ fn run(file: &std::path::Path, admin_socket: Option<PathBuf>) -> ExitCode {
         }
         if let Some(path) = admin_socket.or_else(|| ha_cfg.as_ref().map(|h| h.admin_socket.clone()))
         {
-            daemon::spawn_admin(&shared, ha, pr, path, stop_rx.clone());
+            daemon::spawn_admin(
+                &shared,
+                (ha, pr),
+                Some(stop_requests),
+                path,
+                stop_rx.clone(),
+            );
         }
         // (The pid file stays: see `daemon`.)
         let result = server::serve(shared, stop_rx).await;
@@ -316,9 +314,85 @@ const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a controller that stopped cleanly keeps answering Unavailable before it closes.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long the stop waits for the answers to `duetctl shutdown` to be written.
+const ANSWER_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for SIGTERM, SIGINT or `duetctl shutdown`, stops (a controller of a pair hands over
+/// first), answers every `shutdown` request with the outcome, then tells the daemon to close.
+async fn stop_task(
+    ha_slot: Arc<std::sync::OnceLock<Arc<duet_target::ha::runtime::HaRuntime>>>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<duet_target::admin::ShutdownWaiter>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+) {
+    let mut waiters = Vec::new();
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!("signal received; stopping"),
+        Some(w) = requests.recv() => {
+            tracing::info!("stopping (duetctl shutdown)");
+            waiters.push(w);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let (outcome, message, linger) = match ha_slot.get() {
+        Some(ha) => hand_over_before_exit(ha).await,
+        None => (
+            "standalone",
+            "no HA pair: nothing to hand over; stopping".to_string(),
+            false,
+        ),
+    };
+    let info = duet_target::admin::ShutdownInfo {
+        outcome: outcome.into(),
+        handover_ms: t0.elapsed().as_millis() as u64,
+        pid: std::process::id(),
+        message,
+    };
+    // Answer everyone who asked meanwhile, and whoever asks while the portals linger.
+    let answer_all = |waiters: Vec<duet_target::admin::ShutdownWaiter>| {
+        let info = info.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for w in waiters {
+                set.spawn(w.answer(info.clone(), ANSWER_BOUND));
+            }
+            while set.join_next().await.is_some() {}
+        }
+    };
+    while let Ok(w) = requests.try_recv() {
+        waiters.push(w);
+    }
+    let answered = answer_all(std::mem::take(&mut waiters));
+    if linger {
+        // Keep the portals a moment longer: every command that still comes here is answered
+        // Unavailable, so the hosts' multipath fails this path and retries on the peer. A
+        // connection closed under a command would instead hold it in the host's session
+        // recovery (Linux: `replacement_timeout`, 5 s or more) before it is retried.
+        let late = async {
+            let end = tokio::time::Instant::now() + LINGER;
+            let mut late = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(end) => break,
+                    Some(w) = requests.recv() => {
+                        late.spawn(w.answer(info.clone(), ANSWER_BOUND));
+                    }
+                }
+            }
+            while late.join_next().await.is_some() {}
+        };
+        tokio::join!(answered, late);
+    } else {
+        answered.await;
+    }
+    let _ = stop_tx.send(true);
+}
+
 /// A stop of one controller of a pair is a planned switchover: every LUN it serves goes to the
-/// peer first, and the peer is told, so that it takes over at once and fences nothing.
-async fn hand_over_before_exit(ha: &duet_target::ha::runtime::HaRuntime) {
+/// peer first, and the peer is told, so that it takes over at once and fences nothing. Returns
+/// the outcome for `duetctl shutdown`, a line for the administrator, and whether to linger.
+async fn hand_over_before_exit(
+    ha: &duet_target::ha::runtime::HaRuntime,
+) -> (&'static str, String, bool) {
     let t0 = std::time::Instant::now();
     match ha.stop(STOP_BOUND).await {
         duet_target::ha::runtime::StopOutcome::Clean => {
@@ -327,17 +401,23 @@ async fn hand_over_before_exit(ha: &duet_target::ha::runtime::HaRuntime) {
                 "HA: stopped cleanly: the peer serves what this controller served and will not \
                  fence it"
             );
-            // Keep the portals a moment longer: every command that still comes here is answered
-            // Unavailable, so the hosts' multipath fails this path and retries on the peer. A
-            // connection closed under a command would instead hold it in the host's session
-            // recovery (Linux: `replacement_timeout`, 5 s or more) before it is retried.
-            tokio::time::sleep(LINGER).await;
+            (
+                "clean",
+                "stopped cleanly: the peer serves what this controller served and will not fence \
+                 it"
+                .into(),
+                true,
+            )
         }
-        duet_target::ha::runtime::StopOutcome::TimedOut => tracing::warn!(
-            "HA: the hand-over did not complete within {} s; exiting: the peer treats this \
-             as a crash (lease wait, then fence)",
-            STOP_BOUND.as_secs()
-        ),
+        duet_target::ha::runtime::StopOutcome::TimedOut => {
+            let m = format!(
+                "the hand-over did not complete within {} s; exiting: the peer treats this as a \
+                 crash (lease wait, then fence)",
+                STOP_BOUND.as_secs()
+            );
+            tracing::warn!("HA: {m}");
+            ("timed_out", m, false)
+        }
     }
 }
 
