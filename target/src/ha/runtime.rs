@@ -45,6 +45,7 @@ use crate::sync::{lock, Mutex};
 
 mod forward;
 mod serve;
+mod stpg;
 
 /// How long closing the fencing gate waits for admitted I/O.
 const GATE_DRAIN: Duration = Duration::from_secs(5);
