@@ -86,7 +86,8 @@ impl HaRuntime {
             return failed(if !self.published.link_up() {
                 "the HA link is down (or the peer has not joined): no primary to hand over"
             } else {
-                "no primary serves the LUN now"
+                "the request could not be passed to the primary now (no primary known, or \
+                 no read lease in mode 1)"
             });
         }
         if group != alua::port_group_id(self.peer_id) {
