@@ -270,6 +270,76 @@ pub fn owner_of_relative_port(rtpi: u16) -> u8 {
     }
 }
 
+/// What a pair makes of a well-formed SET TARGET PORT GROUPS request (see [`stpg_decide`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StpgDecision {
+    /// The requested group is Active/Optimized already (or nothing was asked): GOOD, no action.
+    Unchanged,
+    /// Group `group` must become Active/Optimized: a planned switchover of the LUN to the
+    /// controller owning it. `next` is the picture (group id, state) the pair ends in.
+    Activate {
+        group: u16,
+        next: Vec<(u16, AluaState)>,
+    },
+}
+
+/// Explicit ALUA: which SET TARGET PORT GROUPS requests a pair can provide (SPC-4 5.16, 6.45).
+///
+/// A pair can only move the LUN: the pictures it can take are "group G Active/Optimized, the
+/// other group in `secondary`" (Standby in mode 0, Active/Non-optimized in modes 1 and 2), one
+/// per group G. A request (group id, state) names parts of one such picture: at most one group
+/// Active/Optimized, any other group named in `secondary`. With `current` the states now
+/// reported, the decision is [`StpgDecision::Unchanged`] when G is Active/Optimized already,
+/// else [`StpgDecision::Activate`]. A request no such picture satisfies (both groups
+/// Active/Optimized, a state the mode never gives, a lone group asked anything but
+/// Active/Optimized) is `Err(i)`: descriptor `i` (0-based) is the first at fault, to be answered
+/// ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST. Group ids must be known groups
+/// (the caller checks them first). Pure.
+pub fn stpg_decide(
+    current: &[(u16, AluaState)],
+    secondary: Option<AluaState>,
+    req: &[(u16, AluaState)],
+) -> Result<StpgDecision, usize> {
+    if req.is_empty() {
+        return Ok(StpgDecision::Unchanged);
+    }
+    // The group to activate: the first named Active/Optimized, else (two groups) the one the
+    // request does not name in another state.
+    let group = match req.iter().find(|(_, s)| *s == AluaState::ActiveOptimized) {
+        Some((g, _)) => *g,
+        None => {
+            let named = req[0].0;
+            match current.iter().find(|(g, _)| *g != named) {
+                Some((g, _)) => *g,
+                None => return Err(0),
+            }
+        }
+    };
+    let wanted = |g: u16| {
+        if g == group {
+            Some(AluaState::ActiveOptimized)
+        } else {
+            secondary
+        }
+    };
+    for (i, (g, s)) in req.iter().enumerate() {
+        if wanted(*g) != Some(*s) {
+            return Err(i);
+        }
+    }
+    if current
+        .iter()
+        .any(|(g, s)| *g == group && *s == AluaState::ActiveOptimized)
+    {
+        return Ok(StpgDecision::Unchanged);
+    }
+    let next = current
+        .iter()
+        .map(|(g, _)| (*g, wanted(*g).unwrap_or(AluaState::ActiveOptimized)))
+        .collect();
+    Ok(StpgDecision::Activate { group, next })
+}
+
 /// What the ALUA gate decides for one command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Gate {
@@ -546,6 +616,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn stpg_accepts_only_the_pictures_a_pair_can_take() {
+        use AluaState::*;
+        let standby = Some(Standby);
+        let ano = Some(ActiveNonOptimized);
+        let now = [(1, ActiveOptimized), (2, Standby)];
+        let to_2 = StpgDecision::Activate {
+            group: 2,
+            next: vec![(1, Standby), (2, ActiveOptimized)],
+        };
+        // Linux's one descriptor: the peer's group Active/Optimized is a switchover.
+        assert_eq!(
+            stpg_decide(&now, standby, &[(2, ActiveOptimized)]),
+            Ok(to_2.clone())
+        );
+        // The other group may be named in the state the mode gives it, in either order.
+        assert_eq!(
+            stpg_decide(&now, standby, &[(1, Standby), (2, ActiveOptimized)]),
+            Ok(to_2.clone())
+        );
+        assert_eq!(stpg_decide(&now, standby, &[(1, Standby)]), Ok(to_2));
+        // What is in place already is GOOD with no action.
+        assert_eq!(
+            stpg_decide(&now, standby, &[(1, ActiveOptimized)]),
+            Ok(StpgDecision::Unchanged)
+        );
+        assert_eq!(
+            stpg_decide(&now, standby, &[(2, Standby), (1, ActiveOptimized)]),
+            Ok(StpgDecision::Unchanged)
+        );
+        assert_eq!(stpg_decide(&now, standby, &[]), Ok(StpgDecision::Unchanged));
+        // Both Active/Optimized, or a state the mode never gives: the descriptor at fault.
+        assert_eq!(
+            stpg_decide(&now, standby, &[(1, ActiveOptimized), (2, ActiveOptimized)]),
+            Err(1)
+        );
+        assert_eq!(
+            stpg_decide(
+                &now,
+                standby,
+                &[(2, ActiveOptimized), (1, ActiveNonOptimized)]
+            ),
+            Err(1)
+        );
+        assert_eq!(stpg_decide(&now, standby, &[(1, Unavailable)]), Err(0));
+        // Modes 1 and 2: the other group is Active/Non-optimized, never Standby.
+        let now = [(1, ActiveNonOptimized), (2, ActiveOptimized)];
+        assert_eq!(
+            stpg_decide(&now, ano, &[(1, ActiveOptimized), (2, ActiveNonOptimized)]),
+            Ok(StpgDecision::Activate {
+                group: 1,
+                next: vec![(1, ActiveOptimized), (2, ActiveNonOptimized)],
+            })
+        );
+        assert_eq!(
+            stpg_decide(&now, ano, &[(1, ActiveOptimized), (2, Standby)]),
+            Err(1)
+        );
+        // A lone controller: its one group Active/Optimized, nothing else.
+        let lone = [(1, ActiveOptimized)];
+        assert_eq!(
+            stpg_decide(&lone, None, &[(1, ActiveOptimized)]),
+            Ok(StpgDecision::Unchanged)
+        );
+        assert_eq!(stpg_decide(&lone, None, &[(1, Standby)]), Err(0));
+        // While the peer is away the request is still one the pair can provide; whether it
+        // can now is the runtime's to find out.
+        let away = [(1, ActiveOptimized), (2, Unavailable)];
+        assert!(matches!(
+            stpg_decide(&away, standby, &[(2, ActiveOptimized)]),
+            Ok(StpgDecision::Activate { group: 2, .. })
+        ));
     }
 
     #[test]

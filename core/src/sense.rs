@@ -108,6 +108,8 @@ impl SenseCode {
     pub const UNRECOVERED_READ_ERROR: SenseCode = SenseCode::new(key::MEDIUM_ERROR, 0x11, 0x00);
     /// 03/0C/00 WRITE ERROR
     pub const WRITE_ERROR: SenseCode = SenseCode::new(key::MEDIUM_ERROR, 0x0C, 0x00);
+    /// 04/67/0A SET TARGET PORT GROUPS COMMAND FAILED (SPC-4: the states could not be set)
+    pub const STPG_FAILED: SenseCode = SenseCode::new(key::HARDWARE_ERROR, 0x67, 0x0A);
     /// 04/44/00 INTERNAL TARGET FAILURE
     pub const INTERNAL_TARGET_FAILURE: SenseCode = SenseCode::new(key::HARDWARE_ERROR, 0x44, 0x00);
     /// 0B/47/03 INFORMATION UNIT iuCRC ERROR DETECTED (data digest error)

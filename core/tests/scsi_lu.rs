@@ -485,9 +485,37 @@ fn stpg_asks_the_runtime_and_tells_the_others() {
         )])]
     );
     // The runtime applies the change: everyone but the sender hears of it.
-    r.two_groups(AluaState::ActiveOptimized, AluaState::ActiveOptimized);
-    r.expect_sense(&b, &tur(), &[], SenseCode::UA_ALUA_STATE_CHANGED);
-    r.good(&a, &tur(), &[]);
+    // (RTPG passes a Standby port's gate and reports unit attentions.)
+    let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    r.two_groups(AluaState::Standby, AluaState::ActiveOptimized);
+    r.expect_sense(&b, &rtpg, &[], SenseCode::UA_ALUA_STATE_CHANGED);
+    r.good(&a, &rtpg, &[]);
+    // Asking for what is in place is GOOD and asks nothing of the runtime.
+    let o = r.run(&a, &[0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], &list);
+    assert_eq!((o.status, o.effects.len()), (status::GOOD, 0));
+    // Both groups Active/Optimized is no picture a pair can take: the second descriptor's
+    // state field (byte 8, bit 3) is pointed at.
+    let both = [0, 0, 0, 0, 0x00, 0, 0, 1, 0x00, 0, 0, 2];
+    let o = r.run(&a, &[0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0], &both);
+    assert_eq!(o.status, status::CHECK_CONDITION);
+    let sense = o.sense.expect("sense data");
+    assert_eq!(
+        SenseCode::from_sense_data(&sense),
+        Some(SenseCode::INVALID_FIELD_IN_PARAM_LIST)
+    );
+    assert_eq!(
+        &sense[15..18],
+        &[0x80 | 0x08 | 3, 0, 8],
+        "SKSV, BPV, bit 3, byte 8"
+    );
+    // Mode 0 never makes a group Active/Non-optimized.
+    let ano = [0, 0, 0, 0, 0x00, 0, 0, 1, 0x01, 0, 0, 2];
+    r.expect_sense(
+        &a,
+        &[0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0],
+        &ano,
+        SenseCode::INVALID_FIELD_IN_PARAM_LIST,
+    );
     // Transitioning and unknown groups are refused.
     let bad = [0, 0, 0, 0, 0x0F, 0, 0, 2];
     r.expect_sense(

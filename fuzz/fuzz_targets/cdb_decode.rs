@@ -123,6 +123,7 @@ fuzz_target!(|data: &[u8]| {
             },
         ],
         explicit: true,
+        secondary: Some(AluaState::Standby),
         transition_time: 10,
     };
     let nexuses = [

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use duet_core::alua::{self, LunView, PeerReach, PrimaryView};
-use duet_core::ha::peer_of;
+use duet_core::ha::{peer_of, Policy};
 use duet_core::iscsi::{ChapConfig, ChapCredentials, IscsiConfig, TargetConfig, TargetLimits};
 use duet_core::scsi::{AluaPicture, BlockStore, LogicalUnit, LuConfig, PrState};
 
@@ -107,7 +107,13 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
         } else {
             LunView::standalone()
         };
-        let first_picture = AluaPicture::from_view(first_view, ha_id, &[rtpi], &peer_ports);
+        // Explicit ALUA where SET TARGET PORT GROUPS can move a LUN: automatic failover.
+        let explicit_alua = config
+            .ha
+            .as_ref()
+            .is_some_and(|h| h.failover == Policy::Automatic);
+        let first_picture = AluaPicture::from_view(first_view, ha_id, &[rtpi], &peer_ports)
+            .with_explicit(explicit_alua);
         let mut luns = BTreeMap::new();
         for l in &t.luns {
             let store = FileStore::open(&OpenSpec {
@@ -197,6 +203,7 @@ pub fn build(config: Config, limits: TargetLimits) -> Result<Shared, StartError>
                 lun_list,
                 ha_id,
                 peer_rtpi,
+                explicit_alua,
             }),
         );
     }

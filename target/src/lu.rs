@@ -16,7 +16,6 @@ use std::sync::{Arc, OnceLock};
 
 use duet_core::alua::LunView;
 use duet_core::scsi::{AluaPicture, LogicalUnit};
-use duet_core::sense::SenseCode;
 
 use crate::backend::{write_file_atomically, FileStore};
 use crate::ha::gate::IoGate;
@@ -105,6 +104,7 @@ impl Lu {
     /// Replaces the ALUA picture, raising 2A/06 on every nexus when it changed. Returns whether
     /// it changed.
     pub fn set_alua(&self, new: AluaPicture) -> bool {
+        let new_copy = new.clone();
         let changed = {
             let mut g = sync::write(&self.alua);
             let changed = *g != new;
@@ -112,8 +112,8 @@ impl Lu {
             changed
         };
         if changed {
-            self.lock()
-                .raise_ua_all(SenseCode::UA_ALUA_STATE_CHANGED, None);
+            // 2A/06 on every nexus (but the sender of a SET TARGET PORT GROUPS under way).
+            self.lock().alua_changed(&new_copy);
         }
         changed
     }
@@ -158,6 +158,9 @@ pub struct Target {
     pub ha_id: u8,
     /// The relative port id of the peer controller's port for this target (HA only).
     pub peer_rtpi: Option<u16>,
+    /// Explicit ALUA is advertised (a pair under automatic failover): SET TARGET PORT GROUPS
+    /// moves a LUN.
+    pub explicit_alua: bool,
 }
 
 impl Target {
@@ -174,12 +177,14 @@ impl Target {
     pub fn picture(&self, view: LunView) -> AluaPicture {
         let peer: Vec<u16> = self.peer_rtpi.into_iter().collect();
         AluaPicture::from_view(view, self.ha_id, &[self.rtpi], &peer)
+            .with_explicit(self.explicit_alua)
     }
 
     /// Replaces the ALUA picture of every LUN from the facts the HA layer knows, raising 2A/06
     /// on every nexus of every LU whose states change.
     pub fn set_alua(&self, view: LunView, peer_ports: &[u16]) {
-        let new = AluaPicture::from_view(view, self.ha_id, &[self.rtpi], peer_ports);
+        let new = AluaPicture::from_view(view, self.ha_id, &[self.rtpi], peer_ports)
+            .with_explicit(self.explicit_alua);
         for lu in self.luns.values() {
             lu.set_alua(new.clone());
         }

@@ -14,9 +14,10 @@ impl AluaPicture {
     /// configured) holds `peer_ports`. Groups are listed by id, so both controllers report the
     /// same picture.
     ///
-    /// ALUA is implicit only (TPGS = 01b): the states follow the HA roles, so SET TARGET PORT
-    /// GROUPS is not advertised. A stand-alone controller is
-    /// `from_view(LunView::standalone(), 1, ports, &[])`: one Active/Optimized group, id 1.
+    /// The picture is implicit only (TPGS = 01b); a pair that can move a LUN when a host asks
+    /// adds explicit ALUA with [`AluaPicture::with_explicit`]. A stand-alone controller is
+    /// `from_view(LunView::standalone(), 1, ports, &[])`: one Active/Optimized group, id 1,
+    /// implicit only (nothing a host could ask would change anything).
     pub fn from_view(
         view: LunView,
         ha_id: u8,
@@ -44,8 +45,18 @@ impl AluaPicture {
         AluaPicture {
             groups,
             explicit: false,
+            secondary: (!peer_ports.is_empty()).then(|| view.mode.secondary_state()),
             transition_time: 0,
         }
+    }
+
+    /// The same picture with explicit ALUA advertised (TPGS = 11b) when `explicit`: a pair
+    /// under automatic failover, where SET TARGET PORT GROUPS starts a planned switchover
+    /// ([`crate::alua::stpg_decide`]). Manual failover leaves the choice of the primary to the
+    /// operator, and a lone controller has nothing to switch: both stay implicit only.
+    pub fn with_explicit(mut self, explicit: bool) -> AluaPicture {
+        self.explicit = explicit && self.secondary.is_some();
+        self
     }
 }
 
@@ -62,6 +73,28 @@ mod tests {
         assert_eq!(p.groups[0].state, AluaState::ActiveOptimized);
         assert_eq!(p.groups[0].ports, vec![1, 2]);
         assert!(!p.explicit);
+        assert_eq!(p.secondary, None);
+        assert!(!p.with_explicit(true).explicit, "nothing to switch to");
+    }
+
+    #[test]
+    fn a_pair_names_the_secondary_state_of_its_mode_and_may_be_explicit() {
+        for (mode, sec) in [
+            (HaMode::ActiveStandby, AluaState::Standby),
+            (HaMode::ActiveActiveForward, AluaState::ActiveNonOptimized),
+        ] {
+            let view = LunView {
+                mode,
+                primary: PrimaryView::Local,
+                peer: PeerReach::Up,
+            };
+            let p = AluaPicture::from_view(view, 1, &[1], &[129]);
+            assert_eq!(p.secondary, Some(sec));
+            assert!(!p.explicit);
+            let p = p.with_explicit(true);
+            assert!(p.explicit);
+            assert_eq!(crate::scsi::inquiry::standard_tpgs(&p), 0x30);
+        }
     }
 
     #[test]

@@ -21,6 +21,16 @@ fn padded(s: &str, n: usize) -> Vec<u8> {
     v
 }
 
+/// Byte 5 of standard INQUIRY data: the TPGS field (bits 5-4), 01b implicit ALUA only, 11b
+/// implicit and explicit (SET TARGET PORT GROUPS accepted).
+pub(crate) fn standard_tpgs(alua: &AluaPicture) -> u8 {
+    if alua.explicit {
+        0x30
+    } else {
+        0x10
+    }
+}
+
 /// Standard INQUIRY data (96 bytes).
 pub(crate) fn standard(cfg: &LuConfig, alua: &AluaPicture) -> Vec<u8> {
     let mut v = vec![0u8; 96];
@@ -28,7 +38,7 @@ pub(crate) fn standard(cfg: &LuConfig, alua: &AluaPicture) -> Vec<u8> {
     v[2] = 0x06; // SPC-4
     v[3] = 0x12; // HISUP, response data format 2
     v[4] = (v.len() - 5) as u8;
-    v[5] = if alua.explicit { 0x30 } else { 0x10 }; // TPGS
+    v[5] = standard_tpgs(alua);
     v[6] = 0x10; // MULTIP
     v[7] = 0x02; // CMDQUE
     v[8..16].copy_from_slice(&padded(&cfg.vendor, 8));

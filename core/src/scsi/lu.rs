@@ -16,7 +16,7 @@ use super::pr::{Access, PrFail, PrOutParams, PrState};
 use super::rsoc;
 use super::sense_data::Sense;
 use super::store::BlockStore;
-use super::types::{CommandContext, Effect, Nexus, Outcome};
+use super::types::{AluaPicture, CommandContext, Effect, Nexus, Outcome};
 use super::ua::UaQueues;
 use crate::alua::{self, AluaState, Gate};
 use crate::sense::{status, SenseCode};
@@ -224,20 +224,34 @@ impl LogicalUnit {
 
     /// Notice ALUA changes: every nexus gets 2A/06 when any group's state changed.
     fn track_alua(&mut self, ctx: &CommandContext) {
-        let now: Vec<(u16, AluaState)> = ctx.alua.groups.iter().map(|g| (g.id, g.state)).collect();
+        self.alua_changed(ctx.alua);
+    }
+
+    /// The LU's ALUA picture is now `pic`: if any group's state changed, every nexus gets 2A/06
+    /// ASYMMETRIC ACCESS STATE CHANGED, except the sender of an accepted SET TARGET PORT GROUPS
+    /// while its change is under way (until the picture it asked for is reached, or
+    /// [`LogicalUnit::stpg_ended`]). The runtime calls this when it replaces the picture.
+    pub fn alua_changed(&mut self, pic: &AluaPicture) {
+        let now: Vec<(u16, AluaState)> = pic.groups.iter().map(|g| (g.id, g.state)).collect();
         match &self.last_alua {
             None => self.last_alua = Some(now),
             Some(prev) if *prev != now => {
-                let except = match self.stpg_pending.take() {
-                    Some((sender, wanted)) if wanted == now => Some(sender),
-                    _ => None,
-                };
+                let except = self.stpg_pending.as_ref().map(|(n, _)| n.clone());
+                if self.stpg_pending.as_ref().is_some_and(|(_, w)| *w == now) {
+                    self.stpg_pending = None;
+                }
                 self.ua
                     .raise_all(SenseCode::UA_ALUA_STATE_CHANGED, except.as_ref());
                 self.last_alua = Some(now);
             }
             Some(_) => {}
         }
+    }
+
+    /// The SET TARGET PORT GROUPS accepted last is over (it failed, or timed out): later
+    /// changes are reported to its sender too.
+    pub fn stpg_ended(&mut self) {
+        self.stpg_pending = None;
     }
 
     /// Phase one of a command (see the module documentation). `data_out` holds the Data-Out

@@ -59,6 +59,11 @@ pub struct AluaPicture {
     pub groups: Vec<PortGroup>,
     /// Whether explicit ALUA (SET TARGET PORT GROUPS) is advertised and accepted.
     pub explicit: bool,
+    /// The state the pair gives the group of the controller that is not primary while both are
+    /// up (Standby in HA mode 0, Active/Non-optimized in modes 1 and 2); `None` for a lone
+    /// controller. SET TARGET PORT GROUPS may name it for the group it does not activate.
+    #[serde(default)]
+    pub secondary: Option<AluaState>,
     /// Implicit transition time in seconds (RTPG extended header).
     pub transition_time: u8,
 }

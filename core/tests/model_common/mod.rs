@@ -68,6 +68,7 @@ impl Rig {
         self.alua = AluaPicture {
             groups: vec![g(1, a, vec![1, 2]), g(2, b, vec![129, 130])],
             explicit: true,
+            secondary: Some(AluaState::Standby),
             transition_time: 10,
         };
     }

@@ -61,6 +61,7 @@ impl Rig {
                 },
             ],
             explicit: true,
+            secondary: Some(AluaState::Standby),
             transition_time: 10,
         };
     }

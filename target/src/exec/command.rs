@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use duet_core::alua::AluaState;
 use duet_core::iscsi::{Completion, ScsiCommand};
-use duet_core::scsi::{op, CommandContext, Nexus, Prepared, Sense};
+use duet_core::scsi::{op, CommandContext, Effect, Nexus, Prepared, Sense};
 use duet_core::sense::{status, SenseCode};
 
 use super::completion::{check, completion_of};
@@ -80,6 +81,17 @@ where
     match prepared {
         Prepared::Done(o) => {
             after_command(&**from.pair, &lu, &cmd.cdb, &o.effects);
+            // SET TARGET PORT GROUPS that moves the LUN is answered once the pair has moved.
+            if let Some(group) = port_group_to_activate(&o.effects) {
+                let reply = reply_later();
+                from.pair.clone().set_port_groups(
+                    &lu,
+                    group,
+                    completion_of(o),
+                    Box::new(move |c| reply(timer.finish(c))),
+                );
+                return None;
+            }
             Some(timer.finish(completion_of(o)))
         }
         Prepared::Io(plan) => {
@@ -98,6 +110,17 @@ where
             }
         }
     }
+}
+
+/// The port group an accepted SET TARGET PORT GROUPS asks to make Active/Optimized, if any.
+pub fn port_group_to_activate(effects: &[Effect]) -> Option<u16> {
+    effects.iter().find_map(|e| match e {
+        Effect::SetTargetPortGroups(changes) => changes
+            .iter()
+            .find(|(_, s)| *s == AluaState::ActiveOptimized)
+            .map(|(g, _)| *g),
+        _ => None,
+    })
 }
 
 /// Answers a command for a LUN the target does not have (SPC-4 §4.6.4): INQUIRY reports

@@ -254,9 +254,11 @@ pub fn apply_effects(lu: &Lu, effects: &[Effect]) {
                     .iter()
                     .map(|(g, s): &(u16, AluaState)| format!("group {g} -> {}", s.name()))
                     .collect();
+                // The pair carries it out (`Pair::set_port_groups`); the command is answered
+                // once it is done.
                 tracing::info!(
                     lun = lu.number,
-                    "SET TARGET PORT GROUPS requested: {}",
+                    "SET TARGET PORT GROUPS accepted: {}",
                     desc.join(", ")
                 );
             }

@@ -19,7 +19,7 @@ pub mod medium;
 pub mod pair;
 pub mod tmf;
 
-pub use command::execute;
+pub use command::{execute, port_group_to_activate};
 pub use completion::{check, completion_of};
 pub use medium::{
     after_command, apply_effects, io_guard, never_waits, prepare_local, run_inline, run_medium,

@@ -1,9 +1,10 @@
 //! The seam between command execution and an HA pair.
 //!
-//! Execution asks the other controller of a pair for exactly four things: whether a command
+//! Execution asks the other controller of a pair for exactly five things: whether a command
 //! received here must go to the primary (and if so, to run it there), to take over the state
 //! both controllers keep identical after a command changed it, to reset its LUs too when a
-//! reset arrives here, and to forget a nexus that ended here. [`Pair`] says so; the HA runtime
+//! reset arrives here, to forget a nexus that ended here, and to move a LUN when a host asks
+//! for it (SET TARGET PORT GROUPS). [`Pair`] says so; the HA runtime
 //! implements it (forwarding, mode-1 grants, gate checks), and a controller running alone
 //! plugs in [`Standalone`], which forwards nothing. Execution never branches on HA otherwise.
 //!
@@ -63,6 +64,12 @@ pub trait Pair: Send + Sync {
 
     /// Tells the primary that a nexus of this controller ended on `lun`.
     fn nexus_lost(self: Arc<Self>, lun: LunNumber, nexus: Nexus);
+
+    /// SET TARGET PORT GROUPS, accepted by this controller's copy of `lu`, asks for port group
+    /// `group` to become Active/Optimized: moves the LUN to the controller owning the group and
+    /// gives `done` (exactly once) `good` when it serves there, or CHECK CONDITION when that
+    /// cannot be done (bounded).
+    fn set_port_groups(self: Arc<Self>, lu: &Arc<Lu>, group: u16, good: Completion, done: Reply);
 }
 
 /// A controller running alone: it serves every LUN itself, so nothing goes anywhere.
@@ -102,4 +109,11 @@ impl Pair for Standalone {
     }
 
     fn nexus_lost(self: Arc<Self>, _lun: LunNumber, _nexus: Nexus) {}
+
+    fn set_port_groups(self: Arc<Self>, lu: &Arc<Lu>, _group: u16, _good: Completion, done: Reply) {
+        // Never asked: a lone controller does not advertise explicit ALUA, and its one group
+        // is always Active/Optimized.
+        lu.lock().stpg_ended();
+        done(check(SenseCode::STPG_FAILED));
+    }
 }

@@ -50,6 +50,7 @@ use crate::sync::{lock, Mutex};
 
 mod forward;
 mod serve;
+mod stpg;
 mod takeover;
 mod thread;
 

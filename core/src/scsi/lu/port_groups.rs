@@ -1,8 +1,10 @@
 //! ALUA commands of [`LogicalUnit`]: REPORT TARGET PORT GROUPS and SET TARGET PORT GROUPS (the
-//! LU validates an STPG request; the HA node decides).
+//! LU checks an STPG request against what a pair can provide, [`alua::stpg_decide`]; the
+//! runtime carries out a switchover and answers when it is done).
 //! Touches only the LU's own state; no I/O.
 
 use super::*;
+use crate::alua::StpgDecision;
 
 impl LogicalUnit {
     /// ALUA: REPORT TARGET PORT GROUPS and SET TARGET PORT GROUPS.
@@ -46,6 +48,7 @@ impl LogicalUnit {
         let mut req = Vec::new();
         for (i, d) in data[4..param_len as usize].chunks(4).enumerate() {
             let at = (4 + 4 * i) as u16;
+            // (The state is the low four bits of the descriptor's first byte.)
             let state = match AluaState::from_code(d[0] & 0x0F) {
                 Some(
                     s @ (AluaState::ActiveOptimized
@@ -53,7 +56,7 @@ impl LogicalUnit {
                     | AluaState::Standby
                     | AluaState::Unavailable),
                 ) => s,
-                _ => return Err(Sense::param_field(at, None).into()),
+                _ => return Err(Sense::param_field(at, Some(3)).into()),
             };
             let id = u16::from_be_bytes([d[2], d[3]]);
             if !ctx.alua.groups.iter().any(|g| g.id == id) {
@@ -61,27 +64,18 @@ impl LogicalUnit {
             }
             req.push((id, state));
         }
-        // A single group can only be Active/Optimized.
-        if ctx.alua.groups.len() == 1 && req.iter().any(|(_, s)| *s != AluaState::ActiveOptimized) {
-            return Err(Sense::param_field(4, None).into());
-        }
-        let unchanged = req
-            .iter()
-            .all(|(id, s)| ctx.alua.groups.iter().any(|g| g.id == *id && g.state == *s));
+        let now: Vec<(u16, AluaState)> = ctx.alua.groups.iter().map(|g| (g.id, g.state)).collect();
+        let decision = alua::stpg_decide(&now, ctx.alua.secondary, &req)
+            .map_err(|i| Sense::param_field((4 + 4 * i) as u16, Some(3)))?;
         let mut o = Outcome::good(Vec::new(), param_len);
-        if !unchanged {
-            // The change is reported (to everyone but the sender) once the runtime applies it.
-            let mut next: Vec<(u16, AluaState)> =
-                ctx.alua.groups.iter().map(|g| (g.id, g.state)).collect();
-            for (id, s) in &req {
-                for e in next.iter_mut() {
-                    if e.0 == *id {
-                        e.1 = *s;
-                    }
-                }
-            }
+        if let StpgDecision::Activate { group, next } = decision {
+            // The runtime answers once the pair has moved (or could not). The change is
+            // reported to every nexus but the sender.
             self.stpg_pending = Some((ctx.nexus.clone(), next));
-            o.effects.push(Effect::SetTargetPortGroups(req));
+            o.effects.push(Effect::SetTargetPortGroups(vec![(
+                group,
+                AluaState::ActiveOptimized,
+            )]));
         }
         Ok(Prepared::Done(o))
     }

@@ -255,4 +255,10 @@ impl Pair for HaRuntime {
             });
         }
     }
+
+    /// An STPG accepted here: moves the LUN, then answers (see `runtime/stpg.rs`).
+    fn set_port_groups(self: Arc<Self>, lu: &Arc<Lu>, group: u16, good: Completion, done: Reply) {
+        let lu = lu.clone();
+        tokio::spawn(async move { done(self.stpg_outcome(&lu, group, good).await) });
+    }
 }

@@ -32,8 +32,8 @@ use super::super::proto::{LinkMsg, PeerReply, PeerRequest};
 use super::super::tables::Requested;
 use super::{Grant, HaRuntime};
 use crate::exec::{
-    after_command, check, completion_of, io_guard, prepare_local, run_inline, run_medium,
-    try_io_guard, IoGuard,
+    after_command, check, completion_of, io_guard, port_group_to_activate, prepare_local,
+    run_inline, run_medium, try_io_guard, IoGuard,
 };
 use crate::lu::Lu;
 
@@ -63,6 +63,12 @@ pub(super) enum Unfinished {
         waiter: GrantWaiter,
     },
     Queued,
+    /// An accepted SET TARGET PORT GROUPS: answered once the LUN has moved (or could not).
+    PortGroups {
+        lu: Arc<Lu>,
+        group: u16,
+        good: Completion,
+    },
 }
 
 impl HaRuntime {
@@ -103,6 +109,10 @@ impl HaRuntime {
                 match prepare_local(&target, &lu, &nexus, &cdb, &data) {
                     Prepared::Done(o) => {
                         after_command(&**self, &lu, &cdb, &o.effects);
+                        if let Some(group) = port_group_to_activate(&o.effects) {
+                            let good = completion_of(o);
+                            return Err(Unfinished::PortGroups { lu, group, good });
+                        }
                         Ok(done(completion_of(o)))
                     }
                     Prepared::Io(plan) if plan_only => {
@@ -163,6 +173,9 @@ impl HaRuntime {
                 Some(self.lend(grant, epoch, waiter, guard))
             }
             Unfinished::Queued => None,
+            Unfinished::PortGroups { lu, group, good } => {
+                Some(done(self.stpg_outcome(&lu, group, good).await))
+            }
         }
     }
 
