@@ -148,7 +148,10 @@ one_event() {
         return
     fi
     out="$WORK/mpio-$mode-$kind-$n.json"
-    (exec timeout --kill-after=10 $((MPIO_MAX + 60)) "$BIN_DIR/duet-mpio" \
+    # (The script stops the load with SIGTERM through timeout, which passes it on; duet-mpio then
+    # reads back every block, which on a loaded machine takes well over 10 s: the KILL comes only
+    # if that hangs.)
+    (exec timeout --kill-after=300 $((MPIO_MAX + 60)) "$BIN_DIR/duet-mpio" \
         --portal "127.0.0.1:$LAB_PORT" --portal "127.0.0.2:$LAB_PORT" --target "$LAB_TARGET" \
         --lun "$LAB_LUN" --qd "$QD" --duration "${MPIO_MAX}s" --seed "$RANDOM" --json --quiet \
         >"$out" 2>"$out.err") &
