@@ -354,6 +354,9 @@ impl ClusterModel {
                 let n = n as usize;
                 s.left[n] = false;
                 s.ctl[n].boots += 1;
+                // A controller registers its key again when it starts (`scsi-pr`).
+                s.ctl[n].disk_fenced = false;
+                s.ctl[n].restore = false;
                 s.ctl[n].node = Some(Node::new(self.configs[n].clone(), s.clock[n]));
                 self.route(&mut s, n);
                 self.link_up_both(&mut s);
